@@ -1,0 +1,1 @@
+"""Prefect flows: thin orchestration over the `vae` library, one flow per stage."""

@@ -1,0 +1,21 @@
+"""Stage 4: log the model to MLflow, register a version, and apply the champion gate."""
+
+from prefect import flow, task
+
+from vae import config, registry
+
+
+@task(name="register", retries=2, retry_delay_seconds=[2, 10])  # registry calls are I/O
+def register_task(settings: config.PipelineConfig, run_id: str, checkpoint: str, evaluation: dict,
+                  dataset: dict[str, str], history: list[dict]) -> dict:
+    return registry.record_and_register(settings, run_id, checkpoint, evaluation, dataset, history).to_dict()
+
+
+@flow(name="register")
+def register_flow(
+    pipeline: str, run_id: str, checkpoint: str, evaluation: dict, dataset: dict[str, str],
+    history: list[dict] | None = None, pipelines_file: str = config.DEFAULT_PIPELINES_FILE,
+) -> dict:
+    """Register the trained model; `champion` moves only if its held-out NLL is better."""
+    settings = config.load_pipeline(pipeline, pipelines_file)
+    return register_task(settings, run_id, checkpoint, evaluation, dataset, history or [])

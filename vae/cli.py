@@ -1,0 +1,117 @@
+"""The `vae` command: parses arguments, calls flows or the library, prints results.
+
+Errors of ours are printed as one line (no traceback) with a nonzero exit.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from vae.config import DEFAULT_PIPELINES_FILE, load_pipeline, load_pipelines, quiet_environment
+from vae.errors import VAEError
+
+app = typer.Typer(
+    help="Train Variational Autoencoders at scale: ingest → train (Ray) → evaluate log p(x) → register (MLflow).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+PipelinesFile = Annotated[
+    Path, typer.Option("--file", "-f", help="The pipelines file.", show_default=True)
+]
+
+
+def _fail(message: str, code: int = 1) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def _quiet_logs(verbose: bool) -> None:
+    """One line per epoch by default; --verbose lets Prefect and Ray speak."""
+    quiet_environment()
+    if verbose:
+        os.environ["VAE_VERBOSE"] = "1"
+    level = "INFO" if verbose else "CRITICAL"
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", level)
+    os.environ.setdefault("PREFECT_LOGGING_LOGGERS_PREFECT_FLOW_RUNS_LEVEL", level)
+    os.environ.setdefault("PREFECT_LOGGING_LOGGERS_PREFECT_TASK_RUNS_LEVEL", level)
+    os.environ.setdefault("PREFECT_LOGGING_SERVER_LEVEL", "CRITICAL" if not verbose else "WARNING")
+    if not verbose:
+        os.environ.setdefault("RAY_LOG_TO_STDERR", "0")
+        for name in ("ray", "mlflow", "alembic", "prefect"):
+            logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def _print_result(result: dict[str, Any]) -> None:
+    evaluation, registration = result["evaluation"], result["registration"]
+    typer.echo("")
+    typer.echo(
+        f"test NLL      {evaluation['nll']:.3f} ± {evaluation['nll_stderr']:.3f} nats "
+        f"(k={evaluation['k']}, {evaluation['n']} {evaluation['split']} images, "
+        f"{evaluation['bits_per_dim']:.4f} bits/dim)"
+    )
+    typer.echo(f"ELBO          {evaluation['elbo']:.3f} nats (gap {evaluation['elbo_gap']:.3f} ≈ KL(q(z|x) ‖ p(z|x)))")
+    typer.echo(f"dataset       {result['dataset']['name']}@{result['dataset']['version']}")
+    typer.echo(f"MLflow run    {result['run_id']}  ({result['tracking_uri']})")
+    typer.echo(f"model         {registration['model_uri']}")
+    if registration["champion"]:
+        typer.echo(f"champion      {registration['champion_uri']}")
+    else:
+        typer.echo(
+            f"champion      unchanged (current champion NLL {registration['previous_champion_nll']:.3f})"
+        )
+
+
+@app.command()
+def run(
+    pipeline: Annotated[str, typer.Argument(help="A pipeline name from the pipelines file.")],
+    file: PipelinesFile = Path(DEFAULT_PIPELINES_FILE),
+    workers: Annotated[Optional[int], typer.Option(min=1, help="Ray Train workers (overrides the file).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as one JSON object.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show Prefect and Ray logs.")] = False,
+) -> None:
+    """Run a pipeline end to end as a Prefect flow: ingest, train, evaluate, register."""
+    _quiet_logs(verbose)
+    try:
+        load_pipeline(pipeline, file)  # validate before any service starts
+        from flows.pipeline import pipeline_flow
+
+        result = pipeline_flow(pipeline, str(file), workers)
+    except VAEError as exc:
+        _fail(str(exc))
+    if as_json:
+        typer.echo(json.dumps(result, default=str))
+    else:
+        _print_result(result)
+
+
+@app.command("pipelines")
+def list_pipelines(file: PipelinesFile = Path(DEFAULT_PIPELINES_FILE)) -> None:
+    """List the pipelines of the file with their dataset and model name."""
+    try:
+        pipelines = load_pipelines(file)
+    except VAEError as exc:
+        _fail(str(exc))
+    for name, settings in sorted(pipelines.items()):
+        typer.echo(f"{name:20} dataset={settings.dataset.source:24} model={settings.registry.model_name}")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        app()
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,213 @@
+"""Typed, frozen configs for pipelines.yaml, and where local state lives (VAE_HOME).
+
+A pipeline names its dataset, model, training, evaluation and registry settings; every
+section rejects unknown keys so a typo fails loudly instead of being silently ignored.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from vae.errors import ConfigError
+
+DEFAULT_PIPELINES_FILE = "pipelines.yaml"
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DatasetConfig(_Frozen):
+    """Where the data comes from and how it is split and fed to the model."""
+
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    source: str = Field(min_length=1, description="e.g. 'sklearn:digits'")
+    validation_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+    test_fraction: float = Field(0.2, gt=0.0, lt=1.0)
+    split_seed: int = 0
+    # How pixels in [0, 1] become model inputs: 'threshold' (x > 0.5, fixed), 'dynamic'
+    # (x ~ Bernoulli(pixel) each epoch; evaluation uses one fixed draw), or 'none' (continuous).
+    binarize: Literal["threshold", "dynamic", "none"] = "threshold"
+
+
+class ModelConfig(_Frozen):
+    """An MLP VAE: q(z|x) = N(mu(x), diag sigma^2(x)), p(z) = N(0, I), p(x|z) by `likelihood`."""
+
+    latent_dim: int = Field(8, ge=1)
+    hidden: tuple[int, ...] = (128, 128)
+    activation: Literal["relu", "tanh"] = "relu"
+    likelihood: Literal["bernoulli", "gaussian"] = "bernoulli"
+    # Gaussian likelihood only: a fixed observation std, or null to learn one per pixel.
+    gaussian_std: float | None = Field(None, gt=0.0)
+
+    @model_validator(mode="after")
+    def _hidden_positive(self) -> "ModelConfig":
+        if any(h < 1 for h in self.hidden):
+            raise ValueError("every hidden layer width must be >= 1")
+        return self
+
+
+class TrainingConfig(_Frozen):
+    """Ray Train settings and the optimiser; the objective is the ELBO."""
+
+    epochs: int = Field(20, ge=1)
+    batch_size: int = Field(64, ge=1)
+    learning_rate: float = Field(1e-3, gt=0.0)
+    workers: int = Field(2, ge=1)
+    cpus_per_worker: int = Field(1, ge=1)
+    use_gpu: bool = False
+    seed: int = 0
+    max_failures: int = Field(0, ge=0)
+    checkpoints_to_keep: int = Field(2, ge=1)
+
+
+class EvaluationConfig(_Frozen):
+    """Importance-sampled log p(x) on a held-out split."""
+
+    k: int = Field(5000, ge=1)
+    split: Literal["test", "validation"] = "test"
+    batch_size: int = Field(128, ge=1)
+    max_memory_mb: int = Field(256, ge=1)
+    seed: int = 0
+
+
+class RegistryConfig(_Frozen):
+    """MLflow registered-model name and the promotion gate."""
+
+    model_name: str = Field(min_length=1)
+    experiment: str | None = None
+    # `champion` moves only if the new NLL is lower than the champion's by more than this (nats).
+    promote_margin: float = Field(0.0, ge=0.0)
+
+
+class PipelineConfig(_Frozen):
+    """One named pipeline of pipelines.yaml."""
+
+    name: str
+    dataset: DatasetConfig
+    model: ModelConfig = ModelConfig()
+    training: TrainingConfig = TrainingConfig()
+    evaluation: EvaluationConfig = EvaluationConfig()
+    registry: RegistryConfig
+
+    @property
+    def experiment(self) -> str:
+        return self.registry.experiment or self.registry.model_name
+
+
+def _describe(error: dict[str, Any]) -> str:
+    """One pydantic error as 'expected …, got …'."""
+    if error["type"] == "extra_forbidden":
+        return "unknown field (check the spelling; unknown keys are rejected)"
+    if error["type"] == "missing":
+        return "required field is missing"
+    message = error["msg"]
+    message = message[0].lower() + message[1:]
+    if message.startswith("value error, "):
+        message = message[len("value error, ") :]
+    return f"expected: {message}, got {error['input']!r}"
+
+
+def _parse_pipeline(path: Path, name: str, body: Any) -> PipelineConfig:
+    if not isinstance(body, dict):
+        raise ConfigError(f"{path}: pipeline '{name}': expected a mapping of sections, got {body!r}")
+    try:
+        return PipelineConfig(name=name, **body)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(part) for part in first["loc"])
+        raise ConfigError(f"{path}: pipeline '{name}': field '{field}': {_describe(first)}") from None
+    except TypeError as exc:  # e.g. a section given twice through ** expansion
+        raise ConfigError(f"{path}: pipeline '{name}': {exc}") from None
+
+
+def load_pipelines(path: str | Path = DEFAULT_PIPELINES_FILE) -> dict[str, PipelineConfig]:
+    """Parse and validate every pipeline of the file; the first problem raises ConfigError."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found (expected a pipelines.yaml; pass --file)") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}: " if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{path}: {where}invalid YAML: {problem}") from None
+    if not isinstance(document, dict) or not isinstance(document.get("pipelines"), dict):
+        raise ConfigError(f"{path}: expected a top-level 'pipelines:' mapping of name -> pipeline")
+    unknown = sorted(set(document) - {"pipelines"})
+    if unknown:
+        raise ConfigError(f"{path}: unknown top-level key '{unknown[0]}' (expected only 'pipelines')")
+    return {str(name): _parse_pipeline(path, str(name), body) for name, body in document["pipelines"].items()}
+
+
+def load_pipeline(name: str, path: str | Path = DEFAULT_PIPELINES_FILE) -> PipelineConfig:
+    """One pipeline by name; an unknown name lists the ones that exist."""
+    pipelines = load_pipelines(path)
+    if name not in pipelines:
+        available = ", ".join(sorted(pipelines)) or "(none)"
+        raise ConfigError(f"{path}: unknown pipeline '{name}'; available: {available}")
+    return pipelines[name]
+
+
+# ---------------------------------------------------------------------------------------------
+# Local state. VAE_HOME holds datasets, the sqlite MLflow store and its artifacts, and Ray
+# checkpoints; the standard variables (MLFLOW_TRACKING_URI, PREFECT_API_URL, RAY_ADDRESS) win.
+
+
+def vae_home() -> Path:
+    """The root of local state: $VAE_HOME, else ./.vae (absolute, so Ray workers agree)."""
+    return Path(os.environ.get("VAE_HOME") or ".vae").expanduser().resolve()
+
+
+def datasets_dir() -> Path:
+    return vae_home() / "datasets"
+
+
+def checkpoints_dir() -> Path:
+    return vae_home() / "checkpoints"
+
+
+def tracking_uri() -> str:
+    """$MLFLOW_TRACKING_URI if set, else a sqlite store under VAE_HOME."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        return uri
+    home = vae_home()
+    home.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{home / 'mlflow.db'}"
+
+
+def artifacts_uri() -> str:
+    """Where the local sqlite store keeps artifacts (ignored when a tracking server is used)."""
+    return (vae_home() / "mlartifacts").as_uri()
+
+
+def ray_address() -> str | None:
+    """$RAY_ADDRESS if set (connect to a cluster); None starts a local Ray."""
+    return os.environ.get("RAY_ADDRESS") or None
+
+
+def quiet_environment() -> None:
+    """Defaults for a machine with no internet and a user who wants one line per epoch."""
+    defaults = {
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        # The ephemeral server's first start migrates its database: >20 s on a busy 2-core box.
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "RAY_DATA_DISABLE_PROGRESS_BARS": "1",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "DO_NOT_TRACK": "true",
+        "TQDM_DISABLE": "1",
+    }
+    for key, value in defaults.items():
+        os.environ.setdefault(key, value)

@@ -1,0 +1,113 @@
+"""Encoder q(z|x), prior p(z) = N(0, I), decoder p(x|z) and its likelihoods.
+
+Shapes: B images, D = prod(image shape) pixels, L latent dimensions, K samples per image.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vae.config import ModelConfig
+from vae.errors import VAEError
+
+LOG_2PI = math.log(2.0 * math.pi)
+CHECKPOINT_FILE = "checkpoint.pt"
+
+
+def bernoulli_log_likelihood(x: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """log p(x|z) = sum_d x_d l_d - softplus(l_d), the stable form of x log s(l) + (1-x) log(1-s(l)).
+
+    x: (..., D) in {0, 1}; logits: (..., D) → (...,)
+    """
+    return (x * logits - F.softplus(logits)).sum(-1)
+
+
+def gaussian_log_likelihood(x: torch.Tensor, mean: torch.Tensor, log_std: torch.Tensor) -> torch.Tensor:
+    """log N(x; mean, diag exp(2 log_std)) = -sum_d [ (x_d-m_d)^2 / 2s_d^2 + log s_d + log(2pi)/2 ].
+
+    x, mean: (..., D); log_std broadcasts to (..., D) → (...,)
+    """
+    return -(0.5 * ((x - mean) * torch.exp(-log_std)) ** 2 + log_std + 0.5 * LOG_2PI).sum(-1)
+
+
+def standard_normal_log_density(z: torch.Tensor) -> torch.Tensor:
+    """log N(z; 0, I). z: (..., L) → (...,)"""
+    return -0.5 * (z**2 + LOG_2PI).sum(-1)
+
+
+def diagonal_normal_log_density(z: torch.Tensor, mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """log N(z; mean, diag exp(logvar)). z, mean, logvar broadcast to (..., L) → (...,)"""
+    return -0.5 * ((z - mean) ** 2 * torch.exp(-logvar) + logvar + LOG_2PI).sum(-1)
+
+
+def mlp(sizes: list[int], activation: str) -> nn.Sequential:
+    """Linear layers of the given widths with `activation` between them (none after the last)."""
+    act = {"relu": nn.ReLU, "tanh": nn.Tanh}[activation]
+    layers: list[nn.Module] = []
+    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append(nn.Linear(n_in, n_out))
+        if i < len(sizes) - 2:
+            layers.append(act())
+    return nn.Sequential(*layers)
+
+
+class VAE(nn.Module):
+    """MLP VAE over flattened images of `data_dim` pixels (Kingma & Welling, 2014)."""
+
+    def __init__(self, config: ModelConfig, data_dim: int):
+        super().__init__()
+        self.config = config
+        self.data_dim = data_dim
+        hidden = list(config.hidden)
+        self.encoder = mlp([data_dim, *hidden, 2 * config.latent_dim], config.activation)
+        self.decoder = mlp([config.latent_dim, *hidden[::-1], data_dim], config.activation)
+        if config.likelihood == "gaussian" and config.gaussian_std is None:
+            self.log_std = nn.Parameter(torch.zeros(data_dim))  # learned per-pixel std
+        else:
+            std = config.gaussian_std or 1.0
+            self.register_buffer("log_std", torch.full((data_dim,), math.log(std)))
+
+    @property
+    def latent_dim(self) -> int:
+        return self.config.latent_dim
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """q(z|x) parameters. x: (B, D) → mean (B, L), logvar (B, L)"""
+        mean, logvar = self.encoder(x).chunk(2, dim=-1)  # (B, L), (B, L)
+        return mean, logvar
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Decoder output: Bernoulli logits or Gaussian means. z: (..., L) → (..., D)"""
+        return self.decoder(z)
+
+    def log_likelihood(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """log p(x|z). x: (B, D), z: (..., B, L) → (..., B); x is broadcast, never copied."""
+        out = self.decode(z)  # (..., B, D)
+        if self.config.likelihood == "bernoulli":
+            return bernoulli_log_likelihood(x, out)
+        return gaussian_log_likelihood(x, out, self.log_std)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.encode(x)
+
+
+def build_model(config: ModelConfig, data_dim: int) -> VAE:
+    return VAE(config, data_dim)
+
+
+def load_checkpoint(checkpoint_dir: str | Path) -> tuple[VAE, dict[str, Any]]:
+    """Rebuild the VAE from a training checkpoint directory (weights_only load: no code runs)."""
+    path = Path(checkpoint_dir) / CHECKPOINT_FILE
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise VAEError(f"{path}: checkpoint not found (expected a training checkpoint directory)") from None
+    model = build_model(ModelConfig(**state["model_config"]), int(state["data_dim"]))
+    model.load_state_dict(state["model"])
+    return model.eval(), state

@@ -1,0 +1,309 @@
+"""The Ray Train loop: TorchTrainer over Ray Data shards, ELBO objective, checkpoints every epoch.
+
+A plain PyTorch loop with the Ray calls at its edges (prepare_model, get_dataset_shard,
+report); metrics, progress lines and checkpoints come from rank 0 only. This is the only
+module that imports Ray Train.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from vae.config import ModelConfig, PipelineConfig, checkpoints_dir, ray_address
+from vae.data import DatasetRef, prepare_inputs, read_manifest, split_path
+from vae.errors import TrainingDivergedError, VAEError
+from vae.model import CHECKPOINT_FILE, VAE, build_model, load_checkpoint
+from vae.objectives import elbo
+
+MATERIALIZE_BELOW_BYTES = 256 * 2**20
+_DIVERGED = re.compile(r"non-finite loss \([^)]*\) at epoch \d+, step \d+[^\n]*")
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """A reference to the trained model: the checkpoint directory and its history."""
+
+    checkpoint: str
+    epochs: int
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+class NonFiniteLossError(RuntimeError):
+    """Raised inside a worker; the driver turns it into TrainingDivergedError."""
+
+
+class _ELBOObjective(nn.Module):
+    """Wraps the VAE so DDP sees the whole objective in forward(): x (B, D) → ELBO terms (B,)."""
+
+    def __init__(self, model: VAE):
+        super().__init__()
+        self.vae = model
+
+    def forward(self, x: torch.Tensor):
+        return elbo(self.vae, x)
+
+
+def ensure_ray(training_cpus: int = 0) -> None:
+    """Connect to $RAY_ADDRESS, or start a quiet local Ray.
+
+    A local Ray gets two logical CPUs more than the training workers reserve: Ray Data's read
+    tasks need CPUs of their own, and with none left they would wait forever for the workers.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = ray_address()
+    verbose = os.environ.get("VAE_VERBOSE") == "1"
+    if not verbose:
+        logging.getLogger("ray.data").setLevel(logging.ERROR)
+    ray.init(
+        address=address,
+        num_cpus=None if address else max(os.cpu_count() or 1, training_cpus) + 2,
+        include_dashboard=False,
+        logging_level=logging.INFO if verbose else logging.ERROR,
+        # Workers' logs stay in Ray's log files unless asked for; progress comes through a queue.
+        log_to_driver=verbose,
+    )
+
+
+def _save_checkpoint(directory: str, state: dict[str, Any]) -> None:
+    torch.save(state, os.path.join(directory, CHECKPOINT_FILE))
+
+
+def _all_reduce_sums(*values: float) -> list[float]:
+    """Sum scalars over workers (no-op on one worker)."""
+    tensor = torch.tensor(values, dtype=torch.float64)
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(tensor)
+    return tensor.tolist()
+
+
+def _train_loop_per_worker(loop: dict[str, Any]) -> None:
+    """Runs on every Ray Train worker."""
+    import ray.train
+    import ray.train.torch
+
+    context = ray.train.get_context()
+    rank = context.get_world_rank()
+    model_config = ModelConfig(**loop["model_config"])
+    torch.manual_seed(loop["seed"])  # identical initial weights everywhere (DDP broadcasts rank 0's anyway)
+    vae_model = build_model(model_config, loop["data_dim"])
+    optimizer = torch.optim.Adam(vae_model.parameters(), lr=loop["learning_rate"])
+    history: list[dict[str, float]] = []
+    first_epoch = 1
+
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as directory:
+            state = torch.load(os.path.join(directory, CHECKPOINT_FILE), map_location="cpu", weights_only=True)
+        vae_model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        history = list(state["history"])
+        first_epoch = int(state["epoch"]) + 1
+    torch.manual_seed(loop["seed"] + 1009 * rank + 7919 * first_epoch)  # per-rank noise, reproducible on resume
+
+    objective = ray.train.torch.prepare_model(_ELBOObjective(vae_model))
+    device = ray.train.torch.get_device()
+    train_shard = ray.train.get_dataset_shard("train")
+    validation_shard = ray.train.get_dataset_shard("validation")
+    prepare = dict(max_value=loop["max_value"], binarize=loop["binarize"])
+
+    for epoch in range(first_epoch, loop["epochs"] + 1):
+        started = time.perf_counter()
+        objective.train()
+        sums = [0.0, 0.0, 0.0, 0.0]  # ELBO, reconstruction, KL, examples
+        batches = train_shard.iter_torch_batches(
+            batch_size=loop["batch_size"], local_shuffle_buffer_size=loop["shuffle_buffer"],
+            local_shuffle_seed=loop["seed"] + 1009 * rank + epoch,
+        )
+        for step, batch in enumerate(batches, start=1):
+            x = prepare_inputs(batch["image"].to(device), **prepare)  # (B, D)
+            terms = objective(x)
+            loss = -terms.elbo.mean()
+            if not torch.isfinite(loss):
+                raise NonFiniteLossError(
+                    f"non-finite loss ({loss.item()}) at epoch {epoch}, step {step}; "
+                    "the last good checkpoint is kept and nothing was registered"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            n = x.shape[0]
+            sums = [sums[0] + terms.elbo.sum().item(), sums[1] + terms.reconstruction.sum().item(),
+                    sums[2] + terms.kl.sum().item(), sums[3] + n]
+        elapsed = time.perf_counter() - started
+
+        objective.eval()
+        val = [0.0, 0.0]
+        with torch.no_grad():
+            generator = torch.Generator(device=device).manual_seed(loop["seed"])  # same draw every epoch
+            for batch in validation_shard.iter_torch_batches(batch_size=loop["batch_size"]):
+                x = prepare_inputs(batch["image"].to(device), **prepare, generator=generator)
+                val = [val[0] + elbo(vae_model, x).elbo.sum().item(), val[1] + x.shape[0]]
+        elbo_sum, recon_sum, kl_sum, count, val_sum, val_count = _all_reduce_sums(*sums, *val)
+        elapsed = _all_reduce_sums(elapsed)[0] / context.get_world_size()
+        metrics = {
+            "epoch": epoch,
+            "train_elbo": elbo_sum / max(count, 1),
+            "train_reconstruction": recon_sum / max(count, 1),
+            "train_kl": kl_sum / max(count, 1),
+            "validation_elbo": val_sum / val_count if val_count else float("nan"),
+            "samples_per_second": count / max(elapsed, 1e-9),
+        }
+        history.append(metrics)
+
+        with tempfile.TemporaryDirectory() as directory:
+            checkpoint = None
+            if rank == 0:
+                _save_checkpoint(directory, {
+                    "model": vae_model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "epoch": epoch,
+                    "history": history,
+                    "model_config": loop["model_config"],
+                    "data_dim": loop["data_dim"],
+                    "rng_state": torch.get_rng_state(),
+                })
+                checkpoint = ray.train.Checkpoint.from_directory(directory)
+                if loop.get("run_id"):
+                    from vae import registry
+
+                    registry.log_epoch_metrics(loop["tracking_uri"], loop["run_id"], metrics, step=epoch)
+                if loop.get("progress") is not None:
+                    loop["progress"].put(metrics)
+            ray.train.report(metrics, checkpoint=checkpoint)
+
+
+def format_epoch(metrics: dict[str, float], epochs: int) -> str:
+    """The one progress line per epoch."""
+    return (
+        f"epoch {int(metrics['epoch']):>3}/{epochs}  train ELBO {metrics['train_elbo']:9.3f}  "
+        f"val ELBO {metrics['validation_elbo']:9.3f}  KL {metrics['train_kl']:7.3f}  "
+        f"{metrics['samples_per_second']:8.0f} samples/s"
+    )
+
+
+def _print_progress(queue, epochs: int, stop: threading.Event, echo: Callable[[str], None]) -> None:
+    """Driver-side thread: print each epoch's line as rank 0 reports it."""
+    from ray.util.queue import Empty
+
+    while not stop.is_set():
+        try:
+            metrics = queue.get(timeout=0.5)
+        except Empty:
+            continue
+        except Exception:  # the queue actor is gone: training has ended
+            return
+        echo(format_epoch(metrics, epochs))
+
+
+def _dataset(path: str):
+    """A Ray Dataset over one Parquet split; small splits are read once and kept in the object store."""
+    import ray.data
+
+    dataset = ray.data.read_parquet(path)
+    if os.path.getsize(path) < MATERIALIZE_BELOW_BYTES:
+        dataset = dataset.materialize()  # no re-reading every epoch
+    return dataset
+
+
+def train(
+    config: PipelineConfig,
+    dataset: DatasetRef,
+    *,
+    run_id: str | None = None,
+    tracking_uri: str | None = None,
+    workers: int | None = None,
+    resume_from: str | None = None,
+    storage_path: str | Path | None = None,
+    echo: Callable[[str], None] | None = print,
+) -> TrainResult:
+    """Fit the VAE with Ray Train's TorchTrainer; returns the latest checkpoint directory.
+
+    Raises TrainingDivergedError (epoch, step) if the loss becomes non-finite.
+    """
+    import ray
+    import ray.data
+    from ray.util.queue import Queue
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    training = config.training
+    num_workers = workers or training.workers
+    ensure_ray(num_workers * training.cpus_per_worker)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    manifest = read_manifest(dataset.path)
+    data_dim = int(math.prod(manifest["shape"]))
+    loop = {
+        "model_config": config.model.model_dump(mode="json"),
+        "data_dim": data_dim,
+        "max_value": float(manifest["value_range"][1]),
+        "binarize": config.dataset.binarize,
+        "epochs": training.epochs,
+        "batch_size": training.batch_size,
+        "learning_rate": training.learning_rate,
+        "seed": training.seed,
+        "run_id": run_id,
+        "tracking_uri": tracking_uri,
+        "shuffle_buffer": min(10_000, 8 * training.batch_size),
+        "progress": Queue(actor_options={"num_cpus": 0}) if echo else None,
+    }
+    name = f"{config.name}-{run_id or time.strftime('%Y%m%d-%H%M%S')}"
+    trainer = TorchTrainer(
+        _train_loop_per_worker,
+        train_loop_config=loop,
+        scaling_config=ScalingConfig(
+            num_workers=num_workers,
+            use_gpu=training.use_gpu,
+            resources_per_worker={"CPU": training.cpus_per_worker},
+        ),
+        run_config=RunConfig(
+            name=name,
+            storage_path=str(storage_path or checkpoints_dir()),
+            failure_config=FailureConfig(max_failures=training.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=training.checkpoints_to_keep),
+        ),
+        datasets={
+            "train": _dataset(split_path(dataset.path, "train")),
+            "validation": _dataset(split_path(dataset.path, "validation")),
+        },
+        resume_from_checkpoint=ray.train.Checkpoint(resume_from) if resume_from else None,
+    )
+    stop = threading.Event()
+    printer = None
+    if echo:
+        printer = threading.Thread(target=_print_progress, args=(loop["progress"], training.epochs, stop, echo),
+                                   daemon=True)
+        printer.start()
+    try:
+        result = trainer.fit()
+    except Exception as exc:  # Ray wraps worker errors; surface ours as one line
+        match = _DIVERGED.search(str(exc)) or _DIVERGED.search(repr(exc.__cause__))
+        if match:
+            raise TrainingDivergedError(f"training diverged: {match.group(0)}") from None
+        raise
+    finally:
+        if printer is not None:
+            time.sleep(0.6)  # let the last line through
+            stop.set()
+            printer.join(timeout=5)
+            ray.kill(loop["progress"].actor)
+    if result.checkpoint is None:
+        raise VAEError(f"training run '{name}' finished without a checkpoint")
+    _, state = load_checkpoint(result.checkpoint.path)
+    return TrainResult(checkpoint=result.checkpoint.path, epochs=int(state["epoch"]), history=list(state["history"]))
