@@ -107,7 +107,10 @@ def _train_loop_per_worker(loop: dict[str, Any]) -> None:
     history: list[dict[str, float]] = []
     first_epoch = 1
 
+    # Ray's own checkpoint (a restarted run) wins over an explicit starting checkpoint.
     checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None and loop.get("resume_from"):
+        checkpoint = ray.train.Checkpoint(loop["resume_from"])
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
             state = torch.load(os.path.join(directory, CHECKPOINT_FILE), map_location="cpu", weights_only=True)
@@ -164,6 +167,7 @@ def _train_loop_per_worker(loop: dict[str, Any]) -> None:
             "train_kl": kl_sum / max(count, 1),
             "validation_elbo": val_sum / val_count if val_count else float("nan"),
             "samples_per_second": count / max(elapsed, 1e-9),
+            "epoch_seconds": time.perf_counter() - started,
         }
         history.append(metrics)
 
@@ -260,6 +264,7 @@ def train(
         "seed": training.seed,
         "run_id": run_id,
         "tracking_uri": tracking_uri,
+        "resume_from": str(resume_from) if resume_from else None,
         "shuffle_buffer": min(10_000, 8 * training.batch_size),
         "progress": Queue(actor_options={"num_cpus": 0}) if echo else None,
     }
@@ -282,7 +287,6 @@ def train(
             "train": _dataset(split_path(dataset.path, "train")),
             "validation": _dataset(split_path(dataset.path, "validation")),
         },
-        resume_from_checkpoint=ray.train.Checkpoint(resume_from) if resume_from else None,
     )
     stop = threading.Event()
     printer = None
