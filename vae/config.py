@@ -95,6 +95,15 @@ class PipelineConfig(_Frozen):
     evaluation: EvaluationConfig = EvaluationConfig()
     registry: RegistryConfig
 
+    @model_validator(mode="after")
+    def _likelihood_fits_inputs(self) -> "PipelineConfig":
+        if self.model.likelihood == "bernoulli" and self.dataset.binarize == "none":
+            raise ValueError(
+                "a Bernoulli likelihood needs binary inputs: set dataset.binarize to 'threshold' or 'dynamic', "
+                "or use model.likelihood 'gaussian'"
+            )
+        return self
+
     @property
     def experiment(self) -> str:
         return self.registry.experiment or self.registry.model_name
@@ -109,7 +118,7 @@ def _describe(error: dict[str, Any]) -> str:
     message = error["msg"]
     message = message[0].lower() + message[1:]
     if message.startswith("value error, "):
-        message = message[len("value error, ") :]
+        return message[len("value error, ") :]
     return f"expected: {message}, got {error['input']!r}"
 
 
@@ -120,6 +129,8 @@ def _parse_pipeline(path: Path, name: str, body: Any) -> PipelineConfig:
         return PipelineConfig(name=name, **body)
     except ValidationError as exc:
         first = exc.errors()[0]
+        if not first["loc"]:  # a check across sections
+            raise ConfigError(f"{path}: pipeline '{name}': {_describe(first).removeprefix('expected: ')}") from None
         field = ".".join(str(part) for part in first["loc"])
         raise ConfigError(f"{path}: pipeline '{name}': field '{field}': {_describe(first)}") from None
     except TypeError as exc:  # e.g. a section given twice through ** expansion

@@ -139,6 +139,8 @@ def evaluate_checkpoint(
     from vae.data import load_split, prepare_inputs, read_manifest
 
     model, _ = load_checkpoint(checkpoint_dir)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model = model.to(device)
     manifest = read_manifest(dataset_path)
     images, _ = load_split(dataset_path, config.split)
     if images.shape[0] == 0:
@@ -151,7 +153,7 @@ def evaluate_checkpoint(
     generator = torch.Generator().manual_seed(config.seed)
     x = prepare_inputs(torch.from_numpy(images.copy()), manifest["value_range"][1], binarize, generator=generator)
     estimate = estimate_log_likelihood(
-        model, x, config.k, batch_size=config.batch_size, max_memory_bytes=config.max_memory_mb * 2**20,
+        model, x.to(device), config.k, batch_size=config.batch_size, max_memory_bytes=config.max_memory_mb * 2**20,
         seed=config.seed,
     )
     return {**estimate.summary(model.data_dim), "split": config.split}

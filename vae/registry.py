@@ -33,9 +33,6 @@ import vae
 from vae.config import PipelineConfig, artifacts_uri, tracking_uri
 from vae.errors import RegistryError
 
-# Our predict() is validated against the explicit signature below, not against type hints.
-warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` method.*")
-
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 
@@ -137,7 +134,7 @@ class VAEEncoder(mlflow.pyfunc.PythonModel):
         self.max_value = float(meta["max_value"])
         self.binarize = meta["binarize"]
 
-    def predict(self, context, model_input, params=None):
+    def predict(self, context, model_input: np.ndarray, params=None):  # validated against the signature
         import torch
 
         from vae.data import prepare_inputs

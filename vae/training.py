@@ -268,13 +268,16 @@ def train(
         "shuffle_buffer": min(10_000, 8 * training.batch_size),
         "progress": Queue(actor_options={"num_cpus": 0}) if echo else None,
     }
+    use_gpu = training.use_gpu and ray.cluster_resources().get("GPU", 0) > 0
+    if training.use_gpu and not use_gpu and echo:
+        echo("training.use_gpu is set but the Ray cluster has no GPU: training on CPU workers")
     name = f"{config.name}-{run_id or time.strftime('%Y%m%d-%H%M%S')}"
     trainer = TorchTrainer(
         _train_loop_per_worker,
         train_loop_config=loop,
         scaling_config=ScalingConfig(
             num_workers=num_workers,
-            use_gpu=training.use_gpu,
+            use_gpu=use_gpu,
             resources_per_worker={"CPU": training.cpus_per_worker},
         ),
         run_config=RunConfig(

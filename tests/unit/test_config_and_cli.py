@@ -74,6 +74,16 @@ def test_invalid_fields_name_file_pipeline_field_and_expectation(tmp_path, edit,
     assert str(error.value) == f"{path}: {message}"
 
 
+def test_cross_section_check_names_the_fields(tmp_path):
+    path = _write(tmp_path, GOOD.replace('source: "sklearn:digits"}\n    training', 'source: "sklearn:digits", binarize: none}\n    training'))
+    with pytest.raises(ConfigError) as error:
+        load_pipelines(path)
+    assert str(error.value) == (
+        f"{path}: pipeline 'other': a Bernoulli likelihood needs binary inputs: set dataset.binarize to "
+        "'threshold' or 'dynamic', or use model.likelihood 'gaussian'"
+    )
+
+
 def test_missing_section_and_bad_yaml(tmp_path):
     path = _write(tmp_path, "pipelines:\n  x:\n    dataset: {name: d, source: 'sklearn:digits'}\n")
     with pytest.raises(ConfigError, match=r"pipeline 'x': field 'registry': required field is missing$"):
