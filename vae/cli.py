@@ -104,6 +104,10 @@ def list_pipelines(file: PipelinesFile = Path(DEFAULT_PIPELINES_FILE)) -> None:
         typer.echo(f"{name:20} dataset={settings.dataset.source:24} model={settings.registry.model_name}")
 
 
+# Commands that live in their own modules register themselves on `app` when imported.
+import vae.cli_data  # noqa: E402,F401
+
+
 def main() -> None:
     """Console-script entry point."""
     try:
@@ -113,5 +117,3 @@ def main() -> None:
         sys.exit(130)
 
 
-if __name__ == "__main__":
-    main()

@@ -34,7 +34,7 @@ def _write(tmp_path: Path, text: str) -> Path:
 
 def _vae(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "VAE_HOME": str(cwd / ".vae")}
-    return subprocess.run([sys.executable, "-m", "vae.cli", *args], cwd=cwd, env=env, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "vae", *args], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=120)
 
 

@@ -1,0 +1,5 @@
+"""`python -m vae` is the `vae` command."""
+
+from vae.cli import main
+
+main()
