@@ -2,12 +2,14 @@
 
 from prefect import flow, task
 
-from vae import config, evaluation
+from vae import config, scoring
 
 
 @task(name="estimate-log-likelihood")
 def evaluate_task(checkpoint: str, dataset_path: str, settings: config.PipelineConfig) -> dict:
-    return evaluation.evaluate_checkpoint(checkpoint, dataset_path, settings.evaluation, settings.dataset.binarize)
+    scored = scoring.score_checkpoint(checkpoint, dataset_path, settings.evaluation, settings.dataset.binarize)
+    per_example = scoring.write_per_example(scored, f"{checkpoint}/evaluation-{scored.summary['split']}.parquet")
+    return {**scored.summary, "per_example": str(per_example)}
 
 
 @flow(name="evaluate")

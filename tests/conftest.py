@@ -26,6 +26,7 @@ from vae.config import quiet_environment  # noqa: E402
 quiet_environment()
 
 sys.path.insert(0, str(Path(__file__).parent / "unit"))  # shared test models (linear_gaussian.py)
+sys.path.insert(0, str(Path(__file__).parent / "integration"))  # registry_helpers.py
 
 
 @pytest.fixture(scope="session")

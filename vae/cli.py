@@ -104,6 +104,63 @@ def list_pipelines(file: PipelinesFile = Path(DEFAULT_PIPELINES_FILE)) -> None:
         typer.echo(f"{name:20} dataset={settings.dataset.source:24} model={settings.registry.model_name}")
 
 
+@app.command()
+def evaluate(
+    model: Annotated[str, typer.Argument(help="models:/NAME@ALIAS, models:/NAME/VERSION, runs:/ID/model, or a checkpoint directory.")],
+    dataset: Annotated[str, typer.Option("--dataset", "-d", help="A dataset name (newest version) or directory.")],
+    k: Annotated[int, typer.Option("--k", help="Importance samples per image.")] = 5000,
+    split: Annotated[str, typer.Option(help="Which split: test or validation.")] = "test",
+    max_memory: Annotated[int, typer.Option("--max-memory", help="Memory budget for samples, MiB.")] = 256,
+    workers: Annotated[int, typer.Option(help="Ray tasks to split the images across.")] = 1,
+    seed: Annotated[int, typer.Option(help="Noise seed (per-example streams).")] = 0,
+    binarize: Annotated[str, typer.Option(help="For a bare checkpoint: threshold, dynamic or none.")] = "threshold",
+    output: Annotated[Optional[Path], typer.Option(help="Per-example Parquet (default: under VAE_HOME/evaluations).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as one JSON object.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show Ray and MLflow logs.")] = False,
+) -> None:
+    """Estimate held-out log p(x) of a model by importance sampling, with a standard error."""
+    _quiet_logs(verbose)
+    from vae.config import EvaluationConfig, vae_home
+    from vae.errors import DataError
+
+    if k < 1:
+        _fail(f"--k {k}: expected k >= 1 importance samples per image")
+    if split not in ("test", "validation", "train"):
+        _fail(f"--split {split!r}: expected test, validation or train")
+    if workers < 1 or max_memory < 1:
+        _fail("--workers and --max-memory must be >= 1")
+    try:
+        from vae import scoring
+
+        dataset_path = scoring.resolve_dataset(dataset)
+        if (Path(model) / "checkpoint.pt").exists():
+            checkpoint, mode = Path(model), binarize
+        else:
+            from vae import registry
+
+            checkpoint, metadata = registry.download_model(model)
+            mode = metadata["binarize"]
+        config = EvaluationConfig(k=k, split=split, max_memory_mb=max_memory, workers=workers, seed=seed)
+        scored = scoring.score_checkpoint(checkpoint, dataset_path, config, mode)
+        slug = "".join(c if c.isalnum() or c in "-_." else "_" for c in model.split("://")[-1].strip("/"))
+        target = output or vae_home() / "evaluations" / f"{slug}-{Path(dataset_path).parent.name}-{split}-k{k}.parquet"
+        per_example = scoring.write_per_example(scored, target)
+    except VAEError as exc:
+        _fail(str(exc))
+    summary = {**scored.summary, "iwae_bound": -scored.summary["nll"], "model": model,
+               "dataset": dataset_path, "per_example": str(per_example)}
+    if as_json:
+        typer.echo(json.dumps(summary))
+        return
+    typer.echo(f"NLL           {summary['nll']:.3f} ± {summary['nll_stderr']:.3f} nats "
+               f"({summary['bits_per_dim']:.4f} bits/dim; {summary['n']} {split} images)")
+    typer.echo(f"IWAE-{k} bound {summary['iwae_bound']:.3f} nats  (= mean log p̂(x))")
+    typer.echo(f"ELBO          {summary['elbo']:.3f} nats")
+    typer.echo(f"ELBO gap      {summary['elbo_gap']:.3f} nats  (log p̂(x) − ELBO ≈ KL(q(z|x) ‖ p(z|x)))")
+    typer.echo(f"ESS           {summary['ess']:.1f} of {k} samples (mean over images)")
+    typer.echo(f"per-example   {per_example}")
+
+
 # Commands that live in their own modules register themselves on `app` when imported.
 import vae.cli_data  # noqa: E402,F401
 

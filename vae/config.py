@@ -74,6 +74,8 @@ class EvaluationConfig(_Frozen):
     batch_size: int = Field(128, ge=1)
     max_memory_mb: int = Field(256, ge=1)
     seed: int = 0
+    # >1 splits the split across Ray tasks; per-example noise streams make the result identical.
+    workers: int = Field(1, ge=1)
 
 
 class RegistryConfig(_Frozen):

@@ -17,9 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from vae.config import EvaluationConfig
-from vae.errors import DataError
-from vae.model import VAE, load_checkpoint
+from vae.model import VAE
 from vae.objectives import log_importance_weights
 
 
@@ -129,31 +127,96 @@ def estimate_log_likelihood(
     )
 
 
-def evaluate_checkpoint(
-    checkpoint_dir: str,
-    dataset_path: str,
-    config: EvaluationConfig,
-    binarize: str,
-) -> dict[str, float | int]:
-    """Load a checkpoint and a dataset split, estimate log p(x) on it; returns the summary."""
-    from vae.data import load_split, prepare_inputs, read_manifest
+# ---------------------------------------------------------------------------------------------
+# Annealed importance sampling (Neal 2001) with HMC transitions: an independent cross-check of
+# the IS estimate, as in Wu, Burda, Salakhutdinov & Grosse (2017) for decoder-based models.
 
-    model, _ = load_checkpoint(checkpoint_dir)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model = model.to(device)
-    manifest = read_manifest(dataset_path)
-    images, _ = load_split(dataset_path, config.split)
-    if images.shape[0] == 0:
-        raise DataError(f"{dataset_path}: split '{config.split}' is empty (expected at least one image)")
-    if images.shape[1] != model.data_dim:
-        raise DataError(
-            f"{dataset_path}: images have {images.shape[1]} pixels but the model expects {model.data_dim}"
-        )
-    # Dynamic binarisation is evaluated on one fixed draw, so NLLs are comparable across runs.
-    generator = torch.Generator().manual_seed(config.seed)
-    x = prepare_inputs(torch.from_numpy(images.copy()), manifest["value_range"][1], binarize, generator=generator)
-    estimate = estimate_log_likelihood(
-        model, x.to(device), config.k, batch_size=config.batch_size, max_memory_bytes=config.max_memory_mb * 2**20,
-        seed=config.seed,
-    )
-    return {**estimate.summary(model.data_dim), "split": config.split}
+
+@dataclass(frozen=True)
+class AISEstimate:
+    """Per-example AIS estimates (N,) with the per-example standard error of log p̂(x)."""
+
+    log_px: torch.Tensor  # (N,) float64
+    log_px_stderr: torch.Tensor  # (N,) float64, delta-method s.e. of log mean w over the chains
+    acceptance: float  # mean HMC acceptance rate over all transitions
+    chains: int
+    steps: int
+
+    @property
+    def mean_log_px(self) -> float:
+        return float(self.log_px.mean())
+
+
+def sigmoid_schedule(steps: int, rad: float = 4.0) -> torch.Tensor:
+    """Inverse temperatures 0 = b_0 < ... < b_T = 1, dense near both ends (Grosse et al. 2015)."""
+    s = torch.sigmoid(torch.linspace(-rad, rad, steps + 1, dtype=torch.float64))
+    return (s - s[0]) / (s[-1] - s[0])  # (T+1,)
+
+
+def annealed_importance_sampling(
+    model: VAE,
+    x: torch.Tensor,
+    *,
+    steps: int = 500,
+    chains: int = 16,
+    leapfrog_steps: int = 10,
+    step_size: float = 0.05,
+    target_acceptance: float = 0.65,
+    seed: int = 0,
+) -> AISEstimate:
+    """log p(x) by AIS from the prior p(z) to the posterior along f_t(z) = p(z) p(x|z)^b_t.
+
+    log w = sum_t (b_t - b_{t-1}) log p(x | z_{t-1}),  z_t ~ HMC leaving f_t invariant  (Neal 2001, Eq. 3)
+    p̂(x) = mean over chains of w, an unbiased estimate of p(x). x: (N, D) → (N,)
+    """
+    model.eval()
+    generator = torch.Generator(device=x.device).manual_seed(seed)
+    n, latent = x.shape[0], model.latent_dim
+    betas = sigmoid_schedule(steps).tolist()
+    z = torch.randn((chains, n, latent), generator=generator, device=x.device)  # (C, N, L) ~ p(z)
+    log_w = torch.zeros((chains, n), dtype=torch.float64, device=x.device)  # (C, N)
+    eps = torch.full((1, n, 1), step_size, device=x.device)  # per-example step size, adapted
+    accepted = 0.0
+
+    def log_lik(z_: torch.Tensor) -> torch.Tensor:
+        return model.log_likelihood(x, z_)  # (C, N)
+
+    def energy_and_grad(z_: torch.Tensor, beta: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """U(z) = -log f_b(z) and its gradient. (C, N, L) → (C, N), (C, N, L)"""
+        with torch.enable_grad():
+            z_ = z_.detach().requires_grad_(True)
+            energy = 0.5 * (z_**2).sum(-1) - beta * log_lik(z_)  # (C, N)
+            (grad,) = torch.autograd.grad(energy.sum(), z_)
+        return energy.detach(), grad
+
+    with torch.no_grad():
+        current_ll = log_lik(z)
+    for t in range(1, steps + 1):
+        log_w += (betas[t] - betas[t - 1]) * current_ll.double()
+        beta = betas[t]
+        # One HMC transition leaving f_t invariant: leapfrog, then Metropolis-Hastings.
+        momentum = torch.randn(z.shape, generator=generator, device=x.device)  # (C, N, L)
+        energy, grad = energy_and_grad(z, beta)
+        h_start = energy + 0.5 * (momentum**2).sum(-1)  # (C, N)
+        z_new, p_new = z.clone(), momentum - 0.5 * eps * grad
+        for i in range(leapfrog_steps):
+            z_new = z_new + eps * p_new
+            energy_new, grad_new = energy_and_grad(z_new, beta)
+            if i < leapfrog_steps - 1:
+                p_new = p_new - eps * grad_new
+        p_new = p_new - 0.5 * eps * grad_new
+        h_end = energy_new + 0.5 * (p_new**2).sum(-1)  # (C, N)
+        log_u = torch.log(torch.rand(h_end.shape, generator=generator, device=x.device))
+        accept = (log_u < (h_start - h_end)) & torch.isfinite(h_end)  # (C, N)
+        z = torch.where(accept[..., None], z_new, z)
+        with torch.no_grad():
+            current_ll = log_lik(z)
+        rate = accept.double().mean(0)  # (N,) acceptance over chains
+        accepted += float(rate.mean())
+        # Nudge each example's step size toward the target acceptance (Wu et al. 2017, Sec. 4).
+        eps = eps * torch.where(rate > target_acceptance, 1.02, 0.98).to(eps)[None, :, None]
+    log_px = torch.logsumexp(log_w, 0) - math.log(chains)  # (N,)
+    normalized = torch.exp(log_w - log_w.max(0).values)  # (C, N), max weight = 1
+    # Delta method: s.e.(log mean w) ≈ std(w) / (sqrt(C) mean(w)).
+    stderr = normalized.std(0) / (math.sqrt(chains) * normalized.mean(0))
+    return AISEstimate(log_px.cpu(), stderr.cpu(), accepted / steps, chains, steps)

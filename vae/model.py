@@ -93,6 +93,11 @@ class VAE(nn.Module):
             return bernoulli_log_likelihood(x, out)
         return gaussian_log_likelihood(x, out, self.log_std)
 
+    def mean_image(self, z: torch.Tensor) -> torch.Tensor:
+        """E[x|z]: sigmoid(logits) for Bernoulli, the mean for Gaussian. z: (..., L) → (..., D)"""
+        out = self.decode(z)
+        return torch.sigmoid(out) if self.config.likelihood == "bernoulli" else out
+
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.encode(x)
 

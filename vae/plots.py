@@ -25,3 +25,75 @@ def plot_elbo_curve(history: list[dict[str, float]], path: str | Path) -> Path:
     figure.savefig(path)
     plt.close(figure)
     return Path(path)
+
+
+def _grid(images, shape: tuple[int, int], columns: int):
+    """Tile (N, H*W) images in [0, 1] into one (rows*H, columns*W) array."""
+    import numpy as np
+
+    h, w = shape
+    n = images.shape[0]
+    rows = -(-n // columns)
+    canvas = np.ones((rows * (h + 1) - 1, columns * (w + 1) - 1))
+    for i in range(n):
+        r, c = divmod(i, columns)
+        canvas[r * (h + 1) : r * (h + 1) + h, c * (w + 1) : c * (w + 1) + w] = images[i].reshape(h, w)
+    return canvas
+
+
+def plot_image_grids(originals, reconstructions, samples, shape: tuple[int, int], directory: str | Path) -> list[Path]:
+    """Reconstruction grid (originals above their reconstructions) and a grid of prior samples."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    paths = []
+    columns = min(16, originals.shape[0])
+    pairs = np.concatenate([originals[:columns], reconstructions[:columns]])
+    for name, images, title in (
+        ("reconstructions.png", pairs, "test images (top) and reconstructions E[x|z=mu(x)] (bottom)"),
+        ("samples.png", samples, "samples: decoder mean at z ~ N(0, I)"),
+    ):
+        figure, axes = plt.subplots(figsize=(8, 8 * (2 if name == "reconstructions.png" else 4) / columns + 0.6),
+                                    dpi=100)
+        axes.imshow(_grid(images, shape, columns), cmap="gray", vmin=0, vmax=1)
+        axes.set_axis_off()
+        axes.set_title(title, fontsize=9)
+        figure.tight_layout()
+        path = Path(directory) / name
+        figure.savefig(path)
+        plt.close(figure)
+        paths.append(path)
+    return paths
+
+
+def plot_latent_scatter(means, labels, path: str | Path) -> Path:
+    """q(z|x) means in 2-D (the first two principal components when L > 2), coloured by label."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    points = np.asarray(means, dtype=np.float64)
+    axis_names = ("z1", "z2")
+    if points.shape[1] > 2:
+        centred = points - points.mean(0)
+        _, _, vt = np.linalg.svd(centred, full_matrices=False)
+        points, axis_names = centred @ vt[:2].T, ("PC1 of mu(x)", "PC2 of mu(x)")
+    elif points.shape[1] == 1:
+        points = np.concatenate([points, np.zeros_like(points)], axis=1)
+    figure, axes = plt.subplots(figsize=(6, 5), dpi=100)
+    scatter = axes.scatter(points[:, 0], points[:, 1], c=labels if labels is not None else None, cmap="tab10",
+                           s=6, alpha=0.8)
+    if labels is not None:
+        figure.colorbar(scatter, ax=axes, label="label")
+    axes.set_xlabel(axis_names[0])
+    axes.set_ylabel(axis_names[1])
+    axes.set_title("latent means of test images")
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+    return Path(path)

@@ -7,19 +7,23 @@ it only when its held-out NLL beats the current champion's by more than the conf
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
+import random
 import shutil
 import subprocess
 import tempfile
 import time
 import warnings
 from dataclasses import asdict, dataclass
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import mlflow
+import mlflow.artifacts
 import mlflow.pyfunc
 import numpy as np
 from mlflow import MlflowClient
@@ -34,6 +38,7 @@ from vae.config import PipelineConfig, artifacts_uri, tracking_uri
 from vae.errors import RegistryError
 
 CHAMPION = "champion"
+METADATA_FILE = "metadata.json"
 CHALLENGER = "challenger"
 
 
@@ -185,12 +190,71 @@ def _signature(data_dim: int, latent_dim: int):
     )
 
 
-def _champion_nll(mlflow_client, name: str) -> tuple[Any, float | None]:
+@contextlib.contextmanager
+def _gate_lock(uri: str):
+    """Serialise gates that share a local sqlite store (a file lock beside the database)."""
+    if not uri.startswith("sqlite:///"):
+        yield  # a server: the verify-after-write loop in promote_if_better settles races
+        return
+    import fcntl
+
+    with open(uri[len("sqlite:///"):] + ".gate.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _champion(mlflow_client, name: str):
     try:
-        version = mlflow_client.get_model_version_by_alias(name, CHAMPION)
+        return mlflow_client.get_model_version_by_alias(name, CHAMPION)
     except MlflowException:
-        return None, None
-    return version, float(version.tags.get("test_nll", "inf"))
+        return None
+
+
+def _nll_on(mlflow_client, name: str, version, dataset_version: str,
+            evaluate: Callable[[str], float] | None) -> float | None:
+    """A version's test NLL on `dataset_version`: its own tag, a cached re-evaluation, or a new one."""
+    if version.tags.get("dataset_version") == dataset_version:
+        return float(version.tags["test_nll"])
+    cached = version.tags.get(f"test_nll_on.{dataset_version}")
+    if cached is not None:
+        return float(cached)
+    if evaluate is None:
+        return None
+    nll = float(evaluate(f"models:/{name}/{version.version}"))
+    mlflow_client.set_model_version_tag(name, str(version.version), f"test_nll_on.{dataset_version}", f"{nll:.6f}")
+    return nll
+
+
+def promote_if_better(
+    mlflow_client, name: str, number: int, nll: float, dataset_version: str, margin: float,
+    evaluate: Callable[[str], float] | None = None, settle_seconds: float = 0.2,
+) -> tuple[bool, float | None]:
+    """Move `champion` to version `number` iff its NLL beats the champion's on the same data by > margin.
+
+    The champion is compared on the new version's dataset (re-evaluated with `evaluate` when it
+    was registered on another dataset version). After each write the alias is read back: a
+    concurrent gate that overwrote it with a worse model is overruled, a better one stands.
+    Returns (promoted, the previous champion's NLL on this dataset or None).
+    """
+    previous: float | None = None
+    for _ in range(10):
+        current = _champion(mlflow_client, name)
+        if current is not None and int(current.version) == number:
+            return True, previous
+        if current is not None:
+            current_nll = _nll_on(mlflow_client, name, current, dataset_version, evaluate)
+            if current_nll is None:  # not comparable and no way to evaluate it: keep the champion
+                return False, None
+            previous = current_nll if previous is None else previous
+            if not nll < current_nll - margin:
+                return False, current_nll
+        mlflow_client.set_registered_model_alias(name, CHAMPION, str(number))
+        time.sleep(settle_seconds * (1 + random.random()))
+    current = _champion(mlflow_client, name)
+    return current is not None and int(current.version) == number, previous
 
 
 def register_model(
@@ -202,22 +266,25 @@ def register_model(
     manifest: dict[str, Any],
     example: np.ndarray,
     uri: str | None = None,
+    evaluate_champion: Callable[[str], float] | None = None,
 ) -> Registration:
-    """Log the pyfunc to the run, register a version, tag it, and apply the champion gate."""
+    """Log the pyfunc to the run, register a version (alias `challenger`), tag it, apply the gate."""
     import torch
 
     from vae.model import CHECKPOINT_FILE
 
+    uri = uri or tracking_uri()
     mlflow_client = client(uri)
     name = config.registry.model_name
     state = torch.load(Path(checkpoint_dir) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
     with tempfile.TemporaryDirectory() as staging:
         checkpoint = Path(staging) / CHECKPOINT_FILE
         shutil.copy(Path(checkpoint_dir) / CHECKPOINT_FILE, checkpoint)
-        metadata = Path(staging) / "metadata.json"
+        metadata = Path(staging) / METADATA_FILE
         metadata.write_text(json.dumps({
             "max_value": manifest["value_range"][1], "binarize": config.dataset.binarize,
             "shape": manifest["shape"], "dataset_hash": dataset["content_hash"],
+            "dataset_version": dataset["version"],
         }))
         with mlflow.start_run(run_id=run_id, log_system_metrics=False), warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -242,26 +309,44 @@ def register_model(
         "dataset_version": dataset["version"],
         "test_nll": f"{evaluation['nll']:.6f}",
         "test_nll_stderr": f"{evaluation['nll_stderr']:.6f}",
+        "test_nll_pm": f"{evaluation['nll']:.3f} ± {evaluation['nll_stderr']:.3f}",
         "k": str(evaluation["k"]),
         "code_version": code_version(),
     }
     for key, value in tags.items():
         mlflow_client.set_model_version_tag(name, str(number), key, value)
     mlflow_client.set_registered_model_alias(name, CHALLENGER, str(number))
-    current, current_nll = _champion_nll(mlflow_client, name)
-    promote = current is None or evaluation["nll"] < current_nll - config.registry.promote_margin
-    if promote:
-        mlflow_client.set_registered_model_alias(name, CHAMPION, str(number))
+    with _gate_lock(uri):
+        promoted, previous = promote_if_better(
+            mlflow_client, name, number, float(evaluation["nll"]), dataset["version"],
+            config.registry.promote_margin, evaluate_champion,
+        )
+    mlflow_client.set_model_version_tag(name, str(number), "gate", "promoted" if promoted else "not promoted")
     mlflow_client.set_tag(run_id, "model_uri", f"models:/{name}/{number}")
     return Registration(
         model_name=name,
         version=number,
         model_uri=f"models:/{name}/{number}",
         run_id=run_id,
-        champion=promote,
-        champion_uri=f"models:/{name}@{CHAMPION}" if promote else None,
-        previous_champion_nll=current_nll,
+        champion=promoted,
+        champion_uri=f"models:/{name}@{CHAMPION}" if promoted else None,
+        previous_champion_nll=previous,
     )
+
+
+def download_model(model_uri: str, uri: str | None = None) -> tuple[Path, dict[str, Any]]:
+    """Fetch a logged or registered model's checkpoint; returns (checkpoint directory, metadata)."""
+    client(uri)
+    try:
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri))
+    except MlflowException as exc:
+        raise RegistryError(f"model '{model_uri}': {str(exc).splitlines()[0]}") from None
+    except OSError as exc:
+        raise RegistryError(f"model '{model_uri}': cannot download: {exc}") from None
+    artifacts = local / "artifacts"
+    if not (artifacts / METADATA_FILE).exists():
+        raise RegistryError(f"model '{model_uri}': not a vae model (no artifacts/{METADATA_FILE})")
+    return artifacts, json.loads((artifacts / METADATA_FILE).read_text())
 
 
 def load_encoder(model_uri: str, uri: str | None = None):
@@ -283,24 +368,49 @@ def record_and_register(
     uri: str | None = None,
 ) -> Registration:
     """Log the evaluation summary, manifest and plots to the run, then register through the gate."""
-    from vae.data import load_split, read_manifest
-    from vae.plots import plot_elbo_curve
+    import torch
 
+    from vae import plots, scoring
+    from vae.data import load_split, read_manifest
+    from vae.model import load_checkpoint
+
+    uri = uri or tracking_uri()
     mlflow_client = client(uri)
     manifest = read_manifest(dataset["path"])
     numbers = {f"{evaluation['split']}_{k}": float(v) for k, v in evaluation.items()
                if isinstance(v, (int, float)) and math.isfinite(v)}
     now = int(time.time() * 1000)
     mlflow_client.log_batch(run_id, metrics=[Metric(k, v, now, 0) for k, v in sorted(numbers.items())])
+    images, labels = load_split(dataset["path"], evaluation["split"])
     with tempfile.TemporaryDirectory() as staging:
-        manifest_path = Path(staging) / "manifest.json"
-        manifest_path.write_text(json.dumps(manifest, indent=2))
-        mlflow_client.log_artifact(run_id, str(manifest_path), "dataset")
+        staged = Path(staging)
+        (staged / "manifest.json").write_text(json.dumps(manifest, indent=2))
+        (staged / "evaluation.json").write_text(json.dumps(evaluation, indent=2))
+        mlflow_client.log_artifact(run_id, str(staged / "manifest.json"), "dataset")
+        mlflow_client.log_artifact(run_id, str(staged / "evaluation.json"), "evaluation")
+        if evaluation.get("per_example") and Path(evaluation["per_example"]).exists():
+            mlflow_client.log_artifact(run_id, evaluation["per_example"], "evaluation")
+        model, _ = load_checkpoint(checkpoint_dir)
+        x, _ = scoring.load_inputs(dataset["path"], evaluation["split"], model.data_dim, config.dataset.binarize,
+                                   config.evaluation.seed)
+        with torch.no_grad():
+            means, _ = model.encode(x)  # (N, L)
+            reconstructions = model.mean_image(means[:16])
+            samples = model.mean_image(torch.randn((64, model.latent_dim), generator=torch.Generator().manual_seed(0)))
+        shape = tuple(manifest["shape"][-2:]) if len(manifest["shape"]) >= 2 else (1, model.data_dim)
+        figures = plots.plot_image_grids(x[:16].numpy(), reconstructions.numpy(), samples.numpy(), shape, staged)
+        figures.append(plots.plot_latent_scatter(means.numpy(), labels, staged / "latent_scatter.png"))
         if history:
-            mlflow_client.log_artifact(run_id, str(plot_elbo_curve(history, Path(staging) / "elbo_curve.png")),
-                                       "plots")
-    images, _ = load_split(dataset["path"], evaluation["split"])
+            figures.append(plots.plot_elbo_curve(history, staged / "elbo_curve.png"))
+        for figure in figures:
+            mlflow_client.log_artifact(run_id, str(figure), "plots")
+
+    def evaluate_champion(model_uri: str) -> float:
+        """The champion's NLL on this run's dataset version, with this run's evaluation settings."""
+        directory, metadata = download_model(model_uri, uri)
+        return scoring.score_checkpoint(directory, dataset["path"], config.evaluation, metadata["binarize"]).summary["nll"]
+
     registration = register_model(config, run_id, checkpoint_dir, evaluation, dataset, manifest, images[:4],
-                                  uri=uri)
+                                  uri=uri, evaluate_champion=evaluate_champion)
     mlflow_client.set_terminated(run_id, "FINISHED")
     return registration

@@ -1,63 +1,45 @@
-"""The champion gate on a real sqlite MLflow registry: `champion` moves only to a better NLL."""
+"""The promotion gate on a real sqlite MLflow registry: `champion` moves only to a better NLL."""
 
 from __future__ import annotations
+
+import multiprocessing
+import os
 
 import numpy as np
 import pytest
 import torch
 from mlflow import MlflowClient
 
+from registry_helpers import gate_config, register
 from vae import registry
-from vae.config import DatasetConfig, ModelConfig, PipelineConfig, RegistryConfig, tracking_uri
-from vae.data import ingest, load_split, read_manifest
-from vae.model import CHECKPOINT_FILE, build_model
+from vae.config import tracking_uri
+from vae.data import ingest, load_split
+from vae.model import build_model
 
 pytestmark = pytest.mark.integration
 
 
-def _checkpoint(directory, model_config: ModelConfig, data_dim: int, seed: int) -> str:
-    torch.manual_seed(seed)
-    model = build_model(model_config, data_dim)
-    torch.save({"model": model.state_dict(), "epoch": 1, "history": [],
-                "model_config": model_config.model_dump(mode="json"), "data_dim": data_dim},
-               directory / CHECKPOINT_FILE)
-    return str(directory)
+def _alias(name: str, alias: str) -> str:
+    return str(MlflowClient(tracking_uri()).get_model_version_by_alias(name, alias).version)
 
 
 def test_champion_moves_only_when_nll_beats_it_by_the_margin(tmp_path):
-    config = PipelineConfig(
-        name="gate",
-        dataset=DatasetConfig(name="digits", source="sklearn:digits"),
-        model=ModelConfig(latent_dim=2, hidden=(8,)),
-        registry=RegistryConfig(model_name="vae-gate", promote_margin=0.5),
-    )
-    dataset = ingest(config.dataset).to_dict()
-    manifest = read_manifest(dataset["path"])
-    images, _ = load_split(dataset["path"], "test")
-    client = MlflowClient(tracking_uri())
+    config = gate_config("vae-gate", margin=0.5)
+    first = register(config, 30.0, seed=0, workdir=tmp_path)
+    assert (first.version, first.champion, _alias("vae-gate", "champion")) == (1, True, "1")
+    worse = register(config, 31.0, seed=1, workdir=tmp_path)
+    assert (worse.champion, _alias("vae-gate", "champion"), _alias("vae-gate", "challenger")) == (False, "1", "2")
+    within_margin = register(config, 29.8, seed=2, workdir=tmp_path)  # better, not by the 0.5-nat margin
+    assert (within_margin.champion, _alias("vae-gate", "champion")) == (False, "1")
+    better = register(config, 29.0, seed=3, workdir=tmp_path)
+    assert (better.champion, _alias("vae-gate", "champion"), better.previous_champion_nll) == (True, "4", 30.0)
+    version = MlflowClient(tracking_uri()).get_model_version("vae-gate", "4")
+    assert version.tags["test_nll_pm"] == "29.000 ± 0.100" and version.tags["gate"] == "promoted"
 
-    def register(nll: float, seed: int):
-        run_id = registry.start_run(config, dataset)
-        checkpoint = _checkpoint(tmp_path, config.model, 64, seed)
-        evaluation = {"nll": nll, "nll_stderr": 0.1, "k": 10, "split": "test"}
-        return registry.register_model(config, run_id, checkpoint, evaluation, dataset, manifest, images[:2])
-
-    def champion() -> str:
-        return str(client.get_model_version_by_alias("vae-gate", "champion").version)
-
-    first = register(30.0, seed=0)
-    assert (first.version, first.champion, champion()) == (1, True, "1")
-    worse = register(31.0, seed=1)
-    assert (worse.champion, champion()) == (False, "1")
-    within_margin = register(29.8, seed=2)  # better, but not by the 0.5-nat margin
-    assert (within_margin.champion, champion()) == (False, "1")
-    better = register(29.0, seed=3)
-    assert (better.champion, champion(), better.previous_champion_nll) == (True, "4", 30.0)
-    assert str(client.get_model_version_by_alias("vae-gate", "challenger").version) == "4"
-
-    # The champion's pyfunc is the one registered last with a better NLL: its weights are seed 3's.
+    # The champion's pyfunc carries seed 3's weights, loaded with weights_only=True.
     import mlflow.pyfunc
 
+    images, _ = load_split(ingest(config.dataset).path, "test")
     out = mlflow.pyfunc.load_model("models:/vae-gate@champion").predict(images[:3].astype(np.float32))
     torch.manual_seed(3)
     reference = build_model(config.model, 64).eval()
@@ -67,8 +49,54 @@ def test_champion_moves_only_when_nll_beats_it_by_the_margin(tmp_path):
     np.testing.assert_allclose(out["z_mean"], mean.numpy(), rtol=1e-5, atol=1e-6)
 
 
+def test_champion_on_another_dataset_version_is_re_evaluated_on_the_new_one(tmp_path):
+    config = gate_config("vae-redata")
+    old = ingest(config.dataset).to_dict()
+    register(config, 30.0, seed=0, workdir=tmp_path, dataset=old)
+    new = {**old, "version": "newdata00000", "content_hash": "f" * 64}
+    seen = []
+
+    def champion_scores(nll):
+        def evaluate(model_uri: str) -> float:
+            seen.append(model_uri)
+            return nll
+        return evaluate
+
+    # On the new data the champion scores 28.0: the challenger's 29.0 does not beat it.
+    kept = register(config, 29.0, seed=1, workdir=tmp_path, dataset=new, evaluate_champion=champion_scores(28.0))
+    assert (kept.champion, kept.previous_champion_nll, seen) == (False, 28.0, ["models:/vae-redata/1"])
+    # The re-evaluation is cached on the champion's version as a tag; no second evaluation.
+    assert MlflowClient(tracking_uri()).get_model_version("vae-redata", "1").tags["test_nll_on.newdata00000"] == "28.000000"
+    moved = register(config, 27.0, seed=2, workdir=tmp_path, dataset=new, evaluate_champion=champion_scores(99.0))
+    assert (moved.champion, moved.previous_champion_nll, len(seen)) == (True, 28.0, 1)
+
+
+def _register_in_process(nll: float, seed: int, workdir: str, start) -> None:
+    start.wait()
+    register(gate_config("vae-race"), nll, seed, workdir=__import__("pathlib").Path(workdir))
+
+
+def test_two_concurrent_registrations_both_get_versions_and_the_better_is_champion(tmp_path):
+    ingest(gate_config("vae-race").dataset)  # both processes find the dataset ready
+    context = multiprocessing.get_context("spawn")
+    start = context.Event()
+    workers = [context.Process(target=_register_in_process, args=(nll, seed, str(tmp_path), start))
+               for nll, seed in ((25.0, 1), (24.0, 2))]
+    for worker in workers:
+        worker.start()
+    start.set()
+    for worker in workers:
+        worker.join(timeout=180)
+        assert worker.exitcode == 0
+    client = MlflowClient(tracking_uri())
+    versions = client.search_model_versions("name = 'vae-race'")
+    assert sorted(float(v.tags["test_nll"]) for v in versions) == [24.0, 25.0]
+    champion = client.get_model_version_by_alias("vae-race", "champion")
+    assert float(champion.tags["test_nll"]) == 24.0
+
+
 def test_unknown_model_uri_is_one_line():
     from vae.errors import RegistryError
 
     with pytest.raises(RegistryError, match=r"^model 'models:/no-such-model@champion': "):
-        registry.load_encoder("models:/no-such-model@champion")
+        registry.download_model("models:/no-such-model@champion")

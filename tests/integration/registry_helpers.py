@@ -1,0 +1,43 @@
+"""Register small untrained models on the real test MLflow store, without a training run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from vae import registry
+from vae.config import DatasetConfig, ModelConfig, PipelineConfig, RegistryConfig
+from vae.data import ingest, load_split, read_manifest
+from vae.model import CHECKPOINT_FILE, build_model
+
+
+def gate_config(model_name: str, margin: float = 0.0) -> PipelineConfig:
+    return PipelineConfig(
+        name=model_name,
+        dataset=DatasetConfig(name="digits", source="sklearn:digits"),
+        model=ModelConfig(latent_dim=2, hidden=(8,)),
+        registry=RegistryConfig(model_name=model_name, promote_margin=margin),
+    )
+
+
+def save_checkpoint(directory: Path, model_config: ModelConfig, data_dim: int, seed: int) -> str:
+    directory.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    model = build_model(model_config, data_dim)
+    torch.save({"model": model.state_dict(), "epoch": 1, "history": [],
+                "model_config": model_config.model_dump(mode="json"), "data_dim": data_dim},
+               directory / CHECKPOINT_FILE)
+    return str(directory)
+
+
+def register(config: PipelineConfig, nll: float, seed: int, workdir: Path, dataset: dict | None = None,
+             evaluate_champion=None) -> registry.Registration:
+    dataset = dataset or ingest(config.dataset).to_dict()
+    manifest = read_manifest(dataset["path"])
+    images, _ = load_split(dataset["path"], "test")
+    run_id = registry.start_run(config, dataset)
+    checkpoint = save_checkpoint(workdir / f"ckpt-{seed}", config.model, 64, seed)
+    evaluation = {"nll": nll, "nll_stderr": 0.1, "k": 10, "split": "test"}
+    return registry.register_model(config, run_id, checkpoint, evaluation, dataset, manifest, images[:2],
+                                   evaluate_champion=evaluate_champion)
