@@ -86,12 +86,22 @@ class VAE(nn.Module):
         """Decoder output: Bernoulli logits or Gaussian means. z: (..., L) → (..., D)"""
         return self.decoder(z)
 
-    def log_likelihood(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    def project_inputs(self, x: torch.Tensor) -> torch.Tensor:
+        """x W for the decoder's last layer W: (B, D) → (B, H); reusable across samples of z."""
+        return x @ self.decoder[-1].weight
+
+    def log_likelihood(self, x: torch.Tensor, z: torch.Tensor, x_projected: torch.Tensor | None = None) -> torch.Tensor:
         """log p(x|z). x: (B, D), z: (..., B, L) → (..., B); x is broadcast, never copied."""
-        out = self.decode(z)  # (..., B, D)
         if self.config.likelihood == "bernoulli":
-            return bernoulli_log_likelihood(x, out)
-        return gaussian_log_likelihood(x, out, self.log_std)
+            # sum_d x_d l_d with l = W h + b equals h·(W^T x) + b·x: a (..., B, H) dot instead of
+            # a (..., B, D) product, so only softplus(l) touches the full decoder output.
+            *body, last = self.decoder
+            h = nn.Sequential(*body)(z) if body else z  # (..., B, H)
+            logits = last(h)  # (..., B, D)
+            xw = self.project_inputs(x) if x_projected is None else x_projected  # (B, H)
+            x_dot_logits = (h * xw).sum(-1) + x @ last.bias  # (..., B)
+            return x_dot_logits - F.softplus(logits).sum(-1)
+        return gaussian_log_likelihood(x, self.decode(z), self.log_std)
 
     def mean_image(self, z: torch.Tensor) -> torch.Tensor:
         """E[x|z]: sigmoid(logits) for Bernoulli, the mean for Gaussian. z: (..., L) → (..., D)"""

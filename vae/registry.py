@@ -302,7 +302,7 @@ def register_model(
         mlflow_client.create_registered_model(name)
     except MlflowException:
         pass  # it exists already (or was created concurrently)
-    version = mlflow_client.create_model_version(name, source=info.model_uri, run_id=run_id)
+    version = mlflow_client.create_model_version(name, source=info.model_uri, run_id=run_id, model_id=info.model_id)
     number = int(version.version)
     tags = {
         "dataset_hash": dataset["content_hash"],

@@ -15,7 +15,7 @@ from vae.model import CHECKPOINT_FILE, build_model
 def gate_config(model_name: str, margin: float = 0.0) -> PipelineConfig:
     return PipelineConfig(
         name=model_name,
-        dataset=DatasetConfig(name="digits", source="sklearn:digits"),
+        dataset=DatasetConfig(name="digits", source="sklearn:digits", validation_fraction=0.1),
         model=ModelConfig(latent_dim=2, hidden=(8,)),
         registry=RegistryConfig(model_name=model_name, promote_margin=margin),
     )
@@ -32,12 +32,12 @@ def save_checkpoint(directory: Path, model_config: ModelConfig, data_dim: int, s
 
 
 def register(config: PipelineConfig, nll: float, seed: int, workdir: Path, dataset: dict | None = None,
-             evaluate_champion=None) -> registry.Registration:
+             evaluate_champion=None, uri: str | None = None) -> registry.Registration:
     dataset = dataset or ingest(config.dataset).to_dict()
     manifest = read_manifest(dataset["path"])
     images, _ = load_split(dataset["path"], "test")
-    run_id = registry.start_run(config, dataset)
+    run_id = registry.start_run(config, dataset, uri)
     checkpoint = save_checkpoint(workdir / f"ckpt-{seed}", config.model, 64, seed)
     evaluation = {"nll": nll, "nll_stderr": 0.1, "k": 10, "split": "test"}
     return registry.register_model(config, run_id, checkpoint, evaluation, dataset, manifest, images[:2],
-                                   evaluate_champion=evaluate_champion)
+                                   uri=uri, evaluate_champion=evaluate_champion)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing
-import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -71,28 +71,45 @@ def test_champion_on_another_dataset_version_is_re_evaluated_on_the_new_one(tmp_
     assert (moved.champion, moved.previous_champion_nll, len(seen)) == (True, 28.0, 1)
 
 
-def _register_in_process(nll: float, seed: int, workdir: str, start) -> None:
+def _register_in_process(name: str, nll: float, seed: int, workdir: str, uri: str, start) -> None:
     start.wait()
-    register(gate_config("vae-race"), nll, seed, workdir=__import__("pathlib").Path(workdir))
+    register(gate_config(name), nll, seed, workdir=Path(workdir), uri=uri)
 
 
-def test_two_concurrent_registrations_both_get_versions_and_the_better_is_champion(tmp_path):
-    ingest(gate_config("vae-race").dataset)  # both processes find the dataset ready
+def _race(name: str, uri: str, workdir: Path) -> None:
+    """Two processes register at the same moment; both get versions and the better is champion."""
+    ingest(gate_config(name).dataset)  # both processes find the dataset ready...
+    MlflowClient(uri).search_experiments()  # ...and the store's schema created (that is not race-safe)
     context = multiprocessing.get_context("spawn")
     start = context.Event()
-    workers = [context.Process(target=_register_in_process, args=(nll, seed, str(tmp_path), start))
+    workers = [context.Process(target=_register_in_process, args=(name, nll, seed, str(workdir), uri, start))
                for nll, seed in ((25.0, 1), (24.0, 2))]
     for worker in workers:
         worker.start()
     start.set()
     for worker in workers:
-        worker.join(timeout=180)
+        worker.join(timeout=240)
         assert worker.exitcode == 0
-    client = MlflowClient(tracking_uri())
-    versions = client.search_model_versions("name = 'vae-race'")
+    client = MlflowClient(uri)
+    versions = client.search_model_versions(f"name = '{name}'")
     assert sorted(float(v.tags["test_nll"]) for v in versions) == [24.0, 25.0]
-    champion = client.get_model_version_by_alias("vae-race", "champion")
+    champion = client.get_model_version_by_alias(name, "champion")
     assert float(champion.tags["test_nll"]) == 24.0
+
+
+def test_two_concurrent_registrations_on_sqlite(tmp_path):
+    _race("vae-race", tracking_uri(), tmp_path)
+
+
+def test_two_concurrent_registrations_on_an_mlflow_server_with_postgresql(tmp_path):
+    from services import mlflow_server, postgres
+
+    with postgres() as database, mlflow_server(database, tmp_path) as server:
+        _race("vae-race-pg", server, tmp_path)
+        # The sequential gate holds on the server too: a worse model does not take the alias.
+        worse = register(gate_config("vae-race-pg"), 26.0, seed=3, workdir=tmp_path, uri=server)
+        assert worse.champion is False
+        assert MlflowClient(server).get_model_version_by_alias("vae-race-pg", "challenger").version == str(worse.version)
 
 
 def test_unknown_model_uri_is_one_line():

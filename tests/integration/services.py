@@ -1,0 +1,94 @@
+"""Real services on loopback for tests: PostgreSQL from Debian's packages and `mlflow server`."""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _as_postgres(command: list[str]) -> list[str]:
+    """PostgreSQL refuses to run as root: drop to the `postgres` user when we are root."""
+    return ["runuser", "-u", "postgres", "--", *command] if os.geteuid() == 0 else command
+
+
+def postgres_bin() -> Path | None:
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    return Path(found[-1]).parent if found else None
+
+
+@contextmanager
+def postgres() -> Iterator[str]:
+    """A throwaway PostgreSQL cluster on 127.0.0.1; yields a SQLAlchemy URL of database `mlflow`."""
+    bin_dir = postgres_bin()
+    assert bin_dir is not None, "PostgreSQL server binaries not found (apt-get install postgresql)"
+    # Directly under /tmp: the `postgres` user cannot enter pytest's root-only temporary folders.
+    data = Path(tempfile.mkdtemp(prefix="vae-pg-"))
+    if os.geteuid() == 0:
+        shutil.chown(data, "postgres")
+    port = free_port()
+    subprocess.run(_as_postgres([str(bin_dir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres"]),
+                   check=True, capture_output=True)
+    subprocess.run(_as_postgres([str(bin_dir / "pg_ctl"), "-D", str(data), "-w", "-l", str(data / "log"), "-o",
+                                 f"-p {port} -k {data} -c listen_addresses=127.0.0.1", "start"]),
+                   check=True, capture_output=True)
+    try:
+        subprocess.run([str(bin_dir / "psql") if (bin_dir / "psql").exists() else "psql", "-h", "127.0.0.1",
+                        "-p", str(port), "-U", "postgres", "-c", "CREATE DATABASE mlflow"],
+                       check=True, capture_output=True)
+        yield f"postgresql+psycopg2://postgres@127.0.0.1:{port}/mlflow"
+    finally:
+        subprocess.run(_as_postgres([str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "fast", "stop"]),
+                       capture_output=True)
+        shutil.rmtree(data, ignore_errors=True)
+
+
+@contextmanager
+def mlflow_server(backend_uri: str, workdir: Path, timeout: float = 180) -> Iterator[str]:
+    """`mlflow server` on 127.0.0.1 over `backend_uri`; yields its http URL."""
+    port = free_port()
+    bin_dir = Path(sys.executable).parent
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ.get('PATH', '')}"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    log = open(workdir / "mlflow-server.log", "w")
+    process = subprocess.Popen(
+        [str(bin_dir / "mlflow"), "server", "--backend-store-uri", backend_uri, "--artifacts-destination",
+         str(workdir / "artifacts"), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        env=env, stdout=log, stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + timeout
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"mlflow server exited: {(workdir / 'mlflow-server.log').read_text()[-2000:]}")
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2):
+                    break
+            except OSError:
+                if time.time() > deadline:
+                    raise RuntimeError("mlflow server did not answer /health in time") from None
+                time.sleep(0.5)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        log.close()
