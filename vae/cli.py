@@ -115,6 +115,8 @@ def evaluate(
     seed: Annotated[int, typer.Option(help="Noise seed (per-example streams).")] = 0,
     binarize: Annotated[str, typer.Option(help="For a bare checkpoint: threshold, dynamic or none.")] = "threshold",
     output: Annotated[Optional[Path], typer.Option(help="Per-example Parquet (default: under VAE_HOME/evaluations).")] = None,
+    ais: Annotated[int, typer.Option(help="Cross-check IS with annealed importance sampling on this many images.")] = 0,
+    ais_steps: Annotated[int, typer.Option(help="AIS annealing steps (HMC transitions).")] = 500,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as one JSON object.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show Ray and MLflow logs.")] = False,
 ) -> None:
@@ -145,10 +147,13 @@ def evaluate(
         slug = "".join(c if c.isalnum() or c in "-_." else "_" for c in model.split("://")[-1].strip("/"))
         target = output or vae_home() / "evaluations" / f"{slug}-{Path(dataset_path).parent.name}-{split}-k{k}.parquet"
         per_example = scoring.write_per_example(scored, target)
+        cross_check = scoring.ais_cross_check(checkpoint, dataset_path, config, mode, scored, ais, ais_steps) if ais else None
     except VAEError as exc:
         _fail(str(exc))
     summary = {**scored.summary, "iwae_bound": -scored.summary["nll"], "model": model,
                "dataset": dataset_path, "per_example": str(per_example)}
+    if cross_check:
+        summary["ais"] = cross_check
     if as_json:
         typer.echo(json.dumps(summary))
         return
@@ -158,6 +163,10 @@ def evaluate(
     typer.echo(f"ELBO          {summary['elbo']:.3f} nats")
     typer.echo(f"ELBO gap      {summary['elbo_gap']:.3f} nats  (log p̂(x) − ELBO ≈ KL(q(z|x) ‖ p(z|x)))")
     typer.echo(f"ESS           {summary['ess']:.1f} of {k} samples (mean over images)")
+    if cross_check:
+        typer.echo(f"AIS check     log p̂(x) on {cross_check['n']} images: AIS {cross_check['ais_log_px']:.3f}, "
+                   f"IS {cross_check['is_log_px']:.3f}, difference {cross_check['difference']:.3f} ± "
+                   f"{cross_check['difference_stderr']:.3f} nats")
     typer.echo(f"per-example   {per_example}")
 
 

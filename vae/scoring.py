@@ -146,3 +146,23 @@ def resolve_dataset(name_or_path: str, root: Path | None = None) -> str:
                         "or pass a dataset directory)")
     newest = max(versions, key=lambda m: (json.loads(m.read_text()).get("created_at", ""), m.stat().st_mtime))
     return str(newest.parent)
+
+
+def ais_cross_check(
+    checkpoint_dir: str | Path, dataset_path: str, config: EvaluationConfig, binarize: str, scored: Scored,
+    images: int, steps: int,
+) -> dict[str, float]:
+    """AIS (HMC) on the first `images` examples against the IS estimates of the same examples."""
+    from vae.evaluation import annealed_importance_sampling
+
+    model, _ = load_checkpoint(checkpoint_dir)
+    x, _ = load_inputs(dataset_path, config.split, model.data_dim, binarize, config.seed)
+    n = min(images, x.shape[0])
+    ais = annealed_importance_sampling(model, x[:n], steps=steps, seed=config.seed)
+    difference = ais.log_px - scored.estimate.log_px[:n]
+    return {
+        "n": n, "steps": steps, "ais_log_px": ais.mean_log_px, "is_log_px": float(scored.estimate.log_px[:n].mean()),
+        "difference": float(difference.mean()),
+        "difference_stderr": float(difference.std() / n**0.5) if n > 1 else float("nan"),
+        "hmc_acceptance": ais.acceptance,
+    }

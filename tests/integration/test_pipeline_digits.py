@@ -50,6 +50,13 @@ def test_registry_holds_the_model_with_champion_alias_and_tags(pipeline_result):
     assert float(champion.tags["test_nll"]) == pytest.approx(result["evaluation"]["nll"], abs=1e-5)
     assert champion.tags["k"] == "500" and champion.tags["code_version"]
     assert client.get_run(result["run_id"]).info.status == "FINISHED"
+    logged = {a.path for folder in ("plots", "dataset", "evaluation")
+              for a in client.list_artifacts(result["run_id"], folder)}
+    assert {"plots/elbo_curve.png", "plots/reconstructions.png", "plots/samples.png", "plots/latent_scatter.png",
+            "dataset/manifest.json", "evaluation/evaluation.json"} <= logged
+    run = client.get_run(result["run_id"])
+    assert run.data.params["training.epochs"] == "5"
+    assert run.data.metrics["test_nll"] == pytest.approx(result["evaluation"]["nll"])
 
 
 def test_champion_pyfunc_returns_latents_of_the_right_shape(pipeline_result):
