@@ -13,7 +13,8 @@ from vae import config
 
 @flow(name="pipeline")
 def pipeline_flow(
-    pipeline: str, pipelines_file: str = config.DEFAULT_PIPELINES_FILE, workers: int | None = None
+    pipeline: str, pipelines_file: str = config.DEFAULT_PIPELINES_FILE, workers: int | None = None,
+    gpu: bool | None = None, resume: bool = False,
 ) -> dict:
     """Run every stage; each passes references (paths, run ids, URIs) to the next."""
     seconds: dict[str, float] = {}
@@ -26,7 +27,7 @@ def pipeline_flow(
 
     dataset = ingest_flow(pipeline, pipelines_file)
     lap("ingest")
-    trained = train_flow(pipeline, dataset, pipelines_file, workers)
+    trained = train_flow(pipeline, dataset, pipelines_file, workers, gpu, resume)
     lap("train")
     evaluation = evaluate_flow(pipeline, trained["checkpoint"], dataset["path"], pipelines_file)
     lap("evaluate")

@@ -12,10 +12,11 @@ def start_run_task(pipeline: config.PipelineConfig, dataset: dict[str, str]) -> 
 
 
 @task(name="train")  # no retries: a diverged run must not be silently rerun
-def train_task(pipeline: config.PipelineConfig, dataset: dict[str, str], run_id: str, workers: int | None) -> dict:
+def train_task(pipeline: config.PipelineConfig, dataset: dict[str, str], run_id: str, workers: int | None,
+               gpu: bool | None, resume: bool) -> dict:
     try:
-        result = training.train(pipeline, DatasetRef(**dataset), run_id=run_id,
-                                tracking_uri=config.tracking_uri(), workers=workers)
+        result = training.train(pipeline, DatasetRef(**dataset), run_id=run_id, tracking_uri=config.tracking_uri(),
+                                workers=workers, use_gpu=gpu, resume=resume)
     except Exception:
         registry.end_run(run_id, "FAILED")
         raise
@@ -25,9 +26,9 @@ def train_task(pipeline: config.PipelineConfig, dataset: dict[str, str], run_id:
 @flow(name="train")
 def train_flow(
     pipeline: str, dataset: dict[str, str], pipelines_file: str = config.DEFAULT_PIPELINES_FILE,
-    workers: int | None = None,
+    workers: int | None = None, gpu: bool | None = None, resume: bool = False,
 ) -> dict:
     """Train on an ingested dataset; returns {run_id, checkpoint, epochs, history}."""
     settings = config.load_pipeline(pipeline, pipelines_file)
     run_id = start_run_task(settings, dataset)
-    return {"run_id": run_id, **train_task(settings, dataset, run_id, workers)}
+    return {"run_id": run_id, **train_task(settings, dataset, run_id, workers, gpu, resume)}

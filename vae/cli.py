@@ -75,6 +75,8 @@ def run(
     pipeline: Annotated[str, typer.Argument(help="A pipeline name from the pipelines file.")],
     file: PipelinesFile = Path(DEFAULT_PIPELINES_FILE),
     workers: Annotated[Optional[int], typer.Option(min=1, help="Ray Train workers (overrides the file).")] = None,
+    gpu: Annotated[Optional[bool], typer.Option("--gpu/--cpu", help="GPU workers (NCCL) or CPU workers (gloo); overrides the file.", show_default=False)] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from this pipeline's newest checkpoint.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as one JSON object.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show Prefect and Ray logs.")] = False,
 ) -> None:
@@ -84,7 +86,7 @@ def run(
         load_pipeline(pipeline, file)  # validate before any service starts
         from flows.pipeline import pipeline_flow
 
-        result = pipeline_flow(pipeline, str(file), workers)
+        result = pipeline_flow(pipeline, str(file), workers, gpu, resume)
     except VAEError as exc:
         _fail(str(exc))
     if as_json:

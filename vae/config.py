@@ -64,6 +64,17 @@ class TrainingConfig(_Frozen):
     seed: int = 0
     max_failures: int = Field(0, ge=0)
     checkpoints_to_keep: int = Field(2, ge=1)
+    checkpoint_every: int = Field(1, ge=1)  # epochs between checkpoints (the last epoch always has one)
+    # 'elbo' (Kingma & Welling) or 'iwae' with iwae_k samples (Burda et al.); beta scales the KL of
+    # the ELBO, ramped linearly from 0 over kl_warmup_epochs.
+    objective: Literal["elbo", "iwae"] = "elbo"
+    iwae_k: int = Field(5, ge=1)
+    beta: float = Field(1.0, gt=0.0)
+    kl_warmup_epochs: int = Field(0, ge=0)
+    lr_decay: float = Field(1.0, gt=0.0, le=1.0)  # ExponentialLR gamma per epoch
+    # Stop after this many epochs without a better validation ELBO; the best checkpoint is the result.
+    early_stopping_patience: int | None = Field(None, ge=1)
+    precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast on GPU workers
 
 
 class EvaluationConfig(_Frozen):

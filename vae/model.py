@@ -57,16 +57,53 @@ def mlp(sizes: list[int], activation: str) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-class VAE(nn.Module):
-    """MLP VAE over flattened images of `data_dim` pixels (Kingma & Welling, 2014)."""
+class Unflatten(nn.Module):
+    """(..., C*H*W) → (N, C, H, W), folding any leading sample dimensions into N."""
 
-    def __init__(self, config: ModelConfig, data_dim: int):
+    def __init__(self, shape: tuple[int, int, int]):
+        super().__init__()
+        self.shape = shape
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.reshape(-1, *self.shape)
+
+
+def conv_nets(image_shape: tuple[int, int], latent_dim: int, channels: tuple[int, int]) -> tuple[nn.Module, nn.Module]:
+    """Encoder (B, H*W) → (B, 2L) and decoder (N, L) → (N, H*W) with two stride-2 convolutions."""
+    h, w = image_shape
+    c1, c2 = channels
+    flat = c2 * (h // 4) * (w // 4)
+    encoder = nn.Sequential(
+        Unflatten((1, h, w)),  # (B, 1, H, W)
+        nn.Conv2d(1, c1, 4, stride=2, padding=1), nn.ReLU(),  # (B, c1, H/2, W/2)
+        nn.Conv2d(c1, c2, 4, stride=2, padding=1), nn.ReLU(),  # (B, c2, H/4, W/4)
+        nn.Flatten(), nn.Linear(flat, 2 * latent_dim),  # (B, 2L)
+    )
+    decoder = nn.Sequential(
+        nn.Linear(latent_dim, flat), nn.ReLU(), Unflatten((c2, h // 4, w // 4)),  # (N, c2, H/4, W/4)
+        nn.ConvTranspose2d(c2, c1, 4, stride=2, padding=1), nn.ReLU(),  # (N, c1, H/2, W/2)
+        nn.ConvTranspose2d(c1, 1, 4, stride=2, padding=1),  # (N, 1, H, W)
+        nn.Flatten(),  # (N, H*W)
+    )
+    return encoder, decoder
+
+
+class VAE(nn.Module):
+    """A VAE over flattened images of `data_dim` pixels (Kingma & Welling, 2014)."""
+
+    def __init__(self, config: ModelConfig, data_dim: int, image_shape: tuple[int, ...] | None = None):
         super().__init__()
         self.config = config
         self.data_dim = data_dim
-        hidden = list(config.hidden)
-        self.encoder = mlp([data_dim, *hidden, 2 * config.latent_dim], config.activation)
-        self.decoder = mlp([config.latent_dim, *hidden[::-1], data_dim], config.activation)
+        if config.architecture == "conv":
+            shape = tuple(image_shape or ())[-2:]
+            if len(shape) != 2 or shape[0] % 4 or shape[1] % 4 or shape[0] * shape[1] != data_dim:
+                raise VAEError(f"model.architecture 'conv' needs images whose sides divide by 4, got shape {image_shape}")
+            self.encoder, self.decoder = conv_nets(shape, config.latent_dim, config.channels)
+        else:
+            hidden = list(config.hidden)
+            self.encoder = mlp([data_dim, *hidden, 2 * config.latent_dim], config.activation)
+            self.decoder = mlp([config.latent_dim, *hidden[::-1], data_dim], config.activation)
         if config.likelihood == "gaussian" and config.gaussian_std is None:
             self.log_std = nn.Parameter(torch.zeros(data_dim))  # learned per-pixel std
         else:
@@ -84,14 +121,20 @@ class VAE(nn.Module):
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Decoder output: Bernoulli logits or Gaussian means. z: (..., L) → (..., D)"""
-        return self.decoder(z)
+        return self.decoder(z.reshape(-1, z.shape[-1])).reshape(*z.shape[:-1], self.data_dim)
 
-    def project_inputs(self, x: torch.Tensor) -> torch.Tensor:
+    @property
+    def _linear_output(self) -> bool:
+        return isinstance(self.decoder[-1], nn.Linear)
+
+    def project_inputs(self, x: torch.Tensor) -> torch.Tensor | None:
         """x W for the decoder's last layer W: (B, D) → (B, H); reusable across samples of z."""
-        return x @ self.decoder[-1].weight
+        return x @ self.decoder[-1].weight if self._linear_output else None
 
     def log_likelihood(self, x: torch.Tensor, z: torch.Tensor, x_projected: torch.Tensor | None = None) -> torch.Tensor:
         """log p(x|z). x: (B, D), z: (..., B, L) → (..., B); x is broadcast, never copied."""
+        if self.config.likelihood == "bernoulli" and not self._linear_output:
+            return bernoulli_log_likelihood(x, self.decode(z))
         if self.config.likelihood == "bernoulli":
             # sum_d x_d l_d with l = W h + b equals h·(W^T x) + b·x: a (..., B, H) dot instead of
             # a (..., B, D) product, so only softplus(l) touches the full decoder output.
@@ -112,8 +155,8 @@ class VAE(nn.Module):
         return self.encode(x)
 
 
-def build_model(config: ModelConfig, data_dim: int) -> VAE:
-    return VAE(config, data_dim)
+def build_model(config: ModelConfig, data_dim: int, image_shape: tuple[int, ...] | None = None) -> VAE:
+    return VAE(config, data_dim, image_shape)
 
 
 def load_checkpoint(checkpoint_dir: str | Path) -> tuple[VAE, dict[str, Any]]:
@@ -123,6 +166,6 @@ def load_checkpoint(checkpoint_dir: str | Path) -> tuple[VAE, dict[str, Any]]:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise VAEError(f"{path}: checkpoint not found (expected a training checkpoint directory)") from None
-    model = build_model(ModelConfig(**state["model_config"]), int(state["data_dim"]))
+    model = build_model(ModelConfig(**state["model_config"]), int(state["data_dim"]), state.get("image_shape"))
     model.load_state_dict(state["model"])
     return model.eval(), state

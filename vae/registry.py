@@ -133,7 +133,7 @@ class VAEEncoder(mlflow.pyfunc.PythonModel):
 
         state = torch.load(context.artifacts["checkpoint"], map_location="cpu", weights_only=True)
         meta = json.loads(Path(context.artifacts["metadata"]).read_text())
-        self.model = build_model(ModelConfig(**state["model_config"]), int(state["data_dim"])).eval()
+        self.model = build_model(ModelConfig(**state["model_config"]), int(state["data_dim"]), state.get("image_shape")).eval()
         self.model.load_state_dict(state["model"])
         self.data_dim = int(state["data_dim"])
         self.max_value = float(meta["max_value"])

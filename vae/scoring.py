@@ -54,7 +54,7 @@ def _estimate_shard(state: dict[str, Any], x: torch.Tensor, k: int, options: dic
     """Runs in a Ray task: rebuild the model, estimate one contiguous shard."""
     from vae.config import ModelConfig
 
-    model = build_model(ModelConfig(**state["model_config"]), int(state["data_dim"]))
+    model = build_model(ModelConfig(**state["model_config"]), int(state["data_dim"]), state.get("image_shape"))
     model.load_state_dict(state["model"])
     estimate = estimate_log_likelihood(model, x, k, **options)
     return estimate.log_px, estimate.elbo, estimate.ess
@@ -71,7 +71,7 @@ def estimate_across_workers(
     ensure_ray(workers)
     remote = ray.remote(num_cpus=1)(_estimate_shard)
     state_ref = ray.put({"model": model.state_dict(), "model_config": state["model_config"],
-                         "data_dim": state["data_dim"]})
+                         "data_dim": state["data_dim"], "image_shape": state.get("image_shape")})
     bounds = np.linspace(0, x.shape[0], workers + 1).astype(int)
     futures = [
         remote.remote(state_ref, x[lo:hi], k, {**options, "first_index": int(lo)})

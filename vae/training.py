@@ -7,6 +7,8 @@ module that imports Ray Train.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import math
 import os
@@ -27,7 +29,7 @@ from vae.config import ModelConfig, PipelineConfig, checkpoints_dir, ray_address
 from vae.data import DatasetRef, prepare_inputs, read_manifest, split_path
 from vae.errors import TrainingDivergedError, VAEError
 from vae.model import CHECKPOINT_FILE, VAE, build_model, load_checkpoint
-from vae.objectives import elbo
+from vae.objectives import elbo, iwae_bound
 
 MATERIALIZE_BELOW_BYTES = 256 * 2**20
 _DIVERGED = re.compile(r"non-finite loss \([^)]*\) at epoch \d+, step \d+[^\n]*")
@@ -46,15 +48,27 @@ class NonFiniteLossError(RuntimeError):
     """Raised inside a worker; the driver turns it into TrainingDivergedError."""
 
 
-class _ELBOObjective(nn.Module):
-    """Wraps the VAE so DDP sees the whole objective in forward(): x (B, D) → ELBO terms (B,)."""
+class _Objective(nn.Module):
+    """Wraps the VAE so DDP sees the whole objective in forward(): x (B, D) → per-example terms.
 
-    def __init__(self, model: VAE):
+    Returns (objective to maximise, ELBO, reconstruction, KL), each (B,). The objective is the
+    beta-weighted ELBO, recon - beta KL (Higgins et al. 2017; beta ramps up during KL warm-up,
+    Bowman et al. 2016), or the IWAE bound L_k (Burda et al. 2016, Eq. 8).
+    """
+
+    def __init__(self, model: VAE, objective: str, iwae_k: int):
         super().__init__()
         self.vae = model
+        self.objective = objective
+        self.iwae_k = iwae_k
 
-    def forward(self, x: torch.Tensor):
-        return elbo(self.vae, x)
+    def forward(self, x: torch.Tensor, beta: float = 1.0):
+        terms = elbo(self.vae, x)
+        if self.objective == "iwae":
+            target = iwae_bound(self.vae, x, self.iwae_k)
+        else:
+            target = terms.reconstruction - beta * terms.kl
+        return target, terms.elbo, terms.reconstruction, terms.kl
 
 
 def ensure_ray(training_cpus: int = 0) -> None:
@@ -93,19 +107,33 @@ def _all_reduce_sums(*values: float) -> list[float]:
     return tensor.tolist()
 
 
+def _beta(loop: dict[str, Any], epoch: int, step: int, steps_per_epoch: int) -> float:
+    """KL weight: beta, ramped linearly from 0 over the warm-up epochs."""
+    warmup = loop["kl_warmup_epochs"]
+    if warmup == 0:
+        return loop["beta"]
+    progress = (epoch - 1 + step / max(steps_per_epoch, 1)) / warmup
+    return loop["beta"] * min(1.0, progress)
+
+
+def _load_state(directory: str) -> dict[str, Any]:
+    return torch.load(os.path.join(directory, CHECKPOINT_FILE), map_location="cpu", weights_only=True)
+
+
 def _train_loop_per_worker(loop: dict[str, Any]) -> None:
-    """Runs on every Ray Train worker."""
+    """Runs on every Ray Train worker: a plain PyTorch loop over this worker's Ray Data shard."""
     import ray.train
     import ray.train.torch
 
     context = ray.train.get_context()
-    rank = context.get_world_rank()
+    rank, world = context.get_world_rank(), context.get_world_size()
     model_config = ModelConfig(**loop["model_config"])
     torch.manual_seed(loop["seed"])  # identical initial weights everywhere (DDP broadcasts rank 0's anyway)
-    vae_model = build_model(model_config, loop["data_dim"])
+    vae_model = build_model(model_config, loop["data_dim"], loop["image_shape"])
     optimizer = torch.optim.Adam(vae_model.parameters(), lr=loop["learning_rate"])
+    scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=loop["lr_decay"])
     history: list[dict[str, float]] = []
-    first_epoch = 1
+    first_epoch, best, stale = 1, -math.inf, 0
 
     # Ray's own checkpoint (a restarted run) wins over an explicit starting checkpoint.
     checkpoint = ray.train.get_checkpoint()
@@ -113,31 +141,44 @@ def _train_loop_per_worker(loop: dict[str, Any]) -> None:
         checkpoint = ray.train.Checkpoint(loop["resume_from"])
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
-            state = torch.load(os.path.join(directory, CHECKPOINT_FILE), map_location="cpu", weights_only=True)
+            state = _load_state(directory)
         vae_model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
+        if "scheduler" in state:
+            scheduler.load_state_dict(state["scheduler"])
         history = list(state["history"])
         first_epoch = int(state["epoch"]) + 1
-    torch.manual_seed(loop["seed"] + 1009 * rank + 7919 * first_epoch)  # per-rank noise, reproducible on resume
+        best, stale = float(state.get("best_validation_elbo", -math.inf)), int(state.get("stale_epochs", 0))
 
-    objective = ray.train.torch.prepare_model(_ELBOObjective(vae_model))
     device = ray.train.torch.get_device()
+    objective = ray.train.torch.prepare_model(_Objective(vae_model, loop["objective"], loop["iwae_k"]))
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=loop["precision"] == "bf16")
     train_shard = ray.train.get_dataset_shard("train")
     validation_shard = ray.train.get_dataset_shard("validation")
     prepare = dict(max_value=loop["max_value"], binarize=loop["binarize"])
+    steps_per_epoch = max(1, loop["train_rows"] // (loop["batch_size"] * world))
 
     for epoch in range(first_epoch, loop["epochs"] + 1):
+        # Noise depends only on (seed, rank, epoch): a resumed epoch draws what it would have drawn.
+        torch.manual_seed(loop["seed"] + 1009 * rank + 7919 * epoch)
+        if loop.get("audit_dir") and rank == 0:
+            with open(os.path.join(loop["audit_dir"], "epochs_started.txt"), "a") as handle:
+                handle.write(f"{epoch}\n")
         started = time.perf_counter()
         objective.train()
-        sums = [0.0, 0.0, 0.0, 0.0]  # ELBO, reconstruction, KL, examples
+        sums = [0.0, 0.0, 0.0, 0.0, 0.0]  # objective, ELBO, reconstruction, KL, examples
+        seen: list[str] = []
         batches = train_shard.iter_torch_batches(
             batch_size=loop["batch_size"], local_shuffle_buffer_size=loop["shuffle_buffer"],
-            local_shuffle_seed=loop["seed"] + 1009 * rank + epoch,
+            local_shuffle_seed=loop["seed"] + 1009 * rank + epoch, device=device,
         )
         for step, batch in enumerate(batches, start=1):
-            x = prepare_inputs(batch["image"].to(device), **prepare)  # (B, D)
-            terms = objective(x)
-            loss = -terms.elbo.mean()
+            if loop.get("audit_dir") and epoch == first_epoch:
+                seen.extend(hashlib.sha1(row.cpu().numpy().tobytes()).hexdigest() for row in batch["image"])
+            x = prepare_inputs(batch["image"], **prepare)  # (B, D)
+            with autocast:
+                target, elbo_terms, reconstruction, kl = objective(x, _beta(loop, epoch, step, steps_per_epoch))
+            loss = -target.float().mean()
             if not torch.isfinite(loss):
                 raise NonFiniteLossError(
                     f"non-finite loss ({loss.item()}) at epoch {epoch}, step {step}; "
@@ -146,44 +187,59 @@ def _train_loop_per_worker(loop: dict[str, Any]) -> None:
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            n = x.shape[0]
-            sums = [sums[0] + terms.elbo.sum().item(), sums[1] + terms.reconstruction.sum().item(),
-                    sums[2] + terms.kl.sum().item(), sums[3] + n]
+            sums = [sums[0] + target.sum().item(), sums[1] + elbo_terms.sum().item(),
+                    sums[2] + reconstruction.sum().item(), sums[3] + kl.sum().item(), sums[4] + x.shape[0]]
+        scheduler.step()
         elapsed = time.perf_counter() - started
+        if seen:
+            with open(os.path.join(loop["audit_dir"], f"rows-rank{rank}.json"), "w") as handle:
+                json.dump(seen, handle)
 
         objective.eval()
         val = [0.0, 0.0]
         with torch.no_grad():
             generator = torch.Generator(device=device).manual_seed(loop["seed"])  # same draw every epoch
-            for batch in validation_shard.iter_torch_batches(batch_size=loop["batch_size"]):
-                x = prepare_inputs(batch["image"].to(device), **prepare, generator=generator)
+            for batch in validation_shard.iter_torch_batches(batch_size=loop["batch_size"], device=device):
+                x = prepare_inputs(batch["image"], **prepare, generator=generator)
                 val = [val[0] + elbo(vae_model, x).elbo.sum().item(), val[1] + x.shape[0]]
-        elbo_sum, recon_sum, kl_sum, count, val_sum, val_count = _all_reduce_sums(*sums, *val)
-        elapsed = _all_reduce_sums(elapsed)[0] / context.get_world_size()
+        objective_sum, elbo_sum, recon_sum, kl_sum, count, val_sum, val_count = _all_reduce_sums(*sums, *val)
+        elapsed = _all_reduce_sums(elapsed)[0] / world
         metrics = {
             "epoch": epoch,
+            "train_objective": objective_sum / max(count, 1),
             "train_elbo": elbo_sum / max(count, 1),
             "train_reconstruction": recon_sum / max(count, 1),
             "train_kl": kl_sum / max(count, 1),
             "validation_elbo": val_sum / val_count if val_count else float("nan"),
             "samples_per_second": count / max(elapsed, 1e-9),
             "epoch_seconds": time.perf_counter() - started,
+            "learning_rate": scheduler.get_last_lr()[0],
         }
         history.append(metrics)
+        # Identical on every rank (all-reduced), so every worker stops at the same epoch.
+        improved = metrics["validation_elbo"] > best
+        best, stale = (metrics["validation_elbo"], 0) if improved else (best, stale + 1)
+        stop = loop["patience"] is not None and stale >= loop["patience"]
+        last = epoch == loop["epochs"] or stop
 
         with tempfile.TemporaryDirectory() as directory:
             checkpoint = None
-            if rank == 0:
+            if rank == 0 and (epoch % loop["checkpoint_every"] == 0 or last or improved and loop["patience"]):
                 _save_checkpoint(directory, {
                     "model": vae_model.state_dict(),
                     "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
                     "epoch": epoch,
                     "history": history,
                     "model_config": loop["model_config"],
                     "data_dim": loop["data_dim"],
+                    "image_shape": loop["image_shape"],
                     "rng_state": torch.get_rng_state(),
+                    "best_validation_elbo": best,
+                    "stale_epochs": stale,
                 })
                 checkpoint = ray.train.Checkpoint.from_directory(directory)
+            if rank == 0:
                 if loop.get("run_id"):
                     from vae import registry
 
@@ -191,6 +247,8 @@ def _train_loop_per_worker(loop: dict[str, Any]) -> None:
                 if loop.get("progress") is not None:
                     loop["progress"].put(metrics)
             ray.train.report(metrics, checkpoint=checkpoint)
+        if stop:
+            break
 
 
 def format_epoch(metrics: dict[str, float], epochs: int) -> str:
@@ -233,13 +291,18 @@ def train(
     run_id: str | None = None,
     tracking_uri: str | None = None,
     workers: int | None = None,
+    use_gpu: bool | None = None,
     resume_from: str | None = None,
+    resume: bool = False,
     storage_path: str | Path | None = None,
     echo: Callable[[str], None] | None = print,
+    audit_dir: str | None = None,
 ) -> TrainResult:
-    """Fit the VAE with Ray Train's TorchTrainer; returns the latest checkpoint directory.
+    """Fit the VAE with Ray Train's TorchTrainer; returns the final (or, with early stopping, best) checkpoint.
 
-    Raises TrainingDivergedError (epoch, step) if the loss becomes non-finite.
+    `resume` continues from the newest checkpoint of this pipeline's earlier runs; `resume_from`
+    from a given checkpoint directory. Raises TrainingDivergedError (epoch, step) if the loss
+    becomes non-finite.
     """
     import ray
     import ray.data
@@ -248,6 +311,13 @@ def train(
     from ray.train.torch import TorchTrainer
 
     training = config.training
+    storage = Path(storage_path or checkpoints_dir())
+    if resume and resume_from is None:
+        resume_from = latest_checkpoint(config.name, storage)
+        if resume_from is None:
+            raise VAEError(f"--resume: no checkpoint of pipeline '{config.name}' under {storage}")
+        if echo:
+            echo(f"resuming from {resume_from}")
     num_workers = workers or training.workers
     ensure_ray(num_workers * training.cpus_per_worker)
     ray.data.DataContext.get_current().enable_progress_bars = False
@@ -266,10 +336,22 @@ def train(
         "tracking_uri": tracking_uri,
         "resume_from": str(resume_from) if resume_from else None,
         "shuffle_buffer": min(10_000, 8 * training.batch_size),
+        "image_shape": list(manifest["shape"]),
+        "train_rows": int(manifest["rows"]["train"]),
+        "objective": training.objective,
+        "iwae_k": training.iwae_k,
+        "beta": training.beta,
+        "kl_warmup_epochs": training.kl_warmup_epochs,
+        "lr_decay": training.lr_decay,
+        "patience": training.early_stopping_patience,
+        "precision": training.precision,
+        "checkpoint_every": training.checkpoint_every,
+        "audit_dir": audit_dir,
         "progress": Queue(actor_options={"num_cpus": 0}) if echo else None,
     }
-    use_gpu = training.use_gpu and ray.cluster_resources().get("GPU", 0) > 0
-    if training.use_gpu and not use_gpu and echo:
+    wants_gpu = training.use_gpu if use_gpu is None else use_gpu
+    use_gpu = wants_gpu and ray.cluster_resources().get("GPU", 0) > 0
+    if wants_gpu and not use_gpu and echo:
         echo("training.use_gpu is set but the Ray cluster has no GPU: training on CPU workers")
     name = f"{config.name}-{run_id or time.strftime('%Y%m%d-%H%M%S')}"
     trainer = TorchTrainer(
@@ -282,9 +364,14 @@ def train(
         ),
         run_config=RunConfig(
             name=name,
-            storage_path=str(storage_path or checkpoints_dir()),
+            storage_path=str(storage),
             failure_config=FailureConfig(max_failures=training.max_failures),
-            checkpoint_config=CheckpointConfig(num_to_keep=training.checkpoints_to_keep),
+            checkpoint_config=CheckpointConfig(
+                num_to_keep=training.checkpoints_to_keep,
+                # With early stopping, keep the best by validation ELBO (Ray always keeps the latest).
+                **({"checkpoint_score_attribute": "validation_elbo", "checkpoint_score_order": "max"}
+                   if training.early_stopping_patience else {}),
+            ),
         ),
         datasets={
             "train": _dataset(split_path(dataset.path, "train")),
@@ -313,4 +400,14 @@ def train(
     if result.checkpoint is None:
         raise VAEError(f"training run '{name}' finished without a checkpoint")
     _, state = load_checkpoint(result.checkpoint.path)
-    return TrainResult(checkpoint=result.checkpoint.path, epochs=int(state["epoch"]), history=list(state["history"]))
+    chosen = result.checkpoint.path
+    if training.early_stopping_patience and result.best_checkpoints:
+        chosen = max(result.best_checkpoints, key=lambda pair: pair[1].get("validation_elbo", -math.inf))[0].path
+    return TrainResult(checkpoint=chosen, epochs=int(state["epoch"]), history=list(state["history"]))
+
+
+def latest_checkpoint(pipeline: str, storage: str | Path | None = None) -> str | None:
+    """The newest checkpoint directory of any earlier run of `pipeline`, or None."""
+    root = Path(storage or checkpoints_dir())
+    found = [path.parent for path in root.glob(f"{pipeline}-*/checkpoint_*/{CHECKPOINT_FILE}")]
+    return str(max(found, key=lambda p: (p / CHECKPOINT_FILE).stat().st_mtime)) if found else None

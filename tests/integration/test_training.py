@@ -1,0 +1,105 @@
+"""Ray Train at depth, on real local Ray with 2 CPU workers and tiny data.
+
+Resume continues at the right epoch; the workers' shards partition the split; a worker killed
+mid-run is replaced and training resumes from the latest checkpoint.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from vae import training
+from vae.config import DatasetConfig, ModelConfig, PipelineConfig, RegistryConfig, TrainingConfig
+from vae.data import ingest, load_split
+
+pytestmark = pytest.mark.integration
+
+
+def _config(**training_options) -> PipelineConfig:
+    return PipelineConfig(
+        name="depth",
+        dataset=DatasetConfig(name="digits", source="sklearn:digits", validation_fraction=0.1),
+        model=ModelConfig(latent_dim=2, hidden=(16,)),
+        training=TrainingConfig(**{"workers": 2, "batch_size": 64, **training_options}),
+        registry=RegistryConfig(model_name="vae-depth"),
+    )
+
+
+def _started(audit: Path) -> list[int]:
+    path = audit / "epochs_started.txt"
+    return [int(line) for line in path.read_text().split()] if path.exists() else []
+
+
+def _processes_named(fragment: str) -> list[int]:
+    """PIDs whose command line (Ray sets it to the actor's name) contains `fragment`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if fragment in (entry / "cmdline").read_bytes().decode(errors="replace"):
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return sorted(found)
+
+
+def test_resume_continues_at_the_next_epoch_and_shards_partition_the_split(ray_session, tmp_path):
+    dataset = ingest(_config().dataset)
+    first_audit, second_audit = tmp_path / "first", tmp_path / "second"
+    first_audit.mkdir(), second_audit.mkdir()
+    first = training.train(_config(epochs=2), dataset, storage_path=tmp_path / "runs", echo=None,
+                           audit_dir=str(first_audit))
+    assert first.epochs == 2 and _started(first_audit) == [1, 2]
+
+    # The two workers' rows in an epoch are disjoint and together are the whole train split.
+    seen = [collections.Counter(json.loads((first_audit / f"rows-rank{r}.json").read_text())) for r in (0, 1)]
+    images, _ = load_split(dataset.path, "train")
+    split = collections.Counter(hashlib.sha1(row.tobytes()).hexdigest() for row in images)
+    assert seen[0] + seen[1] == split
+    assert abs(sum(seen[0].values()) - sum(seen[1].values())) <= 1
+
+    # Stopped after 2 of 4 epochs, restarted with --resume: it trains epochs 3 and 4 only.
+    second = training.train(_config(epochs=4), dataset, storage_path=tmp_path / "runs", echo=None, resume=True,
+                            audit_dir=str(second_audit))
+    assert _started(second_audit) == [3, 4]
+    assert [int(h["epoch"]) for h in second.history] == [1, 2, 3, 4]
+    assert second.history[:2] == first.history
+
+
+def test_a_killed_worker_is_replaced_and_training_resumes_from_the_latest_checkpoint(ray_session, tmp_path):
+    dataset = ingest(_config().dataset)
+    audit = tmp_path / "audit"
+    audit.mkdir()
+    config = _config(epochs=8, batch_size=16, max_failures=2)
+    outcome: dict = {}
+    runner = threading.Thread(target=lambda: outcome.update(result=training.train(
+        config, dataset, storage_path=tmp_path / "runs", echo=None, audit_dir=str(audit))))
+    runner.start()
+    deadline = time.time() + 180
+    while 3 not in _started(audit):  # epoch 2's checkpoint exists once epoch 3 starts
+        assert time.time() < deadline and runner.is_alive(), "training never reached epoch 3"
+        time.sleep(0.05)
+    victims = _processes_named("RayTrainWorker")
+    assert victims, "no Ray Train worker process found"
+    os.kill(victims[-1], signal.SIGKILL)
+    runner.join(timeout=300)
+    result = outcome["result"]
+    started = _started(audit)
+    assert result.epochs == 8
+    assert [int(h["epoch"]) for h in result.history] == list(range(1, 9))  # each epoch once in the record
+    # Exactly one restart, at r = (epoch of the latest committed checkpoint) + 1: epochs before r
+    # ran once, r..j (interrupted past the checkpoint) ran again, nothing else was repeated.
+    drops = [i for i in range(1, len(started)) if started[i] <= started[i - 1]]
+    assert len(drops) == 1, started
+    j, r = started[drops[0] - 1], started[drops[0]]
+    assert started == list(range(1, j + 1)) + list(range(r, 9)) and 2 <= r <= j, started
+    assert result.history[r - 2]["epoch"] == r - 1  # the checkpoint's own record was kept, not retrained
