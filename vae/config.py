@@ -36,10 +36,16 @@ class DatasetConfig(_Frozen):
 
 
 class ModelConfig(_Frozen):
-    """An MLP VAE: q(z|x) = N(mu(x), diag sigma^2(x)), p(z) = N(0, I), p(x|z) by `likelihood`."""
+    """A VAE: q(z|x) = N(mu(x), diag sigma^2(x)), p(z) = N(0, I), p(x|z) by `likelihood`.
 
+    `mlp`: fully connected nets of widths `hidden` (Burda et al.: [200, 200], tanh, latent 50).
+    `conv`: two stride-2 convolutions of `channels` each way, for images whose sides divide by 4.
+    """
+
+    architecture: Literal["mlp", "conv"] = "mlp"
     latent_dim: int = Field(8, ge=1)
     hidden: tuple[int, ...] = (128, 128)
+    channels: tuple[int, int] = (32, 64)
     activation: Literal["relu", "tanh"] = "relu"
     likelihood: Literal["bernoulli", "gaussian"] = "bernoulli"
     # Gaussian likelihood only: a fixed observation std, or null to learn one per pixel.
