@@ -3,9 +3,21 @@
 from prefect import flow, task
 
 from vae import config, data
+from vae.sources import DownloadError
 
 
-@task(name="ingest", retries=2, retry_delay_seconds=[2, 10])  # I/O: sources may be remote
+def _source_content(context, parameters: dict) -> str | None:
+    """Cache key: the dataset version the source's content (streamed through sha256) would give."""
+    return data.cache_key(parameters["dataset"])
+
+
+def _transient_download_failure(task, task_run, state) -> bool:
+    """Retry downloads that timed out or met a server error; bad data fails at once."""
+    return isinstance(state.data, DownloadError) and state.data.transient
+
+
+@task(name="ingest", cache_key_fn=_source_content, retries=2, retry_delay_seconds=[2, 10],
+      retry_condition_fn=_transient_download_failure)
 def ingest_task(dataset: config.DatasetConfig) -> dict[str, str]:
     return data.ingest(dataset).to_dict()
 
@@ -13,4 +25,8 @@ def ingest_task(dataset: config.DatasetConfig) -> dict[str, str]:
 @flow(name="ingest")
 def ingest_flow(pipeline: str, pipelines_file: str = config.DEFAULT_PIPELINES_FILE) -> dict[str, str]:
     """Ingest the pipeline's dataset; returns {name, version, path, content_hash}."""
-    return ingest_task(config.load_pipeline(pipeline, pipelines_file).dataset)
+    dataset = config.load_pipeline(pipeline, pipelines_file).dataset
+    ref = ingest_task(dataset)
+    if not data.is_ingested(ref["path"]):  # a cached reference to a version deleted since: convert again
+        ref = ingest_task.with_options(refresh_cache=True)(dataset)
+    return ref

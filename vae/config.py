@@ -26,10 +26,24 @@ class DatasetConfig(_Frozen):
     """Where the data comes from and how it is split and fed to the model."""
 
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-    source: str = Field(min_length=1, description="e.g. 'sklearn:digits'")
-    validation_fraction: float = Field(0.1, ge=0.0, lt=1.0)
-    test_fraction: float = Field(0.2, gt=0.0, lt=1.0)
+    # 'sklearn:digits'; a path to IDX files (a folder with train-/t10k- pairs, or one file), .npz,
+    # .npy, .csv, .parquet or a folder of images (subfolders = labels); or an http(s) URL of a file.
+    source: str = Field(min_length=1, description="e.g. 'sklearn:digits', a path or an http(s) URL")
+    # Expected content hash (for a single file: its sha256); a mismatch fails before anything is written.
+    sha256: str | None = Field(None, pattern=r"^[0-9a-fA-F]{64}$")
+    # 'official': the source's own test file is the test split (IDX t10k-, .npz x_test); 'random':
+    # one seeded permutation of all rows; 'auto': official when the source has a test file.
+    split: Literal["auto", "random", "official"] = "auto"
+    # Share of the non-test rows held out for validation. Unset: 0.1 for a random split, and as many
+    # rows as the official test file for an official one (Fashion-MNIST: 50k / 10k / 10k).
+    validation_fraction: float | None = Field(None, ge=0.0, lt=1.0)
+    test_fraction: float = Field(0.2, gt=0.0, lt=1.0)  # random splits only
     split_seed: int = 0
+    # Pixels are declared to lie in [0, max_value]; unset: 255 for integer pixels, 1.0 for float ones.
+    max_value: float | None = Field(None, gt=0.0)
+    # Fixed binarisation of the test split: each pixel ~ Bernoulli(pixel / max_value) drawn once with
+    # this seed and stored as 0 or max_value, so test NLLs are comparable across runs and code versions.
+    binarize_test_seed: int | None = None
     # How pixels in [0, 1] become model inputs: 'threshold' (x > 0.5, fixed), 'dynamic'
     # (x ~ Bernoulli(pixel) each epoch; evaluation uses one fixed draw), or 'none' (continuous).
     binarize: Literal["threshold", "dynamic", "none"] = "threshold"
@@ -81,6 +95,8 @@ class TrainingConfig(_Frozen):
     # Stop after this many epochs without a better validation ELBO; the best checkpoint is the result.
     early_stopping_patience: int | None = Field(None, ge=1)
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast on GPU workers
+    # A wall-clock budget for training: stop after the epoch that crosses it (null: run all epochs).
+    max_minutes: float | None = Field(None, gt=0.0)
 
 
 class EvaluationConfig(_Frozen):

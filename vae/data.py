@@ -1,9 +1,11 @@
 """Dataset sources → versioned, validated Parquet splits with a manifest; readers for training.
 
 Layout: $VAE_HOME/datasets/<name>/<version>/{train,validation,test}.parquet + manifest.json,
-where <version> is the first 12 hex digits of the source's content hash. The same content
-gives the same version and is not rewritten; a version directory appears only complete
-(written to a temporary directory, then renamed).
+where <version> is the first 12 hex digits of a hash of the source's content hash and the
+settings that shape the splits. The same content gives the same version and is not rewritten; a
+version directory appears only complete (written to a temporary directory, then renamed), and a
+failed ingestion leaves nothing behind. Sources are converted in chunks (vae.sources), so peak
+memory is bounded by the chunk size, not the source's size.
 """
 
 from __future__ import annotations
@@ -22,11 +24,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 import vae
+from vae import sources
 from vae.config import DatasetConfig, datasets_dir
 from vae.errors import DataError
+from vae.sources import DOWNLOAD_TIMEOUT, Source
 
 SPLITS = ("train", "validation", "test")
-ROW_GROUP_SIZE = 1024  # several row groups per split, so Ray Data can shard them across workers
+ROW_GROUP_SIZE = 1024  # rows per row group: several per split, so Ray Data can shard them across workers
+ROW_GROUP_BYTES = 16 * 2**20  # ...fewer rows for large images, so a buffered group stays small
+TRAIN, VALIDATION, TEST = 0, 1, 2
+DEFAULT_VALIDATION_FRACTION = 0.1
 
 
 @dataclass(frozen=True)
@@ -53,33 +60,15 @@ class SourceArrays:
     max_value: float
 
 
-def _hash_arrays(*arrays: np.ndarray) -> str:
-    digest = hashlib.sha256()
-    for array in arrays:
-        digest.update(str(array.dtype).encode() + str(array.shape).encode())
-        digest.update(np.ascontiguousarray(array).tobytes())
-    return digest.hexdigest()
-
-
 def read_sklearn_digits() -> SourceArrays:
     """sklearn's bundled digits: 1797 8x8 images, pixel values 0..16."""
-    from sklearn.datasets import load_digits
-
-    bunch = load_digits()
-    images = bunch.images.astype(np.uint8)  # (1797, 8, 8)
-    labels = bunch.target.astype(np.int64)  # (1797,)
-    return SourceArrays(images, labels, "sklearn:digits", _hash_arrays(images, labels), 16.0)
-
-
-def read_source(source: str) -> SourceArrays:
-    """Read a dataset source named in pipelines.yaml."""
-    if source == "sklearn:digits":
-        return read_sklearn_digits()
-    raise DataError(f"dataset source '{source}': unknown source (expected 'sklearn:digits')")
+    source = sources.sklearn_digits()
+    images, labels = next(source.parts[0].read(source.rows))
+    return SourceArrays(images, labels, source.uri, source.content_hash, 16.0)
 
 
 def validate_images(images: np.ndarray, source: str, max_value: float) -> None:
-    """Reject empty, non-finite or out-of-range data with one line naming the source."""
+    """Reject empty, non-finite or out-of-range in-memory data with one line naming the source."""
     if images.shape[0] == 0:
         raise DataError(f"{source}: empty source (expected at least one image)")
     if images.dtype.kind == "f" and not np.isfinite(images).all():
@@ -90,69 +79,269 @@ def validate_images(images: np.ndarray, source: str, max_value: float) -> None:
         raise DataError(f"{source}: pixel values span [{low}, {high}] (expected within [0, {max_value}])")
 
 
+# ---------------------------------------------------------------------------------------------
+# Versions and splits.
+
+
+def dataset_version(config: DatasetConfig, content_hash: str) -> str:
+    """12 hex digits of the content hash and every setting that changes the written splits."""
+    key = f"{content_hash}/{config.test_fraction}/{config.validation_fraction}/{config.split_seed}"
+    # Settings added later enter only when set, so earlier versions keep their names.
+    for field in ("split", "max_value", "binarize_test_seed"):
+        value = getattr(config, field)
+        if value is not None and value != DatasetConfig.model_fields[field].default:
+            key += f"/{field}={value}"
+    return hashlib.sha256(key.encode()).hexdigest()[:12]
+
+
+def _ref(config: DatasetConfig, content_hash: str, root: Path) -> DatasetRef:
+    version = dataset_version(config, content_hash)
+    return DatasetRef(config.name, version, str(root / config.name / version), content_hash)
+
+
+def _complete(ref: DatasetRef) -> bool:
+    return (Path(ref.path) / "manifest.json").exists()
+
+
 def split_indices(n: int, config: DatasetConfig) -> dict[str, np.ndarray]:
-    """Deterministic train/validation/test indices from the split seed."""
+    """Deterministic train/validation/test indices of a random split, from the split seed."""
+    fraction = DEFAULT_VALIDATION_FRACTION if config.validation_fraction is None else config.validation_fraction
     order = np.random.default_rng(config.split_seed).permutation(n)
     n_test = max(1, int(round(n * config.test_fraction)))
-    n_val = int(round((n - n_test) * config.validation_fraction))
+    n_val = int(round((n - n_test) * fraction))
     test, validation, train = order[:n_test], order[n_test : n_test + n_val], order[n_test + n_val :]
     return {"train": np.sort(train), "validation": np.sort(validation), "test": np.sort(test)}
 
 
-def _split_table(images: np.ndarray, labels: np.ndarray | None) -> pa.Table:
-    """Fixed schema: image as fixed_size_list<uint8|float32>[D], label int64 (optional)."""
-    flat = images.reshape(images.shape[0], -1)
-    column = pa.FixedSizeListArray.from_arrays(pa.array(flat.reshape(-1)), flat.shape[1])
-    columns = {"image": column}
-    if labels is not None:
-        columns["label"] = pa.array(labels, type=pa.int64())
-    return pa.table(columns)
-
-
-def ingest(config: DatasetConfig, root: Path | None = None) -> DatasetRef:
-    """Convert the configured source to Parquet splits + manifest; a known version is reused."""
-    source = read_source(config.source)
-    return write_dataset(source, config, root)
-
-
-def write_dataset(source: SourceArrays, config: DatasetConfig, root: Path | None = None) -> DatasetRef:
-    """Write (or reuse) the dataset version for this source content."""
-    validate_images(source.images, source.source_uri, source.max_value)
-    if source.labels is not None and source.labels.shape[0] != source.images.shape[0]:
+def _split_plan(source: Source, config: DatasetConfig) -> tuple[str, dict[str, np.ndarray]]:
+    """Which split each row goes to: per source part, an int8 code per row (N bytes, never the images)."""
+    strategy = config.split
+    if strategy == "auto":
+        strategy = "official" if source.has_official_test else "random"
+    if strategy == "official" and not source.has_official_test:
         raise DataError(
-            f"{source.source_uri}: {source.images.shape[0]} images but {source.labels.shape[0]} labels "
-            "(expected one label per image)"
+            f"{source.uri}: split 'official' needs a source with its own test file "
+            "(IDX t10k- files, or x_test in an .npz)"
         )
-    # The version covers the content and everything that changes the written splits.
-    split_key = f"{config.test_fraction}/{config.validation_fraction}/{config.split_seed}"
-    version = hashlib.sha256(f"{source.content_hash}/{split_key}".encode()).hexdigest()[:12]
-    root = root or datasets_dir()
-    final = root / config.name / version
-    ref = DatasetRef(config.name, version, str(final), source.content_hash)
-    if (final / "manifest.json").exists():
-        return ref
+    if strategy == "random":
+        codes = np.full(source.rows, TRAIN, np.int8)
+        index = split_indices(source.rows, config)
+        codes[index["validation"]], codes[index["test"]] = VALIDATION, TEST
+        plans, start = {}, 0
+        for part in source.parts:
+            plans[part.name] = codes[start : start + part.rows]
+            start += part.rows
+        return strategy, plans
+    train, test = (next(p for p in source.parts if p.name == name) for name in ("train", "test"))
+    if config.validation_fraction is None:  # the MNIST convention: a validation set as large as the test set
+        n_val = min(test.rows, train.rows)
+    else:
+        n_val = int(round(train.rows * config.validation_fraction))
+    codes = np.full(train.rows, TRAIN, np.int8)
+    codes[np.random.default_rng(config.split_seed).permutation(train.rows)[:n_val]] = VALIDATION
+    return strategy, {"train": codes, "test": np.full(test.rows, TEST, np.int8)}
+
+
+def _validation_fraction(config: DatasetConfig, strategy: str, rows: dict[str, int]) -> float:
+    """The share of non-test rows that went to validation (as configured, or as it came out)."""
+    if config.validation_fraction is not None:
+        return config.validation_fraction
+    if strategy == "random":
+        return DEFAULT_VALIDATION_FRACTION
+    return rows["validation"] / max(1, rows["train"] + rows["validation"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing.
+
+
+def _schema(width: int, dtype: np.dtype, labels: bool, shape: tuple[int, ...]) -> pa.Schema:
+    """Fixed schema: image as fixed_size_list<uint8|float32>[D], label int64 (optional); shape in metadata."""
+    fields = [pa.field("image", pa.list_(pa.from_numpy_dtype(dtype), width))]
+    if labels:
+        fields.append(pa.field("label", pa.int64()))
+    return pa.schema(fields, metadata={"vae.shape": json.dumps(list(shape))})
+
+
+class _SplitWriter:
+    """One split's Parquet file, written in whole row groups as rows arrive."""
+
+    def __init__(self, path: Path, schema: pa.Schema, group_rows: int):
+        self.schema, self.group_rows, self.rows = schema, group_rows, 0
+        self._writer = pq.ParquetWriter(path, schema, write_page_checksum=True)  # readers can detect corruption
+        self._images: list[np.ndarray] = []
+        self._labels: list[np.ndarray] = []
+        self._buffered = 0
+
+    def append(self, images: np.ndarray, labels: np.ndarray | None) -> None:
+        self._images.append(images)
+        if labels is not None:
+            self._labels.append(labels)
+        self._buffered += images.shape[0]
+        if self._buffered >= self.group_rows:
+            self._flush(final=False)
+
+    def _flush(self, final: bool) -> None:
+        if not self._images:
+            return
+        images = np.concatenate(self._images) if len(self._images) > 1 else self._images[0]  # (n, D)
+        labels = (np.concatenate(self._labels) if len(self._labels) > 1 else self._labels[0]) if self._labels else None
+        n = images.shape[0] if final else images.shape[0] - images.shape[0] % self.group_rows
+        width = images.shape[1]
+        # One row group per call: Parquet widens uint8 to INT32 while encoding, so a whole chunk
+        # at once would briefly take four times its size.
+        for start in range(0, n, self.group_rows):
+            stop = min(start + self.group_rows, n)
+            columns = [pa.FixedSizeListArray.from_arrays(pa.array(images[start:stop].reshape(-1)), width)]
+            if labels is not None:
+                columns.append(pa.array(labels[start:stop], type=pa.int64()))
+            self._writer.write_table(pa.Table.from_arrays(columns, schema=self.schema))
+        self.rows += n
+        # Keep only the remainder (a copy, so a whole chunk is not pinned by a few rows).
+        self._images = [images[n:].copy()] if n < images.shape[0] else []
+        self._labels = [labels[n:].copy()] if labels is not None and n < images.shape[0] else []
+        self._buffered = images.shape[0] - n
+
+    def close(self) -> None:
+        self._flush(final=True)
+        self._writer.close()
+
+    def abandon(self) -> None:
+        """Release the file without writing what is buffered (its directory is being removed)."""
+        try:
+            self._writer.close()
+        except Exception:  # closing a half-written file can fail; it is deleted next anyway
+            pass
+
+
+class _Converter:
+    """Checks a chunk's pixels against the declared range and casts them to the stored dtype."""
+
+    def __init__(self, max_value: float, storage: np.dtype, width: int):
+        self.max_value, self.storage, self.width = max_value, storage, width
+        self.low, self.high = np.inf, -np.inf
+
+    def __call__(self, images: np.ndarray, uri: str, offset: int) -> np.ndarray:
+        flat = images.reshape(images.shape[0], self.width)  # (b, D)
+        if flat.shape[0] == 0:
+            return flat.astype(self.storage)
+        if flat.dtype.kind == "f":
+            finite = np.isfinite(flat).all(axis=1)
+            if not finite.all():
+                index = offset + int(np.flatnonzero(~finite)[0])
+                raise DataError(f"{uri}: image {index} has NaN or infinite values (expected finite pixels)")
+        low, high = flat.min(), flat.max()
+        if low < 0 or high > self.max_value:
+            bad = int(np.flatnonzero((flat < 0).any(axis=1) | (flat > self.max_value).any(axis=1))[0])
+            raise DataError(
+                f"{uri}: image {offset + bad} has pixel values in [{_number(flat[bad].min())}, "
+                f"{_number(flat[bad].max())}] (expected within [0, {_number(self.max_value)}])"
+            )
+        self.low, self.high = min(self.low, float(low)), max(self.high, float(high))
+        return flat.astype(self.storage, copy=False)
+
+
+def _number(value) -> str:
+    value = float(value)
+    return str(int(value)) if value.is_integer() else repr(value)
+
+
+def _binarize(images: np.ndarray, rng: np.random.Generator, max_value: float) -> np.ndarray:
+    """Bernoulli(pixel / max_value) per pixel, stored as 0 or max_value; (b, D) → (b, D)."""
+    out = np.empty_like(images)
+    for start in range(0, images.shape[0], 1024):  # bounded float64 temporaries
+        block = images[start : start + 1024]
+        u = rng.random(block.shape)  # (b', D) in [0, 1)
+        out[start : start + 1024] = np.where(u * max_value < block, max_value, 0)
+    return out
+
+
+def _storage(source: Source, max_value: float) -> np.dtype:
+    """uint8 for whole pixel values up to 255, float32 otherwise."""
+    whole = source.dtype.kind in "biu" and float(max_value).is_integer()
+    return np.dtype(np.uint8) if whole and max_value <= 255 else np.dtype(np.float32)
+
+
+def _declared_max(source: Source, config: DatasetConfig) -> float:
+    if config.max_value is not None:
+        return float(config.max_value)
+    if source.max_value is not None:
+        return float(source.max_value)
+    return {"b": 1.0, "f": 1.0}.get(source.dtype.kind, 255.0)
+
+
+def _write(source: Source, config: DatasetConfig, root: Path) -> tuple[DatasetRef, bool]:
+    """Write (or reuse) the dataset version for this source content; True if this call wrote it."""
+    ref = _ref(config, source.content_hash, root)
+    final = Path(ref.path)
+    if _complete(ref):
+        return ref, False
+    if source.rows == 0 or any(part.rows == 0 for part in source.parts):
+        empty = next((p for p in source.parts if p.rows == 0), source.parts[0])
+        raise DataError(f"{empty.uri}: empty source (expected at least one image)")
+    strategy, plan = _split_plan(source, config)
+    max_value = _declared_max(source, config)
+    storage = _storage(source, max_value)
+    width = int(np.prod(source.shape))
+    schema = _schema(width, storage, source.labels, source.shape)
+    group_rows = max(1, min(ROW_GROUP_SIZE, ROW_GROUP_BYTES // max(1, width * storage.itemsize)))
+    rows_per_chunk = sources.chunk_rows(source.shape, max(source.dtype.itemsize, storage.itemsize))
+    convert = _Converter(max_value, storage, width)
+    binarizer = None if config.binarize_test_seed is None else np.random.default_rng(config.binarize_test_seed)
+
+    created, missing = [], final.parent  # folders made here are removed again if ingestion fails
+    while not missing.exists():
+        created.append(missing)
+        missing = missing.parent
     final.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{version}-", dir=final.parent))
+    staging = Path(tempfile.mkdtemp(prefix=f".{ref.version}-", dir=final.parent))
+    os.chmod(staging, final.parent.stat().st_mode & 0o777)  # mkdtemp's 0700 would hide it from other users
+    writers: list[_SplitWriter] = []
     try:
-        rows = {}
-        for split, index in split_indices(source.images.shape[0], config).items():
-            labels = None if source.labels is None else source.labels[index]
-            table = _split_table(source.images[index], labels)
-            pq.write_table(table, staging / f"{split}.parquet", row_group_size=ROW_GROUP_SIZE)
-            rows[split] = int(index.shape[0])
+        writers = [_SplitWriter(staging / f"{split}.parquet", schema, group_rows) for split in SPLITS]
+        for part in source.parts:
+            codes, offset = plan[part.name], 0
+            for images, labels in part.read(rows_per_chunk):
+                b = images.shape[0]
+                if offset + b > part.rows:
+                    raise DataError(f"{part.uri}: more rows than the {part.rows} it declares")
+                flat = convert(images, part.uri, offset)  # (b, D) stored dtype
+                chunk_codes = codes[offset : offset + b]
+                for code, writer in enumerate(writers):
+                    mask = chunk_codes == code
+                    if not mask.any():
+                        continue
+                    rows = flat if mask.all() else flat[mask]
+                    if code == TEST and binarizer is not None:
+                        rows = _binarize(rows, binarizer, max_value)
+                    writer.append(rows, None if labels is None else (labels if mask.all() else labels[mask]))
+                offset += b
+            if offset != part.rows:
+                raise DataError(f"{part.uri}: {offset} rows read but {part.rows} declared")
+        for writer in writers:
+            writer.close()
+        rows = {split: writer.rows for split, writer in zip(SPLITS, writers)}
         manifest = {
             "name": config.name,
-            "version": version,
-            "source_uri": source.source_uri,
+            "version": ref.version,
+            "source_uri": source.uri,
+            "source_format": source.format,
             "content_hash": source.content_hash,
-            "shape": list(source.images.shape[1:]),
-            "dtype": str(source.images.dtype),
-            "value_range": [0.0, source.max_value],
+            "shape": list(source.shape),
+            "dtype": str(storage),
+            "value_range": [0.0, max_value],
+            "observed_range": [_plain(convert.low), _plain(convert.high)],
             "rows": rows,
-            "labels": source.labels is not None,
+            "labels": source.labels,
+            **({"classes": list(source.classes)} if source.classes else {}),
+            "split": strategy,
             "split_seed": config.split_seed,
-            "split_fractions": {"validation": config.validation_fraction, "test": config.test_fraction},
-            "binarization": None,
+            "split_fractions": {
+                "validation": _validation_fraction(config, strategy, rows),
+                "test": config.test_fraction if strategy == "random" else None,
+            },
+            "binarization": None if binarizer is None else {"split": "test", "seed": config.binarize_test_seed},
+            "row_group_rows": group_rows,
             "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "library_version": vae.__version__,
         }
@@ -160,11 +349,103 @@ def write_dataset(source: SourceArrays, config: DatasetConfig, root: Path | None
         try:
             os.rename(staging, final)
         except OSError:
-            if not (final / "manifest.json").exists():  # lost a race to an identical writer: fine
+            if not _complete(ref):  # lost a race to an identical writer: fine
                 raise
+    except BaseException:
+        for writer in writers:
+            writer.abandon()
+        shutil.rmtree(staging, ignore_errors=True)
+        for directory in created:
+            try:
+                directory.rmdir()  # only if still empty
+            except OSError:
+                pass
+        raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return ref
+    return ref, True
+
+
+def _plain(value: float) -> float | int:
+    return int(value) if float(value).is_integer() else float(value)
+
+
+# ---------------------------------------------------------------------------------------------
+# Entry points.
+
+
+def ingest(config: DatasetConfig, root: Path | None = None) -> DatasetRef:
+    """Convert the configured source to Parquet splits + manifest; a known version is reused."""
+    return ingest_status(config, root)[0]
+
+
+def ingest_status(
+    config: DatasetConfig, root: Path | None = None, *, timeout: float = DOWNLOAD_TIMEOUT
+) -> tuple[DatasetRef, bool]:
+    """Ingest, and say whether this call wrote the version (False: it existed and was left alone)."""
+    root = Path(root) if root else datasets_dir()
+    expected = config.sha256.lower() if config.sha256 else None
+    if expected and sources.is_url(config.source):
+        ref = _ref(config, expected, root)
+        if _complete(ref):  # known content already ingested: no download needed
+            return ref, False
+    with sources.open_source(config.source, timeout=timeout) as source:
+        if expected and source.content_hash != expected:
+            raise DataError(f"{source.uri}: sha256 mismatch: expected {expected}, got {source.content_hash}")
+        return _write(source, config, root)
+
+
+def cache_key(config: DatasetConfig, root: Path | None = None) -> str | None:
+    """A key naming the version this config's source content would give: its path, hashed.
+
+    Local sources are streamed through sha256 (no conversion); a URL has a key only with a given
+    sha256. None when there is no cheap answer, or the source is unreadable (ingest reports why).
+    """
+    root = Path(root) if root else datasets_dir()
+    try:
+        digest = config.sha256.lower() if config.sha256 else sources.content_hash(config.source)
+    except DataError:
+        return None
+    if digest is None:
+        return None
+    return f"vae-ingest-{hashlib.sha256(_ref(config, digest, root).path.encode()).hexdigest()[:32]}"
+
+
+def is_ingested(dataset_path: str | Path) -> bool:
+    """Whether a complete dataset version is at this path."""
+    return (Path(dataset_path) / "manifest.json").exists()
+
+
+def write_dataset(source: SourceArrays, config: DatasetConfig, root: Path | None = None) -> DatasetRef:
+    """Write (or reuse) the dataset version for in-memory arrays."""
+    validate_images(source.images, source.source_uri, source.max_value)
+    if source.labels is not None and source.labels.shape[0] != source.images.shape[0]:
+        raise DataError(
+            f"{source.source_uri}: {source.images.shape[0]} images but {source.labels.shape[0]} labels "
+            "(expected one label per image)"
+        )
+    streamed = sources.from_arrays(source.images, source.labels, source.source_uri, source.content_hash,
+                                   source.max_value)
+    return _write(streamed, config, Path(root) if root else datasets_dir())[0]
+
+
+def list_datasets(root: Path | None = None) -> list[dict]:
+    """Every ingested version's manifest (plus its path), by name and creation time."""
+    root = Path(root) if root else datasets_dir()
+    found = []
+    for manifest in sorted(root.glob("*/*/manifest.json")) if root.is_dir() else []:
+        if manifest.parent.name.startswith(".") or manifest.parent.parent.name.startswith("."):
+            continue
+        try:
+            entry = json.loads(manifest.read_text())
+        except (OSError, json.JSONDecodeError):
+            entry = {"name": manifest.parent.parent.name, "version": manifest.parent.name, "error": "corrupt manifest"}
+        found.append({**entry, "path": str(manifest.parent)})
+    return sorted(found, key=lambda m: (m.get("name", ""), m.get("created_at", "")))
+
+
+# ---------------------------------------------------------------------------------------------
+# Readers.
 
 
 def read_manifest(dataset_path: str | Path) -> dict:

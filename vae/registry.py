@@ -76,17 +76,24 @@ def _flatten(prefix: str, value: Any, out: dict[str, str]) -> None:
         out[prefix] = str(value)
 
 
+def _experiment_id(mlflow_client, name: str, local: bool) -> str:
+    """Get or create the experiment; a concurrent pipeline may create it first, which is fine."""
+    experiment = mlflow_client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    try:
+        return mlflow_client.create_experiment(name, artifact_location=f"{artifacts_uri()}/{name}" if local else None)
+    except MlflowException:
+        experiment = mlflow_client.get_experiment_by_name(name)
+        if experiment is None:
+            raise
+        return experiment.experiment_id
+
+
 def start_run(config: PipelineConfig, dataset: dict[str, str], uri: str | None = None) -> str:
     """Create the pipeline's MLflow run with its params; returns the run id."""
     mlflow_client = client(uri)
-    experiment = mlflow_client.get_experiment_by_name(config.experiment)
-    if experiment is None:
-        local = (uri or tracking_uri()).startswith("sqlite:")
-        experiment_id = mlflow_client.create_experiment(
-            config.experiment, artifact_location=f"{artifacts_uri()}/{config.experiment}" if local else None
-        )
-    else:
-        experiment_id = experiment.experiment_id
+    experiment_id = _experiment_id(mlflow_client, config.experiment, (uri or tracking_uri()).startswith("sqlite:"))
     params: dict[str, str] = {}
     _flatten("", config.model_dump(mode="json", exclude={"name"}), params)
     run = mlflow_client.create_run(

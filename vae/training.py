@@ -133,7 +133,7 @@ def _train_loop_per_worker(loop: dict[str, Any]) -> None:
     optimizer = torch.optim.Adam(vae_model.parameters(), lr=loop["learning_rate"])
     scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=loop["lr_decay"])
     history: list[dict[str, float]] = []
-    first_epoch, best, stale = 1, -math.inf, 0
+    first_epoch, best, stale, trained_seconds = 1, -math.inf, 0, 0.0
 
     # Ray's own checkpoint (a restarted run) wins over an explicit starting checkpoint.
     checkpoint = ray.train.get_checkpoint()
@@ -149,6 +149,7 @@ def _train_loop_per_worker(loop: dict[str, Any]) -> None:
         history = list(state["history"])
         first_epoch = int(state["epoch"]) + 1
         best, stale = float(state.get("best_validation_elbo", -math.inf)), int(state.get("stale_epochs", 0))
+        trained_seconds = float(state.get("trained_seconds", 0.0))
 
     device = ray.train.torch.get_device()
     objective = ray.train.torch.prepare_model(_Objective(vae_model, loop["objective"], loop["iwae_k"]))
@@ -220,6 +221,9 @@ def _train_loop_per_worker(loop: dict[str, Any]) -> None:
         improved = metrics["validation_elbo"] > best
         best, stale = (metrics["validation_elbo"], 0) if improved else (best, stale + 1)
         stop = loop["patience"] is not None and stale >= loop["patience"]
+        trained_seconds += _all_reduce_sums(time.perf_counter() - started)[0] / world  # same on every rank
+        metrics["training_minutes"] = trained_seconds / 60
+        stop = stop or (loop["max_minutes"] is not None and trained_seconds >= 60 * loop["max_minutes"])
         last = epoch == loop["epochs"] or stop
 
         with tempfile.TemporaryDirectory() as directory:
@@ -237,15 +241,11 @@ def _train_loop_per_worker(loop: dict[str, Any]) -> None:
                     "rng_state": torch.get_rng_state(),
                     "best_validation_elbo": best,
                     "stale_epochs": stale,
+                    "trained_seconds": trained_seconds,
                 })
                 checkpoint = ray.train.Checkpoint.from_directory(directory)
-            if rank == 0:
-                if loop.get("run_id"):
-                    from vae import registry
-
-                    registry.log_epoch_metrics(loop["tracking_uri"], loop["run_id"], metrics, step=epoch)
-                if loop.get("progress") is not None:
-                    loop["progress"].put(metrics)
+            if rank == 0 and loop.get("progress") is not None:
+                loop["progress"].put(metrics)  # the driver prints it and logs it to MLflow
             ray.train.report(metrics, checkpoint=checkpoint)
         if stop:
             break
@@ -260,27 +260,38 @@ def format_epoch(metrics: dict[str, float], epochs: int) -> str:
     )
 
 
-def _print_progress(queue, epochs: int, stop: threading.Event, echo: Callable[[str], None]) -> None:
-    """Driver-side thread: print each epoch's line as rank 0 reports it."""
+def _follow_progress(queue, epochs: int, stop: threading.Event, echo: Callable[[str], None] | None,
+                     tracking_uri: str | None, run_id: str | None) -> None:
+    """Driver-side thread: for each epoch rank 0 reports, print its line and log it to MLflow.
+
+    Logging from the driver keeps one writer on a sqlite store and MLflow out of the workers.
+    """
     from ray.util.queue import Empty
 
-    while not stop.is_set():
+    while True:
         try:
             metrics = queue.get(timeout=0.5)
         except Empty:
+            if stop.is_set():
+                return
             continue
         except Exception:  # the queue actor is gone: training has ended
             return
-        echo(format_epoch(metrics, epochs))
+        if echo:
+            echo(format_epoch(metrics, epochs))
+        if run_id:
+            from vae import registry
+
+            registry.log_epoch_metrics(tracking_uri, run_id, metrics, step=int(metrics["epoch"]))
 
 
 def _dataset(path: str):
-    """A Ray Dataset over one Parquet split; small splits are read once and kept in the object store."""
+    """A Ray Dataset over one Parquet split; small splits are read once, in memory, not per epoch."""
     import ray.data
 
     dataset = ray.data.read_parquet(path)
     if os.path.getsize(path) < MATERIALIZE_BELOW_BYTES:
-        dataset = dataset.materialize()  # no re-reading every epoch
+        dataset = dataset.materialize()  # read once into the object store, not every epoch
     return dataset
 
 
@@ -346,8 +357,9 @@ def train(
         "patience": training.early_stopping_patience,
         "precision": training.precision,
         "checkpoint_every": training.checkpoint_every,
+        "max_minutes": training.max_minutes,
         "audit_dir": audit_dir,
-        "progress": Queue(actor_options={"num_cpus": 0}) if echo else None,
+        "progress": Queue(actor_options={"num_cpus": 0}) if echo or run_id else None,
     }
     wants_gpu = training.use_gpu if use_gpu is None else use_gpu
     use_gpu = wants_gpu and ray.cluster_resources().get("GPU", 0) > 0
@@ -379,11 +391,13 @@ def train(
         },
     )
     stop = threading.Event()
-    printer = None
-    if echo:
-        printer = threading.Thread(target=_print_progress, args=(loop["progress"], training.epochs, stop, echo),
-                                   daemon=True)
-        printer.start()
+    follower = None
+    if loop["progress"] is not None:
+        follower = threading.Thread(
+            target=_follow_progress, args=(loop["progress"], training.epochs, stop, echo, tracking_uri, run_id),
+            daemon=True,
+        )
+        follower.start()
     try:
         result = trainer.fit()
     except Exception as exc:  # Ray wraps worker errors; surface ours as one line
@@ -392,10 +406,9 @@ def train(
             raise TrainingDivergedError(f"training diverged: {match.group(0)}") from None
         raise
     finally:
-        if printer is not None:
-            time.sleep(0.6)  # let the last line through
-            stop.set()
-            printer.join(timeout=5)
+        if follower is not None:
+            stop.set()  # the thread drains what is queued, then ends
+            follower.join(timeout=60)
             ray.kill(loop["progress"].actor)
     if result.checkpoint is None:
         raise VAEError(f"training run '{name}' finished without a checkpoint")

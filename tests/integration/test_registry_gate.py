@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing
+import time
 from pathlib import Path
 
 import numpy as np
@@ -90,8 +91,10 @@ def _race(name: str, uri: str, workdir: Path) -> None:
     for worker in workers:
         worker.join(timeout=240)
         assert worker.exitcode == 0
-    client = MlflowClient(uri)
-    versions = client.search_model_versions(f"name = '{name}'")
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)  # not the process-wide registry URI
+    deadline = time.time() + 30  # a loaded server may still be committing the second version
+    while len(versions := client.search_model_versions(f"name = '{name}'")) < 2 and time.time() < deadline:
+        time.sleep(0.5)
     assert sorted(float(v.tags["test_nll"]) for v in versions) == [24.0, 25.0]
     champion = client.get_model_version_by_alias(name, "champion")
     assert float(champion.tags["test_nll"]) == 24.0
@@ -109,7 +112,7 @@ def test_two_concurrent_registrations_on_an_mlflow_server_with_postgresql(tmp_pa
         # The sequential gate holds on the server too: a worse model does not take the alias.
         worse = register(gate_config("vae-race-pg"), 26.0, seed=3, workdir=tmp_path, uri=server)
         assert worse.champion is False
-        assert MlflowClient(server).get_model_version_by_alias("vae-race-pg", "challenger").version == str(worse.version)
+        assert MlflowClient(server, server).get_model_version_by_alias("vae-race-pg", "challenger").version == str(worse.version)
 
 
 def test_unknown_model_uri_is_one_line():
