@@ -24,13 +24,17 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 
 
-def curve(run_dir: Path, dataset_path: str, images: int, k: int) -> list[tuple[float, int, float, float]]:
+def curve(run_dir: Path, dataset_path: str, images: int, k: int, points_wanted: int) -> list[tuple[float, int, float, float]]:
     from vae.evaluation import estimate_log_likelihood
     from vae.model import load_checkpoint
     from vae.scoring import load_inputs
 
     points = []
-    for checkpoint in sorted(run_dir.glob("checkpoint_*"), key=lambda p: p.stat().st_mtime):
+    checkpoints = sorted(run_dir.glob("checkpoint_*"), key=lambda p: p.stat().st_mtime)
+    if len(checkpoints) > points_wanted:  # evenly spaced, always including the last
+        step = (len(checkpoints) - 1) / (points_wanted - 1)
+        checkpoints = [checkpoints[round(i * step)] for i in range(points_wanted)]
+    for checkpoint in checkpoints:
         model, state = load_checkpoint(checkpoint)
         x, _ = load_inputs(dataset_path, "test", model.data_dim, "dynamic", 0)
         estimate = estimate_log_likelihood(model, x[:images], k, seed=0)
@@ -44,8 +48,9 @@ def curve(run_dir: Path, dataset_path: str, images: int, k: int) -> list[tuple[f
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pipeline", default="fashion-mnist-quality")
-    parser.add_argument("--curve-images", type=int, default=2000)
-    parser.add_argument("--curve-k", type=int, default=1000)
+    parser.add_argument("--curve-images", type=int, default=1000)
+    parser.add_argument("--curve-k", type=int, default=500)
+    parser.add_argument("--curve-points", type=int, default=12)
     parser.add_argument("--curve-only", type=Path, default=None)
     parser.add_argument("--dataset", default="fashion-mnist")
     args = parser.parse_args()
@@ -69,7 +74,7 @@ def main() -> None:
 
         run_dir, dataset_path = args.curve_only, resolve_dataset(args.dataset)
     print(f"NLL against training time (first {args.curve_images} test images, k={args.curve_k}):")
-    points = curve(run_dir, dataset_path, args.curve_images, args.curve_k)
+    points = curve(run_dir, dataset_path, args.curve_images, args.curve_k, args.curve_points)
     (out / "fashion_quality.csv").write_text(
         "training_minutes,epoch,nll,nll_stderr\n" + "".join(f"{m:.2f},{e},{n:.4f},{s:.4f}\n" for m, e, n, s in points))
     import matplotlib

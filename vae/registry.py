@@ -11,6 +11,7 @@ import contextlib
 import json
 import logging
 import math
+import os
 import random
 import shutil
 import subprocess
@@ -51,8 +52,13 @@ def client(uri: str | None = None):
     """An MlflowClient on the tracking store (sqlite under VAE_HOME unless MLFLOW_TRACKING_URI is set)."""
     _quiet()
     uri = uri or tracking_uri()
-    mlflow.set_tracking_uri(uri)
+    exported = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)  # for the fluent API (log_model); it also exports the URI...
     mlflow.set_registry_uri(uri)
+    if exported is None:  # ...which must not change where later calls of ours go by default
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = exported
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 

@@ -228,7 +228,8 @@ def _train_loop_per_worker(loop: dict[str, Any]) -> None:
 
         with tempfile.TemporaryDirectory() as directory:
             checkpoint = None
-            if rank == 0 and (epoch % loop["checkpoint_every"] == 0 or last or improved and loop["patience"]):
+            # With early stopping the best of these checkpoints (by validation ELBO) is the result.
+            if rank == 0 and (epoch % loop["checkpoint_every"] == 0 or last):
                 _save_checkpoint(directory, {
                     "model": vae_model.state_dict(),
                     "optimizer": optimizer.state_dict(),
