@@ -48,6 +48,7 @@ def curve(run_dir: Path, dataset_path: str, images: int, k: int, points_wanted: 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pipeline", default="fashion-mnist-quality")
+    parser.add_argument("--file", default="pipelines.yaml", help="pipelines file (e.g. a copy with a shorter budget)")
     parser.add_argument("--curve-images", type=int, default=1000)
     parser.add_argument("--curve-k", type=int, default=500)
     parser.add_argument("--curve-points", type=int, default=12)
@@ -58,7 +59,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     if args.curve_only is None:
         started = time.perf_counter()
-        run = subprocess.run([sys.executable, "-m", "vae", "run", args.pipeline, "--json"], cwd=REPO,
+        run = subprocess.run([sys.executable, "-m", "vae", "run", args.pipeline, "--file", args.file, "--json"], cwd=REPO,
                              capture_output=True, text=True, env=dict(os.environ))
         if run.returncode != 0:
             sys.exit(f"vae run failed: {run.stderr[-2000:]}")
