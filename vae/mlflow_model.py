@@ -1,7 +1,5 @@
 """MLflow models-from-code entry point: the logged pyfunc is rebuilt from this file, never unpickled."""
 
-from mlflow.models import set_model
-
-from vae.registry import VAEEncoder
+from vae.registry import VAEEncoder, set_model
 
 set_model(VAEEncoder())
