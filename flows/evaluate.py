@@ -1,11 +1,23 @@
 """Stage 3: importance-sampled held-out log-likelihood of a checkpoint; returns the summary."""
 
+import hashlib
+import json
+from pathlib import Path
+
 from prefect import flow, task
 
 from vae import config, scoring
 
 
-@task(name="estimate-log-likelihood")
+def evaluation_key(context, parameters: dict) -> str:
+    """A checkpoint evaluated with the same settings on the same data gives the same numbers."""
+    settings: config.PipelineConfig = parameters["settings"]
+    identity = {"checkpoint": parameters["checkpoint"], "dataset": parameters["dataset_path"],
+                "evaluation": settings.evaluation.model_dump(mode="json"), "binarize": settings.dataset.binarize}
+    return "evaluate-" + hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:32]
+
+
+@task(name="estimate-log-likelihood", cache_key_fn=evaluation_key)
 def evaluate_task(checkpoint: str, dataset_path: str, settings: config.PipelineConfig) -> dict:
     scored = scoring.score_checkpoint(checkpoint, dataset_path, settings.evaluation, settings.dataset.binarize)
     per_example = scoring.write_per_example(scored, f"{checkpoint}/evaluation-{scored.summary['split']}.parquet")
@@ -17,4 +29,10 @@ def evaluate_flow(
     pipeline: str, checkpoint: str, dataset_path: str, pipelines_file: str = config.DEFAULT_PIPELINES_FILE
 ) -> dict:
     """Estimate log p(x) on the configured split; returns NLL ± s.e., bits/dim, ELBO, gap, ESS."""
-    return evaluate_task(checkpoint, dataset_path, config.load_pipeline(pipeline, pipelines_file))
+    settings = config.load_pipeline(pipeline, pipelines_file)
+    print(f"evaluating log p(x) on the {settings.evaluation.split} split with k={settings.evaluation.k} "
+          "importance samples per image", flush=True)
+    summary = evaluate_task(checkpoint, dataset_path, settings)
+    if not Path(summary["per_example"]).exists():  # a cached summary whose files were removed since
+        summary = evaluate_task.with_options(refresh_cache=True)(checkpoint, dataset_path, settings)
+    return summary

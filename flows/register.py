@@ -1,11 +1,14 @@
 """Stage 4: log the model to MLflow, register a version, and apply the champion gate."""
 
 from prefect import flow, task
+from prefect.tasks import exponential_backoff
 
 from vae import config, registry
 
 
-@task(name="register", retries=2, retry_delay_seconds=[2, 10])  # registry calls are I/O
+# Registry calls are I/O: retried with backoff. Registering is idempotent per MLflow run, so a
+# retry (or a rerun of a crashed flow) never registers a second version of the same training.
+@task(name="register", retries=3, retry_delay_seconds=exponential_backoff(2))
 def register_task(settings: config.PipelineConfig, run_id: str, checkpoint: str, evaluation: dict,
                   dataset: dict[str, str], history: list[dict]) -> dict:
     return registry.record_and_register(settings, run_id, checkpoint, evaluation, dataset, history).to_dict()

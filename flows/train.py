@@ -1,21 +1,43 @@
-"""Stage 2: fit the VAE with Ray Train; returns the MLflow run id and the checkpoint directory."""
+"""Stage 2: fit the VAE with Ray Train; returns the MLflow run id and the checkpoint directory.
+
+Training is cached on the dataset's content hash and the model and training settings: a
+scheduled retrain on unchanged data reuses the finished run (and says so), and a flow that
+crashed after training reruns without training again (results are persisted by Prefect).
+"""
+
+import hashlib
+import json
 
 from prefect import flow, task
+from prefect.tasks import exponential_backoff
 
 from vae import config, registry, training
 from vae.data import DatasetRef
 
 
-@task(name="start-mlflow-run", retries=2, retry_delay_seconds=[2, 10])
-def start_run_task(pipeline: config.PipelineConfig, dataset: dict[str, str]) -> str:
-    return registry.start_run(pipeline, dataset)
+def training_key(context, parameters: dict) -> str:
+    """Same data content, same settings, same worker layout → the same training result."""
+    settings: config.PipelineConfig = parameters["settings"]
+    identity = {
+        "pipeline": settings.name, "content_hash": parameters["dataset"]["content_hash"],
+        "model": settings.model.model_dump(mode="json"), "training": settings.training.model_dump(mode="json"),
+        "binarize": settings.dataset.binarize, "workers": parameters.get("workers"), "gpu": parameters.get("gpu"),
+        "run_id": parameters.get("run_id"),
+    }
+    return "train-" + hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:32]
 
 
-@task(name="train")  # no retries: a diverged run must not be silently rerun
-def train_task(pipeline: config.PipelineConfig, dataset: dict[str, str], run_id: str, workers: int | None,
+@task(name="start-mlflow-run", cache_key_fn=training_key, retries=3, retry_delay_seconds=exponential_backoff(2))
+def start_run_task(settings: config.PipelineConfig, dataset: dict[str, str], workers: int | None,
+                   gpu: bool | None) -> str:
+    return registry.start_run(settings, dataset)
+
+
+@task(name="train", cache_key_fn=training_key)  # no retries: a diverged run must not be silently rerun
+def train_task(settings: config.PipelineConfig, dataset: dict[str, str], run_id: str, workers: int | None,
                gpu: bool | None, resume: bool) -> dict:
     try:
-        result = training.train(pipeline, DatasetRef(**dataset), run_id=run_id, tracking_uri=config.tracking_uri(),
+        result = training.train(settings, DatasetRef(**dataset), run_id=run_id, tracking_uri=config.tracking_uri(),
                                 workers=workers, use_gpu=gpu, resume=resume)
     except Exception:
         registry.end_run(run_id, "FAILED")
@@ -26,9 +48,26 @@ def train_task(pipeline: config.PipelineConfig, dataset: dict[str, str], run_id:
 @flow(name="train")
 def train_flow(
     pipeline: str, dataset: dict[str, str], pipelines_file: str = config.DEFAULT_PIPELINES_FILE,
-    workers: int | None = None, gpu: bool | None = None, resume: bool = False,
+    workers: int | None = None, gpu: bool | None = None, resume: bool = False, force: bool = False,
 ) -> dict:
-    """Train on an ingested dataset; returns {run_id, checkpoint, epochs, history}."""
+    """Train on an ingested dataset; returns {run_id, checkpoint, epochs, history, reused}.
+
+    `force` trains again even when a finished training of the same data and settings exists.
+    """
     settings = config.load_pipeline(pipeline, pipelines_file)
-    run_id = start_run_task(settings, dataset)
-    return {"run_id": run_id, **train_task(settings, dataset, run_id, workers, gpu, resume)}
+    fresh = force or resume
+    run_id = start_run_task.with_options(refresh_cache=fresh)(settings, dataset, workers, gpu)
+    if not registry.run_exists(run_id):  # the cached run was deleted from MLflow since
+        run_id = start_run_task.with_options(refresh_cache=True)(settings, dataset, workers, gpu)
+    state = train_task.with_options(refresh_cache=fresh)(settings, dataset, run_id, workers, gpu, resume,
+                                                        return_state=True)
+    trained = state.result()
+    if state.name == "Cached" and not training.is_checkpoint(trained["checkpoint"]):  # deleted since: train again
+        state = train_task.with_options(refresh_cache=True)(settings, dataset, run_id, workers, gpu, resume,
+                                                            return_state=True)
+        trained = state.result()
+    reused = state.name == "Cached"
+    if reused:
+        print(f"dataset {dataset['name']}@{dataset['version']} and settings unchanged: reusing the finished "
+              f"training of MLflow run {run_id} (pass --force to train again)", flush=True)
+    return {"run_id": run_id, **trained, "reused": reused}

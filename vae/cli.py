@@ -60,7 +60,8 @@ def _print_result(result: dict[str, Any]) -> None:
     )
     typer.echo(f"ELBO          {evaluation['elbo']:.3f} nats (gap {evaluation['elbo_gap']:.3f} ≈ KL(q(z|x) ‖ p(z|x)))")
     typer.echo(f"dataset       {result['dataset']['name']}@{result['dataset']['version']}")
-    typer.echo(f"MLflow run    {result['run_id']}  ({result['tracking_uri']})")
+    reused = "  (training reused: data and settings unchanged)" if result.get("reused") else ""
+    typer.echo(f"MLflow run    {result['run_id']}  ({result['tracking_uri']}){reused}")
     typer.echo(f"model         {registration['model_uri']}")
     if registration["champion"]:
         typer.echo(f"champion      {registration['champion_uri']}")
@@ -77,6 +78,7 @@ def run(
     workers: Annotated[Optional[int], typer.Option(min=1, help="Ray Train workers (overrides the file).")] = None,
     gpu: Annotated[Optional[bool], typer.Option("--gpu/--cpu", help="GPU workers (NCCL) or CPU workers (gloo); overrides the file.", show_default=False)] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from this pipeline's newest checkpoint.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Train again even if this data and these settings were trained before.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as one JSON object.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show Prefect and Ray logs.")] = False,
 ) -> None:
@@ -86,7 +88,7 @@ def run(
         load_pipeline(pipeline, file)  # validate before any service starts
         from flows.pipeline import pipeline_flow
 
-        result = pipeline_flow(pipeline, str(file), workers, gpu, resume)
+        result = pipeline_flow(pipeline, str(file.resolve()), workers, gpu, resume, force)
     except VAEError as exc:
         _fail(str(exc))
     if as_json:
@@ -174,6 +176,7 @@ def evaluate(
 
 # Commands that live in their own modules register themselves on `app` when imported.
 import vae.cli_data  # noqa: E402,F401
+import vae.cli_jobs  # noqa: E402,F401
 
 
 def main() -> None:

@@ -120,6 +120,62 @@ class RegistryConfig(_Frozen):
     promote_margin: float = Field(0.0, ge=0.0)
 
 
+class ScheduleConfig(_Frozen):
+    """When a deployment runs by itself: a cron expression (in `timezone`) or a fixed interval."""
+
+    cron: str | None = None
+    interval_minutes: float | None = Field(None, gt=0.0)
+    timezone: str = "UTC"
+    active: bool = True
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> "ScheduleConfig":
+        if (self.cron is None) == (self.interval_minutes is None):
+            raise ValueError("a schedule needs exactly one of 'cron' (e.g. '0 3 * * 1') or 'interval_minutes'")
+        if self.cron is not None and len(self.cron.split()) not in (5, 6):
+            raise ValueError(f"cron {self.cron!r}: expected 5 fields (minute hour day month weekday)")
+        try:
+            from zoneinfo import ZoneInfo
+
+            ZoneInfo(self.timezone)
+        except (ValueError, KeyError, OSError):
+            raise ValueError(f"timezone {self.timezone!r}: expected an IANA name such as 'UTC' or 'Europe/Berlin'") from None
+        return self
+
+
+DEPLOYMENT_PARAMETERS = {"workers", "gpu", "force"}  # of flows.pipeline.pipeline_flow
+
+
+class DeploymentConfig(_Frozen):
+    """How `vae deploy` turns this pipeline into a Prefect deployment 'pipeline/NAME'."""
+
+    work_pool: str = Field("vae", min_length=1)
+    schedule: ScheduleConfig | None = None
+    # Parameters of the pipeline flow; only these may be set here (credentials never are).
+    parameters: dict[str, Any] = Field(default_factory=dict)
+    tags: tuple[str, ...] = ()
+
+    @model_validator(mode="after")
+    def _known_parameters(self) -> "DeploymentConfig":
+        unknown = sorted(set(self.parameters) - DEPLOYMENT_PARAMETERS)
+        if unknown:
+            raise ValueError(
+                f"deployment parameter '{unknown[0]}' is not a pipeline flow parameter "
+                f"(expected some of: {', '.join(sorted(DEPLOYMENT_PARAMETERS))})"
+            )
+        return self
+
+
+class EmbeddingConfig(_Frozen):
+    """The batch embedding job 'embed/NAME': encode the dataset with a registered model."""
+
+    model_alias: str = Field("champion", min_length=1)
+    splits: tuple[Literal["train", "validation", "test"], ...] = ("train", "validation", "test")
+    workers: int = Field(1, ge=1)
+    batch_size: int = Field(4096, ge=1)
+    schedule: ScheduleConfig | None = None
+
+
 class PipelineConfig(_Frozen):
     """One named pipeline of pipelines.yaml."""
 
@@ -129,6 +185,8 @@ class PipelineConfig(_Frozen):
     training: TrainingConfig = TrainingConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
     registry: RegistryConfig
+    deployment: DeploymentConfig = DeploymentConfig()
+    embedding: EmbeddingConfig = EmbeddingConfig()
 
     @model_validator(mode="after")
     def _likelihood_fits_inputs(self) -> "PipelineConfig":
@@ -221,6 +279,10 @@ def datasets_dir() -> Path:
 
 def checkpoints_dir() -> Path:
     return vae_home() / "checkpoints"
+
+
+def embeddings_dir() -> Path:
+    return vae_home() / "embeddings"
 
 
 def tracking_uri() -> str:

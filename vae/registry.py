@@ -112,6 +112,22 @@ def start_run(config: PipelineConfig, dataset: dict[str, str], uri: str | None =
     return run.info.run_id
 
 
+def run_exists(run_id: str, uri: str | None = None) -> bool:
+    """Whether the tracking store still holds the run (and it is not deleted)."""
+    try:
+        return client(uri).get_run(run_id).info.lifecycle_stage != "deleted"
+    except MlflowException:
+        return False
+
+
+def run_link(run_id: str, uri: str | None = None) -> str:
+    """A URL of the run in the MLflow UI (for a local store: where `mlflow ui` serves it)."""
+    uri = uri or tracking_uri()
+    experiment_id = client(uri).get_run(run_id).info.experiment_id
+    base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
+    return f"{base}/#/experiments/{experiment_id}/runs/{run_id}"
+
+
 def log_epoch_metrics(uri: str, run_id: str, metrics: dict[str, float], step: int) -> None:
     """Per-epoch metrics (called from rank 0 of the training workers)."""
     now = int(time.time() * 1000)
@@ -270,32 +286,29 @@ def promote_if_better(
     return current is not None and int(current.version) == number, previous
 
 
-def register_model(
-    config: PipelineConfig,
-    run_id: str,
-    checkpoint_dir: str,
-    evaluation: dict[str, Any],
-    dataset: dict[str, str],
-    manifest: dict[str, Any],
-    example: np.ndarray,
-    uri: str | None = None,
-    evaluate_champion: Callable[[str], float] | None = None,
-) -> Registration:
-    """Log the pyfunc to the run, register a version (alias `challenger`), tag it, apply the gate."""
+def _version_of_run(mlflow_client, name: str, run_id: str):
+    """The version of `name` already registered from `run_id`, if any."""
+    try:
+        found = mlflow_client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+    except MlflowException:
+        return None
+    return min(found, key=lambda v: int(v.version)) if found else None
+
+
+def _log_and_create_version(mlflow_client, name: str, run_id: str, checkpoint_dir: str, binarize: str,
+                            manifest: dict[str, Any], dataset: dict[str, str], example: np.ndarray):
+    """Log the pyfunc (models from code: checkpoint + metadata as artifacts) and register it."""
     import torch
 
     from vae.model import CHECKPOINT_FILE
 
-    uri = uri or tracking_uri()
-    mlflow_client = client(uri)
-    name = config.registry.model_name
     state = torch.load(Path(checkpoint_dir) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
     with tempfile.TemporaryDirectory() as staging:
         checkpoint = Path(staging) / CHECKPOINT_FILE
         shutil.copy(Path(checkpoint_dir) / CHECKPOINT_FILE, checkpoint)
         metadata = Path(staging) / METADATA_FILE
         metadata.write_text(json.dumps({
-            "max_value": manifest["value_range"][1], "binarize": config.dataset.binarize,
+            "max_value": manifest["value_range"][1], "binarize": binarize,
             "shape": manifest["shape"], "dataset_hash": dataset["content_hash"],
             "dataset_version": dataset["version"],
         }))
@@ -316,6 +329,30 @@ def register_model(
     except MlflowException:
         pass  # it exists already (or was created concurrently)
     version = mlflow_client.create_model_version(name, source=info.model_uri, run_id=run_id, model_id=info.model_id)
+    return version
+
+
+def register_model(
+    config: PipelineConfig,
+    run_id: str,
+    checkpoint_dir: str,
+    evaluation: dict[str, Any],
+    dataset: dict[str, str],
+    manifest: dict[str, Any],
+    example: np.ndarray,
+    uri: str | None = None,
+    evaluate_champion: Callable[[str], float] | None = None,
+) -> Registration:
+    """Log the pyfunc to the run, register a version (alias `challenger`), tag it, apply the gate."""
+    uri = uri or tracking_uri()
+    mlflow_client = client(uri)
+    name = config.registry.model_name
+    existing = _version_of_run(mlflow_client, name, run_id)
+    if existing is not None:  # a rerun of a flow that crashed after registering: register once
+        version = existing
+    else:
+        version = _log_and_create_version(mlflow_client, name, run_id, checkpoint_dir, config.dataset.binarize,
+                                          manifest, dataset, example)
     number = int(version.version)
     tags = {
         "dataset_hash": dataset["content_hash"],
@@ -360,6 +397,27 @@ def download_model(model_uri: str, uri: str | None = None) -> tuple[Path, dict[s
     if not (artifacts / METADATA_FILE).exists():
         raise RegistryError(f"model '{model_uri}': not a vae model (no artifacts/{METADATA_FILE})")
     return artifacts, json.loads((artifacts / METADATA_FILE).read_text())
+
+
+def resolve_model_version(model_uri: str, uri: str | None = None) -> tuple[str | None, str | None]:
+    """models:/NAME@ALIAS or models:/NAME/VERSION → (NAME, VERSION); other URIs → (None, None).
+
+    An alias or version that does not exist is one line naming it.
+    """
+    if not model_uri.startswith("models:/"):
+        return None, None
+    path = model_uri[len("models:/"):].strip("/")
+    mlflow_client = client(uri)
+    try:
+        if "@" in path:
+            name, alias = path.split("@", 1)
+            return name, str(mlflow_client.get_model_version_by_alias(name, alias).version)
+        name, _, version = path.partition("/")
+        if not version:
+            raise RegistryError(f"model '{model_uri}': expected models:/NAME@ALIAS or models:/NAME/VERSION")
+        return name, str(mlflow_client.get_model_version(name, version).version)
+    except MlflowException as exc:
+        raise RegistryError(f"model '{model_uri}': {str(exc).splitlines()[0]}") from None
 
 
 def load_encoder(model_uri: str, uri: str | None = None):

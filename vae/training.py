@@ -420,6 +420,11 @@ def train(
     return TrainResult(checkpoint=chosen, epochs=int(state["epoch"]), history=list(state["history"]))
 
 
+def is_checkpoint(directory: str | Path) -> bool:
+    """Whether a checkpoint directory still holds its weights (a cached result may outlive it)."""
+    return (Path(directory) / CHECKPOINT_FILE).is_file()
+
+
 def latest_checkpoint(pipeline: str, storage: str | Path | None = None) -> str | None:
     """The newest checkpoint directory of any earlier run of `pipeline`, or None."""
     root = Path(storage or checkpoints_dir())

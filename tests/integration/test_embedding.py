@@ -1,0 +1,114 @@
+"""`vae embed`: a registered model over a dataset with Ray Data actors, into one Parquet file.
+
+The reference is the served pyfunc of the same model version (MLflow's own loader) applied to
+the same split in memory; bad input is one line, a nonzero exit and no file.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+from typer.testing import CliRunner
+
+from registry_helpers import gate_config, register
+from vae.cli import app
+from vae.data import ingest, load_split, read_manifest
+
+pytestmark = pytest.mark.integration
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def registered(tmp_path_factory):
+    config = gate_config("vae-embed")
+    dataset = ingest(config.dataset).to_dict()
+    registration = register(config, 30.0, seed=11, workdir=tmp_path_factory.mktemp("embed"), dataset=dataset)
+    return config, dataset, registration
+
+
+@pytest.fixture(scope="module")
+def embedded(ray_session, registered, tmp_path_factory):
+    _, dataset, _ = registered
+    out = tmp_path_factory.mktemp("embedded") / "digits.parquet"
+    result = runner.invoke(app, ["embed", "models:/vae-embed@champion", "--dataset", dataset["path"],
+                                 "--out", str(out), "--workers", "2", "--batch-size", "100"])
+    assert result.exit_code == 0, result.output
+    return out, pq.read_table(out)
+
+
+def test_every_row_of_every_split_is_embedded_once_in_order(embedded, registered):
+    _, dataset, _ = registered
+    _, table = embedded
+    manifest = read_manifest(dataset["path"])
+    for split in ("train", "validation", "test"):
+        rows = table.filter(pc.equal(table["split"], split))
+        assert rows.column("row").to_pylist() == list(range(manifest["rows"][split]))
+        _, labels = load_split(dataset["path"], split)
+        assert rows.column("label").to_pylist() == labels.tolist()
+
+
+def test_latents_match_the_registered_pyfunc(embedded, registered):
+    import mlflow.pyfunc
+
+    _, dataset, registration = registered
+    _, table = embedded
+    test = table.filter(pc.equal(table["split"], "test"))
+    images, _ = load_split(dataset["path"], "test")
+    reference = mlflow.pyfunc.load_model(registration.model_uri).predict(images.astype(np.float32))
+    z_mean = np.stack(test.column("z_mean").to_numpy(zero_copy_only=False))
+    z_logvar = np.stack(test.column("z_logvar").to_numpy(zero_copy_only=False))
+    np.testing.assert_allclose(z_mean, reference["z_mean"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(z_logvar, reference["z_logvar"], rtol=1e-5, atol=1e-6)
+
+
+def test_rows_name_the_model_version_and_dataset_hash(embedded, registered):
+    _, dataset, registration = registered
+    _, table = embedded
+    assert set(table.column("model_name").to_pylist()) == {"vae-embed"}
+    assert set(table.column("model_version").to_pylist()) == {str(registration.version)}
+    assert set(table.column("model_uri").to_pylist()) == {"models:/vae-embed@champion"}
+    assert set(table.column("dataset_hash").to_pylist()) == {dataset["content_hash"]}
+
+
+def test_existing_output_is_refused_unless_overwrite(embedded, registered):
+    _, dataset, _ = registered
+    out, _ = embedded
+    before = out.read_bytes()
+    refused = runner.invoke(app, ["embed", "models:/vae-embed@champion", "--dataset", dataset["path"],
+                                  "--out", str(out), "--split", "test"])
+    assert refused.exit_code == 1
+    assert refused.output.strip().splitlines() == [f"error: {out}: output exists (expected a new path, or pass "
+                                                   "--overwrite to replace it)"]
+    assert out.read_bytes() == before
+    replaced = runner.invoke(app, ["embed", "models:/vae-embed@champion", "--dataset", dataset["path"],
+                                   "--out", str(out), "--split", "test", "--overwrite"])
+    assert replaced.exit_code == 0, replaced.output
+    assert pq.read_table(out).column("split").to_pylist() == ["test"] * read_manifest(dataset["path"])["rows"]["test"]
+
+
+def test_alias_that_does_not_exist_is_one_line_and_writes_nothing(registered, tmp_path):
+    _, dataset, _ = registered
+    out = tmp_path / "none.parquet"
+    result = runner.invoke(app, ["embed", "models:/vae-embed@no-such-alias", "--dataset", dataset["path"],
+                                 "--out", str(out)])
+    assert result.exit_code == 1
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: model 'models:/vae-embed@no-such-alias':")
+    assert "no-such-alias" in lines[0] and not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_dataset_of_the_wrong_shape_is_one_line_and_writes_nothing(registered, tmp_path):
+    from vae.config import DatasetConfig
+
+    source = tmp_path / "small.npy"
+    np.save(source, np.random.default_rng(0).integers(0, 255, size=(40, 4, 4), dtype=np.uint8))
+    small = ingest(DatasetConfig(name="small-images", source=str(source)), root=tmp_path / "datasets")
+    out = tmp_path / "out.parquet"
+    result = runner.invoke(app, ["embed", "models:/vae-embed@champion", "--dataset", small.path, "--out", str(out)])
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines() == [
+        f"error: {small.path}: images are 4x4 (16 pixels) but the model expects 64 pixels per image "
+        "(embed a dataset of the shape the model was trained on)"]
+    assert not out.exists() and not list(tmp_path.glob("*.tmp")) and not list(tmp_path.glob(".out.parquet*"))
