@@ -14,6 +14,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -128,39 +129,28 @@ def embed_dataset(
     batch_size: int = DEFAULT_BATCH_SIZE,
     use_gpu: bool | None = None,
     overwrite: bool = False,
+    plain: bool = False,
 ) -> EmbeddingResult:
     """Encode every row of `splits` with Ray Data actors; write one Parquet file atomically.
 
-    `state` is a checkpoint's contents (model_config, data_dim, model weights).
+    `state` is a checkpoint's contents (model_config, data_dim, model weights). `plain` runs the
+    same encoder in this process over pyarrow batches instead (the reference for tests and
+    benchmarks).
     """
-    import ray
-    import ray.data
-
-    from vae.training import ensure_ray
-
     started = time.perf_counter()
     manifest = check_inputs(state, dataset_path, out, overwrite)
     paths = {split_path(dataset_path, split): split for split in splits
              if int(manifest["rows"].get(split, 0)) > 0}
     if not paths:
         raise DataError(f"{dataset_path}: splits {', '.join(splits)} hold no rows (expected at least one image)")
-    ensure_ray(workers)
-    context = ray.data.DataContext.get_current()
-    context.enable_progress_bars = False
-    context.execution_options.preserve_order = True  # row ids are positions within each split
-    gpu = bool(ray.cluster_resources().get("GPU", 0) > 0) if use_gpu is None else use_gpu
-    latent = int(state["model_config"]["latent_dim"])
-    encoded = ray.data.read_parquet(list(paths), include_paths=True, columns=None).map_batches(
-        Encoder,
-        # The weights go in as a reference nested in a tuple: Ray does not resolve it for the
-        # constructor, so a restarted actor fetches them again instead of failing.
-        fn_constructor_kwargs={"state": (ray.put(state),), "max_value": float(manifest["value_range"][1]),
-                               "mode": input_mode(binarize), "use_gpu": gpu},
-        batch_size=batch_size, batch_format="pyarrow", concurrency=workers,
-        num_cpus=0 if gpu else 1, num_gpus=1 if gpu else 0,
-    )
+    encoder_options = {"max_value": float(manifest["value_range"][1]), "mode": input_mode(binarize)}
+    if plain:
+        batches = _encode_in_process(state, list(paths), batch_size, encoder_options)
+    else:
+        batches = _encode_with_ray_data(state, list(paths), batch_size, encoder_options, workers, use_gpu)
     constants = {"model_uri": model_uri, "model_name": model_name, "model_version": model_version,
                  "dataset_hash": manifest["content_hash"]}
+    latent = int(state["model_config"]["latent_dim"])
     schema = pa.schema([
         ("split", pa.string()), ("row", pa.int64()), ("label", pa.int64()),
         ("z_mean", pa.list_(pa.float32(), latent)), ("z_logvar", pa.list_(pa.float32(), latent)),
@@ -173,7 +163,7 @@ def embed_dataset(
     os.close(handle)
     try:
         with pq.ParquetWriter(temporary, schema) as writer:
-            for batch in encoded.iter_batches(batch_format="pyarrow", batch_size=None):
+            for batch in batches:
                 writer.write_table(_output_rows(batch, paths, counts, constants, schema))
         os.replace(temporary, out)
     except BaseException:
@@ -184,6 +174,40 @@ def embed_dataset(
         model_version=model_version, dataset_hash=manifest["content_hash"], latent_dim=latent,
         seconds=round(time.perf_counter() - started, 3),
     )
+
+
+def _encode_with_ray_data(state: dict[str, Any], paths: list[str], batch_size: int, encoder_options: dict[str, Any],
+                          workers: int, use_gpu: bool | None) -> Iterator[pa.Table]:
+    """Encoded batches, in file order, from `map_batches` on a pool of `workers` encoder actors."""
+    import ray
+    import ray.data
+
+    from vae.training import ensure_ray
+
+    ensure_ray(workers)
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False
+    context.execution_options.preserve_order = True  # row ids are positions within each split
+    gpu = bool(ray.cluster_resources().get("GPU", 0) > 0) if use_gpu is None else use_gpu
+    encoded = ray.data.read_parquet(paths, include_paths=True).map_batches(
+        Encoder,
+        # The weights go in as a reference nested in a tuple: Ray does not resolve it for the
+        # constructor, so a restarted actor fetches them again instead of failing.
+        fn_constructor_kwargs={"state": (ray.put(state),), **encoder_options, "use_gpu": gpu},
+        batch_size=batch_size, batch_format="pyarrow", concurrency=workers,
+        num_cpus=0 if gpu else 1, num_gpus=1 if gpu else 0,
+    )
+    return encoded.iter_batches(batch_format="pyarrow", batch_size=None)
+
+
+def _encode_in_process(state: dict[str, Any], paths: list[str], batch_size: int,
+                       encoder_options: dict[str, Any]) -> Iterator[pa.Table]:
+    """The same encoder over pyarrow batches read straight from the files, in this process."""
+    encoder = Encoder(state, **encoder_options)
+    for path in paths:
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_size):
+            table = pa.Table.from_batches([batch])
+            yield encoder(table.append_column("path", pa.array([path] * table.num_rows, pa.string())))
 
 
 def _output_rows(batch: pa.Table, paths: dict[str, str], counts: dict[str, int], constants: dict[str, Any],
@@ -237,27 +261,10 @@ def embed(
     if (Path(model_uri) / CHECKPOINT_FILE).exists():
         checkpoint, binarize = Path(model_uri), options.pop("binarize", "threshold")
     else:
-        checkpoint, metadata = registry.download_model(model_uri)
+        # The version the alias pointed at when resolved, even if the alias moves meanwhile.
+        checkpoint, metadata = registry.download_model(f"models:/{name}/{version}" if name else model_uri)
         binarize = metadata["binarize"]
         options.pop("binarize", None)
     state = torch.load(checkpoint / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
     return embed_dataset(state, dataset_path, out, model_uri=model_uri, model_name=name, model_version=version,
                          binarize=binarize, **options)
-
-
-def embed_with_plain_loop(state: dict[str, Any], dataset_path: str | Path, binarize: str, splits: tuple[str, ...] = SPLITS,
-                          batch_size: int = DEFAULT_BATCH_SIZE) -> dict[str, np.ndarray]:
-    """The reference: one process, pyarrow batches straight from the files (benchmarks and tests)."""
-    manifest = read_manifest(dataset_path)
-    encoder = Encoder(state, float(manifest["value_range"][1]), input_mode(binarize))
-    means, logvars = [], []
-    for split in splits:
-        path = split_path(dataset_path, split)
-        parquet = pq.ParquetFile(path)
-        for batch in parquet.iter_batches(batch_size=batch_size):
-            table = pa.Table.from_batches([batch])
-            table = table.append_column("path", pa.array([path] * table.num_rows))
-            result = encoder(table)
-            means.append(images_from_arrow(result.column("z_mean")))
-            logvars.append(images_from_arrow(result.column("z_logvar")))
-    return {"z_mean": np.concatenate(means), "z_logvar": np.concatenate(logvars)}

@@ -63,6 +63,20 @@ def test_latents_match_the_registered_pyfunc(embedded, registered):
     np.testing.assert_allclose(z_logvar, reference["z_logvar"], rtol=1e-5, atol=1e-6)
 
 
+def test_ray_data_output_equals_the_in_process_reference(embedded, registered, tmp_path):
+    from vae import embedding
+
+    _, dataset, _ = registered
+    out, table = embedded
+    reference = embedding.embed("models:/vae-embed@champion", dataset["path"], tmp_path / "plain.parquet", plain=True)
+    plain = pq.read_table(reference.path)
+    assert plain.schema == table.schema and plain.num_rows == table.num_rows
+    for column in ("split", "row", "label", "model_version", "dataset_hash"):
+        assert plain.column(column).to_pylist() == table.column(column).to_pylist()
+    np.testing.assert_allclose(np.stack(plain.column("z_mean").to_numpy(zero_copy_only=False)),
+                               np.stack(table.column("z_mean").to_numpy(zero_copy_only=False)), rtol=1e-6, atol=1e-7)
+
+
 def test_rows_name_the_model_version_and_dataset_hash(embedded, registered):
     _, dataset, registration = registered
     _, table = embedded

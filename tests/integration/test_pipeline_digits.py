@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from mlflow import MlflowClient
@@ -79,3 +81,44 @@ def test_validation_elbo_improves_and_is_logged_per_epoch(pipeline_result):
     # The evaluation is a sound bound check: IS estimate of log p(x) lies above the ELBO.
     assert -result["evaluation"]["nll"] > result["evaluation"]["elbo"]
 
+
+
+@pytest.fixture(scope="module")
+def rerun_result(pipeline_result, pipelines_file):
+    """The same pipeline again on unchanged data, as a schedule firing would run it."""
+    from flows.pipeline import pipeline_flow
+
+    before = len(MlflowClient(tracking_uri()).search_model_versions("name = 'vae-e2e'"))
+    return before, pipeline_flow("digits-e2e", str(pipelines_file))
+
+
+def test_unchanged_data_reuses_training_and_registers_nothing_new(pipeline_result, rerun_result):
+    first = pipeline_result.result()
+    versions_before, second = rerun_result
+    assert not first["reused"] and second["reused"]
+    assert second["run_id"] == first["run_id"] and second["checkpoint"] == first["checkpoint"]
+    assert second["evaluation"]["nll"] == first["evaluation"]["nll"]
+    assert len(MlflowClient(tracking_uri()).search_model_versions("name = 'vae-e2e'")) == versions_before
+    assert second["registration"]["model_uri"] == first["registration"]["model_uri"]
+
+
+def test_flow_run_publishes_evaluation_table_and_mlflow_link(pipeline_result):
+    from prefect import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.utilities.asyncutils import run_coro_as_sync
+
+    result = pipeline_result.result()
+
+    async def latest(key: str):
+        async with get_client() as client:
+            found = await client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
+            return found[0]
+
+    table = run_coro_as_sync(latest("digits-e2e-evaluation"))
+    link = run_coro_as_sync(latest("digits-e2e-mlflow-run"))
+    assert table.type == "table" and link.type == "markdown"  # Prefect stores a link as markdown
+    rows = {row["quantity"]: row["value"] for row in json.loads(table.data)}
+    assert rows["test NLL (k=500, 359 test images)"] == (
+        f"{result['evaluation']['nll']:.3f} ± {result['evaluation']['nll_stderr']:.3f} nats")
+    assert rows["model"] == result["registration"]["model_uri"]
+    assert f"/runs/{result['run_id']}" in str(link.data)
