@@ -6,7 +6,7 @@ version that has not been embedded yet, and says so when there is nothing new.
 
 from pathlib import Path
 
-from prefect import flow, task
+from prefect import flow, get_run_logger, task
 from prefect.tasks import exponential_backoff
 
 from flows.ingest import ingest_flow
@@ -44,10 +44,14 @@ def embed_flow(
         folder.mkdir(parents=True, exist_ok=True)
         out = str(folder / f"{name or 'model'}-v{version or 'x'}-{dataset['version']}.parquet")
         if Path(out).exists() and not overwrite:
-            print(f"{model_uri} (version {version}) has already embedded {dataset['name']}@{dataset['version']}: "
-                  f"{out}", flush=True)
+            message = (f"{model_uri} (version {version}) has already embedded {dataset['name']}@{dataset['version']}: "
+                       f"{out}")
+            print(message, flush=True)
+            get_run_logger().info(message)
             return {"path": out, "model_uri": model_uri, "model_version": version, "skipped": True}
     result = embed_task(model_uri, dataset["path"], out, settings.embedding, overwrite)
-    print(f"embedded {result['rows']} rows of {dataset['name']}@{dataset['version']} with {model_uri} "
-          f"(version {version}) → {result['path']}", flush=True)
+    message = (f"embedded {result['rows']} rows of {dataset['name']}@{dataset['version']} with {model_uri} "
+               f"(version {version}) → {result['path']}")
+    print(message, flush=True)
+    get_run_logger().info(message)
     return {**result, "skipped": False}

@@ -8,7 +8,7 @@ crashed after training reruns without training again (results are persisted by P
 import hashlib
 import json
 
-from prefect import flow, task
+from prefect import flow, get_run_logger, task
 from prefect.tasks import exponential_backoff
 
 from vae import config, registry, training
@@ -68,6 +68,8 @@ def train_flow(
         trained = state.result()
     reused = state.name == "Cached"
     if reused:
-        print(f"dataset {dataset['name']}@{dataset['version']} and settings unchanged: reusing the finished "
-              f"training of MLflow run {run_id} (pass --force to train again)", flush=True)
+        message = (f"dataset {dataset['name']}@{dataset['version']} and settings unchanged: reusing the finished "
+                   f"training of MLflow run {run_id} (pass --force to train again)")
+        print(message, flush=True)  # the terminal of `vae run`
+        get_run_logger().info(message)  # the flow run's log in Prefect
     return {"run_id": run_id, **trained, "reused": reused}

@@ -13,6 +13,7 @@ import base64
 import json
 import os
 import secrets
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -96,6 +97,7 @@ def cluster():
             if services is not None:
                 services.stop()
             kill_matching(str(workdir))
+            shutil.rmtree(workdir, ignore_errors=True)
 
 
 def _wait_for_ray_nodes(cluster, count: int, timeout: float = 180) -> list[dict]:

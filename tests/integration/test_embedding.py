@@ -126,3 +126,26 @@ def test_dataset_of_the_wrong_shape_is_one_line_and_writes_nothing(registered, t
         f"error: {small.path}: images are 4x4 (16 pixels) but the model expects 64 pixels per image "
         "(embed a dataset of the shape the model was trained on)"]
     assert not out.exists() and not list(tmp_path.glob("*.tmp")) and not list(tmp_path.glob(".out.parquet*"))
+
+
+def test_embed_flow_embeds_a_new_champion_once(ray_session, prefect_server, registered, tmp_path):
+    """The scheduled job 'embed/NAME': the champion's first run writes, the next finds nothing new."""
+    from flows.embed import embed_flow
+    from vae.config import embeddings_dir
+
+    _, dataset, registration = registered
+    pipelines = tmp_path / "pipelines.yaml"
+    pipelines.write_text("""\
+pipelines:
+  embed-job:
+    dataset: {name: digits, source: "sklearn:digits", validation_fraction: 0.1}
+    model: {latent_dim: 2, hidden: [8]}
+    registry: {model_name: vae-embed}
+    embedding: {model_alias: champion, splits: [test]}
+""")
+    first = embed_flow("embed-job", str(pipelines))
+    expected = embeddings_dir() / "digits" / f"vae-embed-v{registration.version}-{dataset['version']}.parquet"
+    assert not first["skipped"] and first["path"] == str(expected)
+    assert first["rows"] == read_manifest(dataset["path"])["rows"]["test"] == pq.read_table(expected).num_rows
+    second = embed_flow("embed-job", str(pipelines))
+    assert second["skipped"] and second["path"] == str(expected)
