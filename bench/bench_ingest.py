@@ -18,14 +18,15 @@ import argparse
 import os
 import shutil
 import statistics
-import struct
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "unit"))
+from ingest_helpers import write_big_idx  # noqa: E402  (shared with the memory test)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -56,19 +57,6 @@ def timed(command: list[str], env: dict[str, str]) -> tuple[float, int]:
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"{' '.join(command)} failed: {child.stderr.read().decode()}")
     return wall, usage.ru_maxrss * 1024  # ru_maxrss is in KiB on Linux
-
-
-def write_big_idx(folder: Path, rows: int) -> int:
-    """An uncompressed IDX pair of `rows` 28x28 images (random pixels, repeated in blocks)."""
-    block = np.random.default_rng(0).integers(0, 256, size=(8192, 28, 28), dtype=np.uint8)
-    with open(folder / "train-images-idx3-ubyte", "wb") as f:
-        f.write(struct.pack(">IIII", 0x803, rows, 28, 28))
-        for start in range(0, rows, 8192):
-            f.write(block[: min(8192, rows - start)].tobytes())
-    with open(folder / "train-labels-idx1-ubyte", "wb") as f:
-        f.write(struct.pack(">II", 0x801, rows))
-        f.write((np.arange(rows) % 10).astype(np.uint8).tobytes())
-    return (folder / "train-images-idx3-ubyte").stat().st_size
 
 
 def main() -> None:

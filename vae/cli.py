@@ -127,7 +127,6 @@ def evaluate(
     """Estimate held-out log p(x) of a model by importance sampling, with a standard error."""
     _quiet_logs(verbose)
     from vae.config import EvaluationConfig, vae_home
-    from vae.errors import DataError
 
     if k < 1:
         _fail(f"--k {k}: expected k >= 1 importance samples per image")

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import struct
 import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
+
+from ingest_helpers import write_big_idx
 
 pytestmark = pytest.mark.integration
 
@@ -27,19 +27,6 @@ print(json.dumps({"peak": status("VmHWM")}))
 """
 
 
-def _write_idx(folder: Path, rows: int) -> int:
-    """An uncompressed IDX pair of `rows` 28x28 images, written block by block."""
-    folder.mkdir()
-    block = np.random.default_rng(0).integers(0, 256, size=(8192, 28, 28), dtype=np.uint8)
-    with open(folder / "train-images-idx3-ubyte", "wb") as f:
-        f.write(struct.pack(">IIII", 0x803, rows, 28, 28))
-        for start in range(0, rows, 8192):
-            f.write(block[: min(8192, rows - start)].tobytes())
-    with open(folder / "train-labels-idx1-ubyte", "wb") as f:
-        f.write(struct.pack(">II", 0x801, rows) + (np.arange(rows) % 10).astype(np.uint8).tobytes())
-    return (folder / "train-images-idx3-ubyte").stat().st_size
-
-
 def _peak_rss(folder: Path, home: Path) -> int:
     env = {**os.environ, "VAE_HOME": str(home)}
     result = subprocess.run([sys.executable, "-c", CHILD, str(folder)], env=env, capture_output=True, text=True,
@@ -49,8 +36,8 @@ def _peak_rss(folder: Path, home: Path) -> int:
 
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads VmHWM from /proc (Linux)")
 def test_peak_memory_does_not_grow_with_the_source(tmp_path):
-    small = _write_idx(tmp_path / "small", 100_000)  # 78 MB: several 16 MiB chunks already
-    large = _write_idx(tmp_path / "large", 400_000)  # 314 MB
+    small = write_big_idx(tmp_path / "small", 100_000)  # 78 MB: several 16 MiB chunks already
+    large = write_big_idx(tmp_path / "large", 400_000)  # 314 MB
     peak_small = _peak_rss(tmp_path / "small", tmp_path / "home")
     peak_large = _peak_rss(tmp_path / "large", tmp_path / "home")
     # Holding the source would add its 235 MB difference; streaming adds only the per-row split

@@ -41,6 +41,21 @@ def write_idx_folder(folder: Path, train: tuple[np.ndarray, np.ndarray], test: t
     return folder
 
 
+def write_big_idx(folder: Path, rows: int) -> int:
+    """An uncompressed IDX pair of `rows` 28x28 images (random pixels, repeated in 8192-image blocks),
+    written block by block so that even gigabytes never sit in memory; returns the image file's size.
+    Used by the memory test and bench/bench_ingest.py."""
+    folder.mkdir(parents=True, exist_ok=True)
+    block = np.random.default_rng(0).integers(0, 256, size=(8192, 28, 28), dtype=np.uint8)
+    with open(folder / "train-images-idx3-ubyte", "wb") as f:
+        f.write(struct.pack(">IIII", 0x803, rows, 28, 28))
+        for start in range(0, rows, 8192):
+            f.write(block[: min(8192, rows - start)].tobytes())
+    with open(folder / "train-labels-idx1-ubyte", "wb") as f:
+        f.write(struct.pack(">II", 0x801, rows) + (np.arange(rows) % 10).astype(np.uint8).tobytes())
+    return (folder / "train-images-idx3-ubyte").stat().st_size
+
+
 def tree(root: Path) -> dict[str, tuple[int, int]]:
     """Every path under root, files with (size, mtime_ns): equal before and after means nothing was touched.
 

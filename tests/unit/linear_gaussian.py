@@ -87,3 +87,24 @@ def bernoulli_1d_log_marginal(x: torch.Tensor, w: torch.Tensor, c: torch.Tensor,
     weights = torch.full((points,), math.log(dz), dtype=torch.float64)
     weights[0] = weights[-1] = math.log(dz / 2)
     return torch.logsumexp(log_integrand + weights, dim=-1)
+
+
+def make_bernoulli_1d(D: int = 8, encoder_scale: float = 1.0) -> VAE:
+    """A VAE with a 1-D latent and a linear Bernoulli decoder (logits w·z + c): log p(x) by quadrature."""
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(latent_dim=1, hidden=(), likelihood="bernoulli"), D)
+    with torch.no_grad():
+        model.decoder[0].weight.copy_(torch.linspace(-2.0, 2.5, D)[:, None])
+        model.decoder[0].bias.copy_(torch.linspace(0.5, -0.5, D))
+        model.encoder[0].weight.mul_(encoder_scale)
+    return model
+
+
+def bernoulli_1d_exact(model: VAE, x: torch.Tensor) -> torch.Tensor:
+    """log p(x) of `make_bernoulli_1d`'s model, (N,)."""
+    return bernoulli_1d_log_marginal(x, model.decoder[0].weight[:, 0].detach(), model.decoder[0].bias.detach())
+
+
+def mean_and_se(values: torch.Tensor) -> tuple[float, float]:
+    """The mean of per-example values and its standard error."""
+    return float(values.mean()), float(values.std() / math.sqrt(values.numel()))

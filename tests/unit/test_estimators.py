@@ -7,15 +7,11 @@ import math
 import pytest
 import torch
 
-from linear_gaussian import bernoulli_1d_log_marginal, make_linear_gaussian
-from vae.config import ModelConfig
+from linear_gaussian import bernoulli_1d_exact, make_bernoulli_1d, make_linear_gaussian, mean_and_se
 from vae.evaluation import estimate_log_likelihood
-from vae.model import build_model, diagonal_normal_log_density, standard_normal_log_density
+from vae.model import diagonal_normal_log_density, standard_normal_log_density
 from vae.objectives import elbo, gaussian_kl, iwae_bound, sample_latents
 
-
-def _mean_and_se(values: torch.Tensor) -> tuple[float, float]:
-    return float(values.mean()), float(values.std() / math.sqrt(values.numel()))
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +27,7 @@ def data(lg):
 def test_importance_sampling_matches_closed_form_marginal(lg, data):
     exact = lg.log_marginal(data)  # (N,)
     estimate = estimate_log_likelihood(lg.model, data.float(), k=2000, seed=3)
-    mean, se = _mean_and_se(estimate.log_px - exact)
+    mean, se = mean_and_se(estimate.log_px - exact)
     # The per-example error is IS noise; its mean over 400 examples must be within 4 s.e. of 0
     # (plus the O(1/k) downward bias, which is far below float32 rounding here).
     assert abs(mean) < 4 * se + 1e-4, (mean, se)
@@ -48,7 +44,7 @@ def test_elbo_lies_below_log_marginal_by_exactly_the_posterior_kl(lg, data):
     x = data.float().repeat(50, 1)  # 50 single-sample ELBO draws per example
     with torch.no_grad():
         draws = elbo(lg.model, x).elbo.double().view(50, -1)  # (50, N)
-    mean, se = _mean_and_se((draws - (exact - gap)).flatten())
+    mean, se = mean_and_se((draws - (exact - gap)).flatten())
     assert abs(mean) < 4 * se, (mean, se)
     assert float(draws.mean()) < float(exact.mean())
 
@@ -60,16 +56,16 @@ def test_iwae_bound_rises_with_k_toward_log_marginal(lg, data):
     with torch.no_grad():
         bounds = {k: iwae_bound(lg.model, x, k).double() for k in (1, 5, 50)}  # (20 N,) each
     for small, large in ((1, 5), (5, 50)):
-        rise, se = _mean_and_se(bounds[large] - bounds[small])  # paired over the same x
+        rise, se = mean_and_se(bounds[large] - bounds[small])  # paired over the same x
         assert rise > 3 * se, (small, large, rise, se)
-    mean, se = _mean_and_se(bounds[50])
+    mean, se = mean_and_se(bounds[50])
     assert mean < exact + 3 * se
 
 
 def test_k1_importance_sampling_has_the_elbos_expectation(lg, data):
     exact_elbo = lg.log_marginal(data) - lg.kl_q_to_posterior(data)
     estimate = estimate_log_likelihood(lg.model, data.float(), k=1, seed=5)
-    mean, se = _mean_and_se(estimate.log_px - exact_elbo)
+    mean, se = mean_and_se(estimate.log_px - exact_elbo)
     assert abs(mean) < 4 * se, (mean, se)
 
 
@@ -85,17 +81,12 @@ def test_analytic_kl_matches_monte_carlo():
 
 
 def test_bernoulli_1d_latent_matches_quadrature():
-    torch.manual_seed(0)
     D = 8
-    model = build_model(ModelConfig(latent_dim=1, hidden=(), likelihood="bernoulli"), D)
-    with torch.no_grad():
-        model.decoder[0].weight.copy_(torch.linspace(-2.0, 2.5, D)[:, None])
-        model.decoder[0].bias.copy_(torch.linspace(0.5, -0.5, D))
-        model.encoder[0].weight.mul_(0.3)
+    model = make_bernoulli_1d(D, encoder_scale=0.3)
     x = torch.bernoulli(torch.full((300, D), 0.5), generator=torch.Generator().manual_seed(2))
-    exact = bernoulli_1d_log_marginal(x, model.decoder[0].weight[:, 0].detach(), model.decoder[0].bias.detach())
+    exact = bernoulli_1d_exact(model, x)
     estimate = estimate_log_likelihood(model, x, k=3000, seed=1)
-    mean, se = _mean_and_se(estimate.log_px - exact)
+    mean, se = mean_and_se(estimate.log_px - exact)
     assert abs(mean) < 4 * se + 1e-4, (mean, se)
     # A poor encoder is still a valid proposal: the ELBO is below the exact marginal.
     assert float(estimate.elbo.mean()) < float(exact.mean())
