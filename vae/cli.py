@@ -39,6 +39,11 @@ def _quiet_logs(verbose: bool) -> None:
     quiet_environment()
     if verbose:
         os.environ["VAE_VERBOSE"] = "1"
+    # Prefect's persisted task results (the cached training of a pipeline) live with the rest of
+    # the state, so a rerun after a crash finds them wherever VAE_HOME is.
+    from vae.config import vae_home
+
+    os.environ.setdefault("PREFECT_LOCAL_STORAGE_PATH", str(vae_home() / "prefect-results"))
     level = "INFO" if verbose else "CRITICAL"
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", level)
     os.environ.setdefault("PREFECT_LOGGING_LOGGERS_PREFECT_FLOW_RUNS_LEVEL", level)

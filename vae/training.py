@@ -32,6 +32,7 @@ from vae.model import CHECKPOINT_FILE, VAE, build_model, load_checkpoint
 from vae.objectives import elbo, iwae_bound
 
 MATERIALIZE_BELOW_BYTES = 256 * 2**20
+CHUNK_BATCHES = 32  # minibatches per Ray Data batch in training (see _shuffled_minibatches)
 _DIVERGED = re.compile(r"non-finite loss \([^)]*\) at epoch \d+, step \d+[^\n]*")
 
 
@@ -120,6 +121,22 @@ def _load_state(directory: str) -> dict[str, Any]:
     return torch.load(os.path.join(directory, CHECKPOINT_FILE), map_location="cpu", weights_only=True)
 
 
+def _shuffled_minibatches(shard, batch_size: int, seed: int, device: torch.device):
+    """A worker's shard as shuffled minibatches (B, D).
+
+    Ray Data converts CHUNK_BATCHES minibatches at a time (one Arrow → tensor conversion instead
+    of one per minibatch); each chunk is permuted and cut here. With the block order randomised
+    every epoch (see `_dataset`), that is a local shuffle at least as strong as a shuffle buffer.
+    Every chunk but the last is full, so ranks with equal rows take equal numbers of steps.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    for chunk in shard.iter_torch_batches(batch_size=batch_size * CHUNK_BATCHES):
+        images = chunk["image"]  # (C, D), C = batch_size * CHUNK_BATCHES except at the end
+        order = torch.randperm(images.shape[0], generator=generator)
+        for start in range(0, images.shape[0], batch_size):
+            yield images[order[start : start + batch_size]].to(device, non_blocking=True)  # (B, D)
+
+
 def _train_loop_per_worker(loop: dict[str, Any]) -> None:
     """Runs on every Ray Train worker: a plain PyTorch loop over this worker's Ray Data shard."""
     import ray.train
@@ -169,14 +186,11 @@ def _train_loop_per_worker(loop: dict[str, Any]) -> None:
         objective.train()
         sums = [0.0, 0.0, 0.0, 0.0, 0.0]  # objective, ELBO, reconstruction, KL, examples
         seen: list[str] = []
-        batches = train_shard.iter_torch_batches(
-            batch_size=loop["batch_size"], local_shuffle_buffer_size=loop["shuffle_buffer"],
-            local_shuffle_seed=loop["seed"] + 1009 * rank + epoch, device=device,
-        )
-        for step, batch in enumerate(batches, start=1):
+        batches = _shuffled_minibatches(train_shard, loop["batch_size"], loop["seed"] + 1009 * rank + epoch, device)
+        for step, images in enumerate(batches, start=1):
             if loop.get("audit_dir") and epoch == first_epoch:
-                seen.extend(hashlib.sha1(row.cpu().numpy().tobytes()).hexdigest() for row in batch["image"])
-            x = prepare_inputs(batch["image"], **prepare)  # (B, D)
+                seen.extend(hashlib.sha1(row.cpu().numpy().tobytes()).hexdigest() for row in images)
+            x = prepare_inputs(images, **prepare)  # (B, D)
             with autocast:
                 target, elbo_terms, reconstruction, kl = objective(x, _beta(loop, epoch, step, steps_per_epoch))
             loss = -target.float().mean()
@@ -286,14 +300,14 @@ def _follow_progress(queue, epochs: int, stop: threading.Event, echo: Callable[[
             registry.log_epoch_metrics(tracking_uri, run_id, metrics, step=int(metrics["epoch"]))
 
 
-def _dataset(path: str):
+def _dataset(path: str, shuffle: bool = False):
     """A Ray Dataset over one Parquet split; small splits are read once, in memory, not per epoch."""
     import ray.data
 
     dataset = ray.data.read_parquet(path)
     if os.path.getsize(path) < MATERIALIZE_BELOW_BYTES:
         dataset = dataset.materialize()  # read once into the object store, not every epoch
-    return dataset
+    return dataset.randomize_block_order() if shuffle else dataset  # shuffle: new row-group order every epoch
 
 
 def train(
@@ -347,7 +361,6 @@ def train(
         "run_id": run_id,
         "tracking_uri": tracking_uri,
         "resume_from": str(resume_from) if resume_from else None,
-        "shuffle_buffer": min(10_000, 8 * training.batch_size),
         "image_shape": list(manifest["shape"]),
         "train_rows": int(manifest["rows"]["train"]),
         "objective": training.objective,
@@ -387,7 +400,7 @@ def train(
             ),
         ),
         datasets={
-            "train": _dataset(split_path(dataset.path, "train")),
+            "train": _dataset(split_path(dataset.path, "train"), shuffle=True),
             "validation": _dataset(split_path(dataset.path, "validation")),
         },
     )
