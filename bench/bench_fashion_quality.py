@@ -30,7 +30,8 @@ def curve(run_dir: Path, dataset_path: str, images: int, k: int, points_wanted: 
     from vae.scoring import load_inputs
 
     points = []
-    checkpoints = sorted(run_dir.glob("checkpoint_*"), key=lambda p: p.stat().st_mtime)
+    checkpoints = sorted((p for p in run_dir.glob("checkpoint_*") if (p / "checkpoint.pt").is_file()),
+                         key=lambda p: p.stat().st_mtime)  # not Ray's checkpoint_manager_snapshot.json
     if len(checkpoints) > points_wanted:  # evenly spaced, always including the last
         step = (len(checkpoints) - 1) / (points_wanted - 1)
         checkpoints = [checkpoints[round(i * step)] for i in range(points_wanted)]

@@ -26,10 +26,11 @@ def evaluate_task(checkpoint: str, dataset_path: str, settings: config.PipelineC
 
 @flow(name="evaluate")
 def evaluate_flow(
-    pipeline: str, checkpoint: str, dataset_path: str, pipelines_file: str = config.DEFAULT_PIPELINES_FILE
+    pipeline: str, checkpoint: str, dataset_path: str, pipelines_file: str = config.DEFAULT_PIPELINES_FILE,
+    settings: config.PipelineConfig | None = None,
 ) -> dict:
     """Estimate log p(x) on the configured split; returns NLL ± s.e., bits/dim, ELBO, gap, ESS."""
-    settings = config.load_pipeline(pipeline, pipelines_file)
+    settings = settings or config.load_pipeline(pipeline, pipelines_file)
     print(f"evaluating log p(x) on the {settings.evaluation.split} split with k={settings.evaluation.k} "
           "importance samples per image", flush=True)
     summary = evaluate_task(checkpoint, dataset_path, settings)

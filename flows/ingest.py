@@ -23,9 +23,10 @@ def ingest_task(dataset: config.DatasetConfig) -> dict[str, str]:
 
 
 @flow(name="ingest")
-def ingest_flow(pipeline: str, pipelines_file: str = config.DEFAULT_PIPELINES_FILE) -> dict[str, str]:
+def ingest_flow(pipeline: str, pipelines_file: str = config.DEFAULT_PIPELINES_FILE,
+                settings: config.PipelineConfig | None = None) -> dict[str, str]:
     """Ingest the pipeline's dataset; returns {name, version, path, content_hash}."""
-    dataset = config.load_pipeline(pipeline, pipelines_file).dataset
+    dataset = (settings or config.load_pipeline(pipeline, pipelines_file)).dataset
     ref = ingest_task(dataset)
     if not data.is_ingested(ref["path"]):  # a cached reference to a version deleted since: convert again
         ref = ingest_task.with_options(refresh_cache=True)(dataset)

@@ -56,14 +56,16 @@ def pipeline_flow(
         seconds[stage] = round(time.perf_counter() - clock, 3)
         clock = time.perf_counter()
 
-    dataset = ingest_flow(pipeline, pipelines_file)
+    # The file is read once: editing pipelines.yaml during an hour of training changes nothing here.
+    settings = config.load_pipeline(pipeline, pipelines_file)
+    dataset = ingest_flow(pipeline, pipelines_file, settings)
     lap("ingest")
-    trained = train_flow(pipeline, dataset, pipelines_file, workers, gpu, resume, force)
+    trained = train_flow(pipeline, dataset, pipelines_file, workers, gpu, resume, force, settings)
     lap("train")
-    evaluation = evaluate_flow(pipeline, trained["checkpoint"], dataset["path"], pipelines_file)
+    evaluation = evaluate_flow(pipeline, trained["checkpoint"], dataset["path"], pipelines_file, settings)
     lap("evaluate")
     registration = register_flow(pipeline, trained["run_id"], trained["checkpoint"], evaluation, dataset,
-                                 trained["history"], pipelines_file)
+                                 trained["history"], pipelines_file, settings)
     lap("register")
     result = {
         "pipeline": pipeline,

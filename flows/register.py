@@ -18,7 +18,8 @@ def register_task(settings: config.PipelineConfig, run_id: str, checkpoint: str,
 def register_flow(
     pipeline: str, run_id: str, checkpoint: str, evaluation: dict, dataset: dict[str, str],
     history: list[dict] | None = None, pipelines_file: str = config.DEFAULT_PIPELINES_FILE,
+    settings: config.PipelineConfig | None = None,
 ) -> dict:
     """Register the trained model; `champion` moves only if its held-out NLL is better."""
-    settings = config.load_pipeline(pipeline, pipelines_file)
+    settings = settings or config.load_pipeline(pipeline, pipelines_file)
     return register_task(settings, run_id, checkpoint, evaluation, dataset, history or [])

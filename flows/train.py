@@ -49,12 +49,13 @@ def train_task(settings: config.PipelineConfig, dataset: dict[str, str], run_id:
 def train_flow(
     pipeline: str, dataset: dict[str, str], pipelines_file: str = config.DEFAULT_PIPELINES_FILE,
     workers: int | None = None, gpu: bool | None = None, resume: bool = False, force: bool = False,
+    settings: config.PipelineConfig | None = None,
 ) -> dict:
     """Train on an ingested dataset; returns {run_id, checkpoint, epochs, history, reused}.
 
     `force` trains again even when a finished training of the same data and settings exists.
     """
-    settings = config.load_pipeline(pipeline, pipelines_file)
+    settings = settings or config.load_pipeline(pipeline, pipelines_file)
     fresh = force or resume
     run_id = start_run_task.with_options(refresh_cache=fresh)(settings, dataset, workers, gpu)
     if not registry.run_exists(run_id):  # the cached run was deleted from MLflow since
