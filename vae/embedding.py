@@ -59,7 +59,8 @@ def images_from_arrow(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
     """A fixed-size-list `image` column → (B, D) array, without a Python object per row."""
     if isinstance(column, pa.ChunkedArray):
         column = column.combine_chunks()
-    return column.flatten().to_numpy(zero_copy_only=False).reshape(len(column), column.type.list_size)
+    images = column.flatten().to_numpy(zero_copy_only=False).reshape(len(column), column.type.list_size)
+    return images if images.flags.writeable else images.copy()  # torch wants writable memory
 
 
 class Encoder:
