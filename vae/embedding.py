@@ -195,7 +195,7 @@ def _encode_with_ray_data(state: dict[str, Any], paths: list[str], batch_size: i
         # The weights go in as a reference nested in a tuple: Ray does not resolve it for the
         # constructor, so a restarted actor fetches them again instead of failing.
         fn_constructor_kwargs={"state": (ray.put(state),), **encoder_options, "use_gpu": gpu},
-        batch_size=batch_size, batch_format="pyarrow", concurrency=workers,
+        batch_size=batch_size, batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=workers),
         num_cpus=0 if gpu else 1, num_gpus=1 if gpu else 0,
     )
     return encoded.iter_batches(batch_format="pyarrow", batch_size=None)
