@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -456,6 +457,15 @@ def read_manifest(dataset_path: str | Path) -> dict:
         raise DataError(f"{path}: dataset manifest not found (expected an ingested dataset directory)") from None
     except json.JSONDecodeError as exc:
         raise DataError(f"{path}: corrupt manifest: {exc.msg} at line {exc.lineno}") from None
+
+
+def check_pixels(dataset_path: str | Path, manifest: dict, data_dim: int, hint: str = "") -> None:
+    """A dataset whose images have another number of pixels than the model is one line naming both."""
+    pixels = int(math.prod(manifest["shape"]))
+    if pixels != int(data_dim):
+        shape = "x".join(str(s) for s in manifest["shape"])
+        raise DataError(f"{dataset_path}: images are {shape} ({pixels} pixels) but the model expects "
+                        f"{data_dim} pixels per image{hint}")
 
 
 def split_path(dataset_path: str | Path, split: str) -> str:

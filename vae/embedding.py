@@ -8,7 +8,6 @@ its split, the label, q(z|x)'s mean and log-variance, and the model and dataset 
 
 from __future__ import annotations
 
-import math
 import os
 import tempfile
 import time
@@ -22,7 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from vae.data import SPLITS, prepare_inputs, read_manifest, split_path
+from vae.data import SPLITS, check_pixels, prepare_inputs, read_manifest, split_path
 from vae.errors import DataError
 
 DEFAULT_BATCH_SIZE = 4096
@@ -67,17 +66,14 @@ class Encoder:
     """A Ray Data actor: holds one copy of the encoder; a pyarrow batch in, latent parameters out."""
 
     def __init__(self, state: dict[str, Any] | tuple, max_value: float, mode: str, use_gpu: bool = False):
-        from vae.config import ModelConfig
-        from vae.model import build_model
+        from vae.model import model_from_state
 
         if isinstance(state, tuple):  # (ObjectRef,): the weights, fetched from Ray's object store
             import ray
 
             state = ray.get(state[0])
         self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
-        model = build_model(ModelConfig(**state["model_config"]), int(state["data_dim"]), state.get("image_shape"))
-        model.load_state_dict(state["model"])
-        self.model = model.to(self.device).eval()
+        self.model = model_from_state(state).to(self.device)
         self.max_value, self.mode = max_value, mode
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -98,6 +94,15 @@ class Encoder:
 
 def check_inputs(state: dict[str, Any], dataset_path: str | Path, out: str | Path, overwrite: bool) -> dict[str, Any]:
     """Everything that can be wrong before any work starts; returns the dataset's manifest."""
+    check_output(out, overwrite)
+    manifest = read_manifest(dataset_path)
+    check_pixels(dataset_path, manifest, int(state["data_dim"]),
+                 hint=" (embed a dataset of the shape the model was trained on)")
+    return manifest
+
+
+def check_output(out: str | Path, overwrite: bool) -> None:
+    """The output must be a new file in an existing folder (or replaceable with `overwrite`)."""
     out = Path(out)
     if out.exists() and not overwrite:
         raise DataError(f"{out}: output exists (expected a new path, or pass --overwrite to replace it)")
@@ -105,15 +110,6 @@ def check_inputs(state: dict[str, Any], dataset_path: str | Path, out: str | Pat
         raise DataError(f"{out}: is a directory (expected a Parquet file path)")
     if not out.parent.exists():
         raise DataError(f"{out.parent}: output folder does not exist")
-    manifest = read_manifest(dataset_path)
-    pixels = int(math.prod(manifest["shape"]))
-    if pixels != int(state["data_dim"]):
-        shape = "x".join(str(s) for s in manifest["shape"])
-        raise DataError(
-            f"{dataset_path}: images are {shape} ({pixels} pixels) but the model expects {state['data_dim']} pixels "
-            "per image (embed a dataset of the shape the model was trained on)"
-        )
-    return manifest
 
 
 def embed_dataset(
@@ -254,9 +250,7 @@ def embed(
     from vae.model import CHECKPOINT_FILE
     from vae.scoring import resolve_dataset
 
-    out = Path(out)
-    if out.exists() and not options.get("overwrite"):
-        raise DataError(f"{out}: output exists (expected a new path, or pass --overwrite to replace it)")
+    check_output(out, bool(options.get("overwrite")))  # before any download or Ray start
     dataset_path = resolve_dataset(dataset)
     name, version = registry.resolve_model_version(model_uri)
     if (Path(model_uri) / CHECKPOINT_FILE).exists():

@@ -159,6 +159,13 @@ def build_model(config: ModelConfig, data_dim: int, image_shape: tuple[int, ...]
     return VAE(config, data_dim, image_shape)
 
 
+def model_from_state(state: dict[str, Any]) -> VAE:
+    """The VAE a checkpoint's contents describe (model_config, data_dim, image_shape, weights), in eval mode."""
+    model = build_model(ModelConfig(**state["model_config"]), int(state["data_dim"]), state.get("image_shape"))
+    model.load_state_dict(state["model"])
+    return model.eval()
+
+
 def load_checkpoint(checkpoint_dir: str | Path) -> tuple[VAE, dict[str, Any]]:
     """Rebuild the VAE from a training checkpoint directory (weights_only load: no code runs)."""
     path = Path(checkpoint_dir) / CHECKPOINT_FILE
@@ -166,6 +173,4 @@ def load_checkpoint(checkpoint_dir: str | Path) -> tuple[VAE, dict[str, Any]]:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise VAEError(f"{path}: checkpoint not found (expected a training checkpoint directory)") from None
-    model = build_model(ModelConfig(**state["model_config"]), int(state["data_dim"]), state.get("image_shape"))
-    model.load_state_dict(state["model"])
-    return model.eval(), state
+    return model_from_state(state), state

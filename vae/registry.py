@@ -157,13 +157,11 @@ class VAEEncoder(mlflow.pyfunc.PythonModel):
     def load_context(self, context):
         import torch
 
-        from vae.config import ModelConfig
-        from vae.model import build_model
+        from vae.model import model_from_state
 
         state = torch.load(context.artifacts["checkpoint"], map_location="cpu", weights_only=True)
         meta = json.loads(Path(context.artifacts["metadata"]).read_text())
-        self.model = build_model(ModelConfig(**state["model_config"]), int(state["data_dim"]), state.get("image_shape")).eval()
-        self.model.load_state_dict(state["model"])
+        self.model = model_from_state(state)
         self.data_dim = int(state["data_dim"])
         self.max_value = float(meta["max_value"])
         self.binarize = meta["binarize"]

@@ -17,10 +17,10 @@ import numpy as np
 import torch
 
 from vae.config import EvaluationConfig
-from vae.data import load_split, prepare_inputs, read_manifest
+from vae.data import check_pixels, load_split, prepare_inputs, read_manifest
 from vae.errors import DataError
 from vae.evaluation import LogLikelihoodEstimate, estimate_log_likelihood
-from vae.model import VAE, build_model, load_checkpoint
+from vae.model import VAE, load_checkpoint, model_from_state
 
 
 @dataclass(frozen=True)
@@ -38,12 +38,7 @@ def load_inputs(dataset_path: str, split: str, data_dim: int, binarize: str, see
     images, labels = load_split(dataset_path, split)
     if images.shape[0] == 0:
         raise DataError(f"{dataset_path}: split '{split}' is empty (expected at least one image)")
-    if images.shape[1] != data_dim:
-        shape = "x".join(str(s) for s in manifest["shape"])
-        raise DataError(
-            f"{dataset_path}: images are {shape} ({images.shape[1]} pixels) but the model expects "
-            f"{data_dim} pixels per image"
-        )
+    check_pixels(dataset_path, manifest, data_dim)
     # Dynamic binarisation is evaluated on one fixed draw, so NLLs are comparable across runs.
     generator = torch.Generator().manual_seed(seed)
     x = prepare_inputs(torch.from_numpy(np.array(images)), manifest["value_range"][1], binarize, generator=generator)
@@ -52,11 +47,7 @@ def load_inputs(dataset_path: str, split: str, data_dim: int, binarize: str, see
 
 def _estimate_shard(state: dict[str, Any], x: torch.Tensor, k: int, options: dict[str, Any]):
     """Runs in a Ray task: rebuild the model, estimate one contiguous shard."""
-    from vae.config import ModelConfig
-
-    model = build_model(ModelConfig(**state["model_config"]), int(state["data_dim"]), state.get("image_shape"))
-    model.load_state_dict(state["model"])
-    estimate = estimate_log_likelihood(model, x, k, **options)
+    estimate = estimate_log_likelihood(model_from_state(state), x, k, **options)
     return estimate.log_px, estimate.elbo, estimate.ess
 
 
