@@ -278,7 +278,10 @@ def promote_if_better(
             previous = current_nll if previous is None else previous
             if not nll < current_nll - margin:
                 return False, current_nll
-        mlflow_client.set_registered_model_alias(name, CHAMPION, str(number))
+        try:
+            mlflow_client.set_registered_model_alias(name, CHAMPION, str(number))
+        except MlflowException:  # a concurrent gate created the alias first (a unique key on the
+            pass                  # server's database): read it back and decide again
         time.sleep(settle_seconds * (1 + random.random()))
     current = _champion(mlflow_client, name)
     return current is not None and int(current.version) == number, previous
