@@ -43,7 +43,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=4096)
     args = parser.parse_args()
 
-    from vae.training import ensure_ray
+    from vae.cluster import ensure_ray
 
     work = Path(tempfile.mkdtemp(prefix="bench-embed-"))
     dataset_path = tiled_dataset(resolve_dataset(args.dataset), args.repeat, work)

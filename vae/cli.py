@@ -122,6 +122,8 @@ def evaluate(
     max_memory: Annotated[int, typer.Option("--max-memory", help="Memory budget for samples, MiB.")] = 256,
     workers: Annotated[int, typer.Option(help="Ray tasks to split the images across.")] = 1,
     seed: Annotated[int, typer.Option(help="Noise seed (per-example streams).")] = 0,
+    gpu: Annotated[bool, typer.Option("--gpu/--cpu", help="Estimate on the GPU when there is one (noise drawn on the device).")] = False,
+    tf32: Annotated[bool, typer.Option("--tf32", help="Let float32 matmuls use TF32 on the GPU (faster; changes the numbers).")] = False,
     binarize: Annotated[str, typer.Option(help="For a bare checkpoint: threshold, dynamic or none.")] = "threshold",
     output: Annotated[Optional[Path], typer.Option(help="Per-example Parquet (default: under VAE_HOME/evaluations).")] = None,
     ais: Annotated[int, typer.Option(help="Cross-check IS with annealed importance sampling on this many images.")] = 0,
@@ -150,7 +152,8 @@ def evaluate(
 
             checkpoint, metadata = registry.download_model(model)
             mode = metadata["binarize"]
-        config = EvaluationConfig(k=k, split=split, max_memory_mb=max_memory, workers=workers, seed=seed)
+        config = EvaluationConfig(k=k, split=split, max_memory_mb=max_memory, workers=workers, seed=seed,
+                                  use_gpu=gpu, tf32=tf32)
         scored = scoring.score_checkpoint(checkpoint, dataset_path, config, mode)
         slug = "".join(c if c.isalnum() or c in "-_." else "_" for c in model.split("://")[-1].strip("/"))
         target = output or vae_home() / "evaluations" / f"{slug}-{Path(dataset_path).parent.name}-{split}-k{k}.parquet"

@@ -76,11 +76,17 @@ class TrainingConfig(_Frozen):
     """Ray Train settings and the optimiser; the objective is the ELBO."""
 
     epochs: int = Field(20, ge=1)
+    # Examples per optimiser step on EACH worker: n workers step on n * batch_size examples at once.
     batch_size: int = Field(64, ge=1)
     learning_rate: float = Field(1e-3, gt=0.0)
     workers: int = Field(2, ge=1)
     cpus_per_worker: int = Field(1, ge=1)
     use_gpu: bool = False
+    # GPU workers only: capture forward + backward + Adam of the MLP in one CUDA graph (falls back to
+    # eager when capture fails or the step cannot be captured), and hold the worker's shard on the GPU
+    # when it fits this many MiB (else it streams from Ray Data).
+    cuda_graph: bool = True
+    device_data_mb: int = Field(2048, ge=0)
     seed: int = 0
     max_failures: int = Field(0, ge=0)
     checkpoints_to_keep: int = Field(2, ge=1)
@@ -109,6 +115,10 @@ class EvaluationConfig(_Frozen):
     seed: int = 0
     # >1 splits the split across Ray tasks; per-example noise streams make the result identical.
     workers: int = Field(1, ge=1)
+    # Estimate on a GPU when the machine has one (noise drawn on the device, chunks sized from its
+    # free memory); tf32 lets float32 matmuls use TF32 there: faster, and it changes the numbers.
+    use_gpu: bool = False
+    tf32: bool = False
 
 
 class RegistryConfig(_Frozen):

@@ -179,7 +179,7 @@ def _encode_with_ray_data(state: dict[str, Any], paths: list[str], batch_size: i
     import ray
     import ray.data
 
-    from vae.training import ensure_ray
+    from vae.cluster import ensure_ray
 
     ensure_ray(workers)
     context = ray.data.DataContext.get_current()

@@ -57,7 +57,7 @@ def estimate_across_workers(
     """Split x into contiguous shards, one Ray task each, and concatenate in order."""
     import ray
 
-    from vae.training import ensure_ray
+    from vae.cluster import ensure_ray
 
     ensure_ray(workers)
     remote = ray.remote(num_cpus=1)(_estimate_shard)

@@ -25,7 +25,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from vae.config import ModelConfig, PipelineConfig, checkpoints_dir, ray_address
+from vae.cluster import ensure_ray
+from vae.config import ModelConfig, PipelineConfig, checkpoints_dir
 from vae.data import DatasetRef, prepare_inputs, read_manifest, split_path
 from vae.errors import TrainingDivergedError, VAEError
 from vae.model import CHECKPOINT_FILE, VAE, build_model, load_checkpoint
@@ -70,30 +71,6 @@ class _Objective(nn.Module):
         else:
             target = terms.reconstruction - beta * terms.kl
         return target, terms.elbo, terms.reconstruction, terms.kl
-
-
-def ensure_ray(training_cpus: int = 0) -> None:
-    """Connect to $RAY_ADDRESS, or start a quiet local Ray.
-
-    A local Ray gets two logical CPUs more than the training workers reserve: Ray Data's read
-    tasks need CPUs of their own, and with none left they would wait forever for the workers.
-    """
-    import ray
-
-    if ray.is_initialized():
-        return
-    address = ray_address()
-    verbose = os.environ.get("VAE_VERBOSE") == "1"
-    if not verbose:
-        logging.getLogger("ray.data").setLevel(logging.ERROR)
-    ray.init(
-        address=address,
-        num_cpus=None if address else max(os.cpu_count() or 1, training_cpus) + 2,
-        include_dashboard=False,
-        logging_level=logging.INFO if verbose else logging.ERROR,
-        # Workers' logs stay in Ray's log files unless asked for; progress comes through a queue.
-        log_to_driver=verbose,
-    )
 
 
 def _save_checkpoint(directory: str, state: dict[str, Any]) -> None:
