@@ -11,8 +11,13 @@ import json
 from prefect import flow, get_run_logger, task
 from prefect.tasks import exponential_backoff
 
+from flows.results import cached
 from vae import config, registry, training
 from vae.data import DatasetRef
+
+
+# MLflow runs this process started or continued; an interrupt marks those still RUNNING as KILLED.
+ACTIVE_RUNS: set[str] = set()
 
 
 def training_key(context, parameters: dict) -> str:
@@ -27,18 +32,20 @@ def training_key(context, parameters: dict) -> str:
     return "train-" + hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:32]
 
 
-@task(name="start-mlflow-run", cache_key_fn=training_key, retries=3, retry_delay_seconds=exponential_backoff(2))
+@task(name="start-mlflow-run", **cached(training_key), retries=3, retry_delay_seconds=exponential_backoff(2))
 def start_run_task(settings: config.PipelineConfig, dataset: dict[str, str], workers: int | None,
                    gpu: bool | None) -> str:
     return registry.start_run(settings, dataset)
 
 
-@task(name="train", cache_key_fn=training_key)  # no retries: a diverged run must not be silently rerun
+@task(name="train", **cached(training_key))  # no retries: a diverged run must not be silently rerun
 def train_task(settings: config.PipelineConfig, dataset: dict[str, str], run_id: str, workers: int | None,
                gpu: bool | None, resume: bool) -> dict:
     try:
-        result = training.train(settings, DatasetRef(**dataset), run_id=run_id, tracking_uri=config.tracking_uri(),
-                                workers=workers, use_gpu=gpu, resume=resume)
+        uri = config.tracking_uri()
+        result = training.train(settings, DatasetRef(**dataset), run_id=run_id, workers=workers, use_gpu=gpu,
+                                resume=resume, on_epoch=lambda metrics: registry.log_epoch_metrics(
+                                    uri, run_id, metrics, step=int(metrics["epoch"])))
     except Exception:
         registry.end_run(run_id, "FAILED")
         raise
@@ -60,6 +67,7 @@ def train_flow(
     run_id = start_run_task.with_options(refresh_cache=fresh)(settings, dataset, workers, gpu)
     if not registry.run_exists(run_id):  # the cached run was deleted from MLflow since
         run_id = start_run_task.with_options(refresh_cache=True)(settings, dataset, workers, gpu)
+    ACTIVE_RUNS.add(run_id)  # `vae run` marks it KILLED if interrupted before it ends
     state = train_task.with_options(refresh_cache=fresh)(settings, dataset, run_id, workers, gpu, resume,
                                                         return_state=True)
     trained = state.result()

@@ -247,7 +247,7 @@ def embed(
     The output path is checked first, so a refused job downloads and starts nothing.
     """
     from vae import registry
-    from vae.model import CHECKPOINT_FILE
+    from vae.model import CHECKPOINT_FILE, read_checkpoint_state
     from vae.scoring import resolve_dataset
 
     check_output(out, bool(options.get("overwrite")))  # before any download or Ray start
@@ -260,6 +260,6 @@ def embed(
         checkpoint, metadata = registry.download_model(f"models:/{name}/{version}" if name else model_uri)
         binarize = metadata["binarize"]
         options.pop("binarize", None)
-    state = torch.load(checkpoint / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
+    state = read_checkpoint_state(checkpoint)
     return embed_dataset(state, dataset_path, out, model_uri=model_uri, model_name=name, model_version=version,
                          binarize=binarize, **options)

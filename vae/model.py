@@ -166,11 +166,16 @@ def model_from_state(state: dict[str, Any]) -> VAE:
     return model.eval()
 
 
-def load_checkpoint(checkpoint_dir: str | Path) -> tuple[VAE, dict[str, Any]]:
-    """Rebuild the VAE from a training checkpoint directory (weights_only load: no code runs)."""
+def read_checkpoint_state(checkpoint_dir: str | Path) -> dict[str, Any]:
+    """The contents of a training checkpoint directory, loaded to the CPU (weights_only: no code runs)."""
     path = Path(checkpoint_dir) / CHECKPOINT_FILE
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise VAEError(f"{path}: checkpoint not found (expected a training checkpoint directory)") from None
+
+
+def load_checkpoint(checkpoint_dir: str | Path) -> tuple[VAE, dict[str, Any]]:
+    """Rebuild the VAE from a training checkpoint directory."""
+    state = read_checkpoint_state(checkpoint_dir)
     return model_from_state(state), state

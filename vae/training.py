@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import math
 import os
 import re
+import shutil
 import tempfile
 import threading
 import time
@@ -21,19 +21,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
-from torch import nn
 
 from vae.cluster import ensure_ray
-from vae.config import ModelConfig, PipelineConfig, checkpoints_dir
+from vae.config import ModelConfig, PipelineConfig, TrainingConfig, checkpoints_dir
 from vae.data import DatasetRef, prepare_inputs, read_manifest, split_path
 from vae.errors import TrainingDivergedError, VAEError
-from vae.model import CHECKPOINT_FILE, VAE, build_model, load_checkpoint
-from vae.objectives import elbo, iwae_bound
+from vae.model import CHECKPOINT_FILE, VAE, build_model, load_checkpoint, read_checkpoint_state
+from vae.objectives import elbo
+from vae.stepper import Objective, Stepper, make_optimizer, restore_optimizer
 
 MATERIALIZE_BELOW_BYTES = 256 * 2**20
-CHUNK_BATCHES = 32  # minibatches per Ray Data batch in training (see _shuffled_minibatches)
+CHUNK_BATCHES = 32  # minibatches per Ray Data batch when streaming (see _streamed_minibatches)
 _DIVERGED = re.compile(r"non-finite loss \([^)]*\) at epoch \d+, step \d+[^\n]*")
 
 
@@ -46,60 +47,129 @@ class TrainResult:
     history: list[dict[str, float]] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class WorkerPlan:
+    """Everything a Ray Train worker reads: the contract between `train` and the worker loop.
+
+    `training.batch_size` is per worker: n workers take n * batch_size examples per step.
+    `resident` is decided once on the driver (the same on every rank): hold the worker's shard
+    on its device for the whole run instead of streaming it from Ray Data every epoch.
+    """
+
+    model: ModelConfig
+    training: TrainingConfig
+    data_dim: int
+    image_shape: tuple[int, ...]
+    max_value: float
+    binarize: str
+    train_rows: int
+    resident: bool
+    staging_dir: str  # where rank 0 writes a checkpoint before Ray copies it (removed by `train`)
+    resume_from: str | None = None
+
+
+class WorkerHooks:
+    """Callbacks into the worker loop, for tests and tools; the default does nothing."""
+
+    def epoch_started(self, epoch: int, rank: int) -> None: ...
+
+    def batch(self, epoch: int, rank: int, images: torch.Tensor) -> None: ...
+
+    def epoch_finished(self, epoch: int, rank: int) -> None: ...
+
+
+class RowAudit(WorkerHooks):
+    """Records epochs started (rank 0) and, for the run's first epoch, a hash of every row each rank saw."""
+
+    def __init__(self, directory: str):
+        self.directory, self.first_epoch, self.seen = directory, None, []
+
+    def epoch_started(self, epoch: int, rank: int) -> None:
+        self.first_epoch = self.first_epoch or epoch
+        if rank == 0:
+            with open(os.path.join(self.directory, "epochs_started.txt"), "a") as handle:
+                handle.write(f"{epoch}\n")
+
+    def batch(self, epoch: int, rank: int, images: torch.Tensor) -> None:
+        if epoch == self.first_epoch:
+            self.seen.extend(hashlib.sha1(row.cpu().numpy().tobytes()).hexdigest() for row in images)
+
+    def epoch_finished(self, epoch: int, rank: int) -> None:
+        if epoch == self.first_epoch:
+            with open(os.path.join(self.directory, f"rows-rank{rank}.json"), "w") as handle:
+                json.dump(self.seen, handle)
+
+
 class NonFiniteLossError(RuntimeError):
     """Raised inside a worker; the driver turns it into TrainingDivergedError."""
 
 
-class _Objective(nn.Module):
-    """Wraps the VAE so DDP sees the whole objective in forward(): x (B, D) → per-example terms.
+@dataclass
+class Progress:
+    """What a checkpoint carries besides weights: where training stands."""
 
-    Returns (objective to maximise, ELBO, reconstruction, KL), each (B,). The objective is the
-    beta-weighted ELBO, recon - beta KL (Higgins et al. 2017; beta ramps up during KL warm-up,
-    Bowman et al. 2016), or the IWAE bound L_k (Burda et al. 2016, Eq. 8).
+    first_epoch: int = 1
+    history: list[dict[str, float]] = field(default_factory=list)
+    best: float = -math.inf
+    stale: int = 0
+    trained_seconds: float = 0.0
+
+
+def all_reduce_sums(values: torch.Tensor) -> torch.Tensor:
+    """Sum a tensor over workers, in place, on the device it lives on (no-op on one worker).
+
+    The tensor must be on the device the process group serves: NCCL groups (GPU workers) have
+    no CPU backend, so a CPU tensor there fails ("No backend type associated with device type cpu").
     """
-
-    def __init__(self, model: VAE, objective: str, iwae_k: int):
-        super().__init__()
-        self.vae = model
-        self.objective = objective
-        self.iwae_k = iwae_k
-
-    def forward(self, x: torch.Tensor, beta: float = 1.0):
-        terms = elbo(self.vae, x)
-        if self.objective == "iwae":
-            target = iwae_bound(self.vae, x, self.iwae_k)
-        else:
-            target = terms.reconstruction - beta * terms.kl
-        return target, terms.elbo, terms.reconstruction, terms.kl
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(values)
+    return values
 
 
-def _save_checkpoint(directory: str, state: dict[str, Any]) -> None:
-    torch.save(state, os.path.join(directory, CHECKPOINT_FILE))
-
-
-def _all_reduce_sums(*values: float) -> list[float]:
-    """Sum scalars over workers (no-op on one worker)."""
-    tensor = torch.tensor(values, dtype=torch.float64)
-    if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(tensor)
-    return tensor.tolist()
-
-
-def _beta(loop: dict[str, Any], epoch: int, step: int, steps_per_epoch: int) -> float:
+def kl_weight(training: TrainingConfig, epoch: int, step: int, steps_per_epoch: int) -> float:
     """KL weight: beta, ramped linearly from 0 over the warm-up epochs."""
-    warmup = loop["kl_warmup_epochs"]
-    if warmup == 0:
-        return loop["beta"]
-    progress = (epoch - 1 + step / max(steps_per_epoch, 1)) / warmup
-    return loop["beta"] * min(1.0, progress)
+    if training.kl_warmup_epochs == 0:
+        return training.beta
+    progress = (epoch - 1 + step / max(steps_per_epoch, 1)) / training.kl_warmup_epochs
+    return training.beta * min(1.0, progress)
 
 
-def _load_state(directory: str) -> dict[str, Any]:
-    return torch.load(os.path.join(directory, CHECKPOINT_FILE), map_location="cpu", weights_only=True)
+def _restore(plan: WorkerPlan, model: VAE, optimizer, scheduler) -> Progress:
+    """Ray's own checkpoint (a restarted run) wins over an explicit starting checkpoint."""
+    import ray.train
+
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None and plan.resume_from:
+        checkpoint = ray.train.Checkpoint(plan.resume_from)
+    if checkpoint is None:
+        return Progress()
+    with checkpoint.as_directory() as directory:
+        state = read_checkpoint_state(directory)
+    model.load_state_dict(state["model"])
+    restore_optimizer(optimizer, state["optimizer"])
+    if "scheduler" in state:
+        scheduler.load_state_dict(state["scheduler"])
+    return Progress(first_epoch=int(state["epoch"]) + 1, history=list(state["history"]),
+                    best=float(state.get("best_validation_elbo", -math.inf)), stale=int(state.get("stale_epochs", 0)),
+                    trained_seconds=float(state.get("trained_seconds", 0.0)))
 
 
-def _shuffled_minibatches(shard, batch_size: int, seed: int, device: torch.device):
-    """A worker's shard as shuffled minibatches (B, D).
+def _load_shard(shard, device: torch.device) -> torch.Tensor:
+    """A worker's whole shard as stored pixels (N, D) on its device, read once from Ray Data."""
+    parts = [batch["image"] for batch in shard.iter_torch_batches(batch_size=8192, device=device)]
+    return torch.cat(parts) if parts else torch.empty((0, 0), device=device)
+
+
+def _resident_minibatches(data: torch.Tensor, batch_size: int, generator: torch.Generator, drop_last: bool):
+    """Shuffled minibatches (B, D) of a shard held on the device: the permutation is drawn there too."""
+    order = torch.randperm(data.shape[0], generator=generator, device=data.device)  # (N,)
+    end = data.shape[0] - data.shape[0] % batch_size if drop_last else data.shape[0]
+    for start in range(0, end, batch_size):
+        yield data[order[start : start + batch_size]]  # (B, D)
+
+
+def _streamed_minibatches(shard, batch_size: int, seed: int, device: torch.device):
+    """A worker's shard streamed from Ray Data as shuffled minibatches (B, D).
 
     Ray Data converts CHUNK_BATCHES minibatches at a time (one Arrow → tensor conversion instead
     of one per minibatch); each chunk is permuted and cut here. With the block order randomised
@@ -114,88 +184,116 @@ def _shuffled_minibatches(shard, batch_size: int, seed: int, device: torch.devic
             yield images[order[start : start + batch_size]].to(device, non_blocking=True)  # (B, D)
 
 
-def _train_loop_per_worker(loop: dict[str, Any]) -> None:
-    """Runs on every Ray Train worker: a plain PyTorch loop over this worker's Ray Data shard."""
+def _train_one_epoch(plan: WorkerPlan, stepper: Stepper, batches, epoch: int, rank: int, steps_per_epoch: int,
+                     hooks: WorkerHooks | None) -> None:
+    """One pass over the shard; raises NonFiniteLossError after it if a step's loss was not finite."""
+    stepper.start_epoch()
+    for step, images in enumerate(batches, start=1):
+        if hooks is not None:
+            hooks.batch(epoch, rank, images)
+        stepper.step(images, kl_weight(plan.training, epoch, step, steps_per_epoch))
+    bad_step, bad_loss = stepper.first_bad_step()  # the epoch's host sync
+    if bad_step:
+        raise NonFiniteLossError(
+            f"non-finite loss ({bad_loss}) at epoch {epoch}, step {bad_step}; "
+            "the last good checkpoint is kept and nothing was registered"
+        )
+
+
+@torch.no_grad()
+def _validate(plan: WorkerPlan, model: VAE, batches, device: torch.device) -> torch.Tensor:
+    """Sum of the ELBO over this worker's validation rows and their count, on the device: (2,) float64.
+
+    Dynamic binarisation uses the same fixed draw every epoch, so epochs compare like with like.
+    """
+    generator = torch.Generator(device=device).manual_seed(plan.training.seed)
+    sums = torch.zeros(2, dtype=torch.float64, device=device)
+    for images in batches:
+        x = prepare_inputs(images, plan.max_value, plan.binarize, generator=generator)  # (B, D)
+        sums[0] += elbo(model, x).elbo.double().sum()
+        sums[1] += x.shape[0]
+    return sums
+
+
+def _checkpoint_state(plan: WorkerPlan, model: VAE, optimizer, scheduler, epoch: int, progress: Progress) -> dict:
+    return {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "epoch": epoch,
+        "history": progress.history,
+        "model_config": plan.model.model_dump(mode="json"),
+        "data_dim": plan.data_dim,
+        "image_shape": list(plan.image_shape),
+        "best_validation_elbo": progress.best,
+        "stale_epochs": progress.stale,
+        "trained_seconds": progress.trained_seconds,
+    }
+
+
+def _train_loop_per_worker(config: dict[str, Any]) -> None:
+    """Runs on every Ray Train worker: restore, then per epoch train, validate, checkpoint and report."""
     import ray.train
     import ray.train.torch
 
+    plan: WorkerPlan = config["plan"]
+    hooks: WorkerHooks | None = config.get("hooks")
+    progress_queue = config.get("progress")
+    training = plan.training
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
-    model_config = ModelConfig(**loop["model_config"])
-    torch.manual_seed(loop["seed"])  # identical initial weights everywhere (DDP broadcasts rank 0's anyway)
-    vae_model = build_model(model_config, loop["data_dim"], loop["image_shape"])
-    optimizer = torch.optim.Adam(vae_model.parameters(), lr=loop["learning_rate"])
-    scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=loop["lr_decay"])
-    history: list[dict[str, float]] = []
-    first_epoch, best, stale, trained_seconds = 1, -math.inf, 0, 0.0
-
-    # Ray's own checkpoint (a restarted run) wins over an explicit starting checkpoint.
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is None and loop.get("resume_from"):
-        checkpoint = ray.train.Checkpoint(loop["resume_from"])
-    if checkpoint is not None:
-        with checkpoint.as_directory() as directory:
-            state = _load_state(directory)
-        vae_model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if "scheduler" in state:
-            scheduler.load_state_dict(state["scheduler"])
-        history = list(state["history"])
-        first_epoch = int(state["epoch"]) + 1
-        best, stale = float(state.get("best_validation_elbo", -math.inf)), int(state.get("stale_epochs", 0))
-        trained_seconds = float(state.get("trained_seconds", 0.0))
-
     device = ray.train.torch.get_device()
-    objective = ray.train.torch.prepare_model(_Objective(vae_model, loop["objective"], loop["iwae_k"]))
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=loop["precision"] == "bf16")
+    torch.manual_seed(training.seed)  # identical initial weights everywhere (DDP broadcasts rank 0's anyway)
+    vae_model = build_model(plan.model, plan.data_dim, plan.image_shape).to(device)
+    # A CUDA graph for one GPU worker; DDP's collectives (several workers) and test hooks stay eager.
+    graphed = training.cuda_graph and device.type == "cuda" and world == 1 and hooks is None
+    optimizer = make_optimizer(vae_model.parameters(), training.learning_rate, device, graphed)
+    scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=training.lr_decay)
+    progress = _restore(plan, vae_model, optimizer, scheduler)
+
+    objective = Objective(vae_model, training.objective, training.iwae_k)
+    objective = ray.train.torch.prepare_model(objective) if world > 1 else objective.to(device)
+    stepper = Stepper(objective, optimizer, max_value=plan.max_value, binarize=plan.binarize, device=device,
+                      graph=graphed, precision=training.precision)
     train_shard = ray.train.get_dataset_shard("train")
     validation_shard = ray.train.get_dataset_shard("validation")
-    prepare = dict(max_value=loop["max_value"], binarize=loop["binarize"])
-    steps_per_epoch = max(1, loop["train_rows"] // (loop["batch_size"] * world))
+    if plan.resident:
+        train_data, validation_data = _load_shard(train_shard, device), _load_shard(validation_shard, device)
+        steps_per_epoch = max(1, train_data.shape[0] // training.batch_size)
+    else:
+        steps_per_epoch = max(1, plan.train_rows // (training.batch_size * world))
 
-    for epoch in range(first_epoch, loop["epochs"] + 1):
+    for epoch in range(progress.first_epoch, training.epochs + 1):
         # Noise depends only on (seed, rank, epoch): a resumed epoch draws what it would have drawn.
-        torch.manual_seed(loop["seed"] + 1009 * rank + 7919 * epoch)
-        if loop.get("audit_dir") and rank == 0:
-            with open(os.path.join(loop["audit_dir"], "epochs_started.txt"), "a") as handle:
-                handle.write(f"{epoch}\n")
+        torch.manual_seed(training.seed + 1009 * rank + 7919 * epoch)
+        if hooks is not None:
+            hooks.epoch_started(epoch, rank)
         started = time.perf_counter()
         objective.train()
-        sums = [0.0, 0.0, 0.0, 0.0, 0.0]  # objective, ELBO, reconstruction, KL, examples
-        seen: list[str] = []
-        batches = _shuffled_minibatches(train_shard, loop["batch_size"], loop["seed"] + 1009 * rank + epoch, device)
-        for step, images in enumerate(batches, start=1):
-            if loop.get("audit_dir") and epoch == first_epoch:
-                seen.extend(hashlib.sha1(row.cpu().numpy().tobytes()).hexdigest() for row in images)
-            x = prepare_inputs(images, **prepare)  # (B, D)
-            with autocast:
-                target, elbo_terms, reconstruction, kl = objective(x, _beta(loop, epoch, step, steps_per_epoch))
-            loss = -target.float().mean()
-            if not torch.isfinite(loss):
-                raise NonFiniteLossError(
-                    f"non-finite loss ({loss.item()}) at epoch {epoch}, step {step}; "
-                    "the last good checkpoint is kept and nothing was registered"
-                )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            sums = [sums[0] + target.sum().item(), sums[1] + elbo_terms.sum().item(),
-                    sums[2] + reconstruction.sum().item(), sums[3] + kl.sum().item(), sums[4] + x.shape[0]]
+        shuffle_seed = training.seed + 1009 * rank + epoch
+        if plan.resident:
+            generator = torch.Generator(device=device).manual_seed(shuffle_seed)
+            batches = _resident_minibatches(train_data, training.batch_size, generator, stepper.drop_last)
+        else:
+            batches = _streamed_minibatches(train_shard, training.batch_size, shuffle_seed, device)
+        _train_one_epoch(plan, stepper, batches, epoch, rank, steps_per_epoch, hooks)
         scheduler.step()
-        elapsed = time.perf_counter() - started
-        if seen:
-            with open(os.path.join(loop["audit_dir"], f"rows-rank{rank}.json"), "w") as handle:
-                json.dump(seen, handle)
+        train_seconds = time.perf_counter() - started
+        if hooks is not None:
+            hooks.epoch_finished(epoch, rank)
 
         objective.eval()
-        val = [0.0, 0.0]
-        with torch.no_grad():
-            generator = torch.Generator(device=device).manual_seed(loop["seed"])  # same draw every epoch
-            for batch in validation_shard.iter_torch_batches(batch_size=loop["batch_size"], device=device):
-                x = prepare_inputs(batch["image"], **prepare, generator=generator)
-                val = [val[0] + elbo(vae_model, x).elbo.sum().item(), val[1] + x.shape[0]]
-        objective_sum, elbo_sum, recon_sum, kl_sum, count, val_sum, val_count = _all_reduce_sums(*sums, *val)
-        elapsed = _all_reduce_sums(elapsed)[0] / world
+        if plan.resident:
+            validation_batches = (validation_data[i : i + training.batch_size]
+                                  for i in range(0, validation_data.shape[0], training.batch_size))
+        else:
+            validation_batches = (batch["image"] for batch in validation_shard.iter_torch_batches(
+                batch_size=training.batch_size, device=device))
+        validation = _validate(plan, vae_model, validation_batches, device)
+        seconds = torch.tensor([train_seconds, time.perf_counter() - started], dtype=torch.float64, device=device)
+        # One collective per epoch, on the worker's device: metric sums, validation sums, timings.
+        totals = all_reduce_sums(torch.cat([stepper.sums, validation, seconds])).tolist()
+        objective_sum, elbo_sum, recon_sum, kl_sum, count, val_sum, val_count, train_time, epoch_time = totals
         metrics = {
             "epoch": epoch,
             "train_objective": objective_sum / max(count, 1),
@@ -203,41 +301,31 @@ def _train_loop_per_worker(loop: dict[str, Any]) -> None:
             "train_reconstruction": recon_sum / max(count, 1),
             "train_kl": kl_sum / max(count, 1),
             "validation_elbo": val_sum / val_count if val_count else float("nan"),
-            "samples_per_second": count / max(elapsed, 1e-9),
+            "samples_per_second": count / max(train_time / world, 1e-9),
             "epoch_seconds": time.perf_counter() - started,
             "learning_rate": scheduler.get_last_lr()[0],
         }
-        history.append(metrics)
+        metrics = {key: float(value) if isinstance(value, torch.Tensor) else value for key, value in metrics.items()}
+        progress.history.append(metrics)
         # Identical on every rank (all-reduced), so every worker stops at the same epoch.
-        improved = metrics["validation_elbo"] > best
-        best, stale = (metrics["validation_elbo"], 0) if improved else (best, stale + 1)
-        stop = loop["patience"] is not None and stale >= loop["patience"]
-        trained_seconds += _all_reduce_sums(time.perf_counter() - started)[0] / world  # same on every rank
-        metrics["training_minutes"] = trained_seconds / 60
-        stop = stop or (loop["max_minutes"] is not None and trained_seconds >= 60 * loop["max_minutes"])
-        last = epoch == loop["epochs"] or stop
+        improved = metrics["validation_elbo"] > progress.best
+        progress.best, progress.stale = (metrics["validation_elbo"], 0) if improved else (progress.best, progress.stale + 1)
+        progress.trained_seconds += epoch_time / world
+        metrics["training_minutes"] = progress.trained_seconds / 60
+        stop = training.early_stopping_patience is not None and progress.stale >= training.early_stopping_patience
+        stop = stop or (training.max_minutes is not None and progress.trained_seconds >= 60 * training.max_minutes)
+        last = epoch == training.epochs or stop
 
-        with tempfile.TemporaryDirectory() as directory:
+        os.makedirs(plan.staging_dir, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=plan.staging_dir) as directory:
             checkpoint = None
             # With early stopping the best of these checkpoints (by validation ELBO) is the result.
-            if rank == 0 and (epoch % loop["checkpoint_every"] == 0 or last):
-                _save_checkpoint(directory, {
-                    "model": vae_model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "epoch": epoch,
-                    "history": history,
-                    "model_config": loop["model_config"],
-                    "data_dim": loop["data_dim"],
-                    "image_shape": loop["image_shape"],
-                    "rng_state": torch.get_rng_state(),
-                    "best_validation_elbo": best,
-                    "stale_epochs": stale,
-                    "trained_seconds": trained_seconds,
-                })
+            if rank == 0 and (epoch % training.checkpoint_every == 0 or last):
+                state = _checkpoint_state(plan, vae_model, optimizer, scheduler, epoch, progress)
+                torch.save(state, os.path.join(directory, CHECKPOINT_FILE))
                 checkpoint = ray.train.Checkpoint.from_directory(directory)
-            if rank == 0 and loop.get("progress") is not None:
-                loop["progress"].put(metrics)  # the driver prints it and logs it to MLflow
+            if rank == 0 and progress_queue is not None:
+                progress_queue.put(metrics)  # the driver prints it and hands it to on_epoch
             ray.train.report(metrics, checkpoint=checkpoint)
         if stop:
             break
@@ -253,10 +341,10 @@ def format_epoch(metrics: dict[str, float], epochs: int) -> str:
 
 
 def _follow_progress(queue, epochs: int, stop: threading.Event, echo: Callable[[str], None] | None,
-                     tracking_uri: str | None, run_id: str | None) -> None:
-    """Driver-side thread: for each epoch rank 0 reports, print its line and log it to MLflow.
+                     on_epoch: Callable[[dict[str, float]], None] | None) -> None:
+    """Driver-side thread: for each epoch rank 0 reports, print its line and call `on_epoch`.
 
-    Logging from the driver keeps one writer on a sqlite store and MLflow out of the workers.
+    The driver is the one place metrics arrive (e.g. one writer on a sqlite MLflow store).
     """
     from ray.util.queue import Empty
 
@@ -271,10 +359,8 @@ def _follow_progress(queue, epochs: int, stop: threading.Event, echo: Callable[[
             return
         if echo:
             echo(format_epoch(metrics, epochs))
-        if run_id:
-            from vae import registry
-
-            registry.log_epoch_metrics(tracking_uri, run_id, metrics, step=int(metrics["epoch"]))
+        if on_epoch:
+            on_epoch(metrics)
 
 
 def _dataset(path: str, shuffle: bool = False):
@@ -287,25 +373,33 @@ def _dataset(path: str, shuffle: bool = False):
     return dataset.randomize_block_order() if shuffle else dataset  # shuffle: new row-group order every epoch
 
 
+def shard_bytes(manifest: dict[str, Any], workers: int) -> int:
+    """Bytes of one worker's train + validation rows as stored (the resident-shard budget check)."""
+    itemsize = int(np.dtype(manifest.get("dtype", "float32")).itemsize)
+    rows = int(manifest["rows"]["train"]) + int(manifest["rows"]["validation"])
+    return math.ceil(rows / workers) * int(math.prod(manifest["shape"])) * itemsize
+
+
 def train(
     config: PipelineConfig,
     dataset: DatasetRef,
     *,
     run_id: str | None = None,
-    tracking_uri: str | None = None,
+    on_epoch: Callable[[dict[str, float]], None] | None = None,
     workers: int | None = None,
     use_gpu: bool | None = None,
     resume_from: str | None = None,
     resume: bool = False,
     storage_path: str | Path | None = None,
     echo: Callable[[str], None] | None = print,
-    audit_dir: str | None = None,
+    hooks: WorkerHooks | None = None,
 ) -> TrainResult:
     """Fit the VAE with Ray Train's TorchTrainer; returns the final (or, with early stopping, best) checkpoint.
 
-    `resume` continues from the newest checkpoint of this pipeline's earlier runs; `resume_from`
-    from a given checkpoint directory. Raises TrainingDivergedError (epoch, step) if the loss
-    becomes non-finite.
+    `on_epoch(metrics)` is called on the driver after every epoch (the flow logs them to MLflow);
+    `run_id` names the run's checkpoint folder. `resume` continues from the newest checkpoint of
+    this pipeline's earlier runs; `resume_from` from a given checkpoint directory. Raises
+    TrainingDivergedError (epoch, step) if the loss becomes non-finite.
     """
     import ray
     import ray.data
@@ -324,46 +418,33 @@ def train(
     num_workers = workers or training.workers
     ensure_ray(num_workers * training.cpus_per_worker)
     ray.data.DataContext.get_current().enable_progress_bars = False
-    manifest = read_manifest(dataset.path)
-    data_dim = int(math.prod(manifest["shape"]))
-    loop = {
-        "model_config": config.model.model_dump(mode="json"),
-        "data_dim": data_dim,
-        "max_value": float(manifest["value_range"][1]),
-        "binarize": config.dataset.binarize,
-        "epochs": training.epochs,
-        "batch_size": training.batch_size,
-        "learning_rate": training.learning_rate,
-        "seed": training.seed,
-        "run_id": run_id,
-        "tracking_uri": tracking_uri,
-        "resume_from": str(resume_from) if resume_from else None,
-        "image_shape": list(manifest["shape"]),
-        "train_rows": int(manifest["rows"]["train"]),
-        "objective": training.objective,
-        "iwae_k": training.iwae_k,
-        "beta": training.beta,
-        "kl_warmup_epochs": training.kl_warmup_epochs,
-        "lr_decay": training.lr_decay,
-        "patience": training.early_stopping_patience,
-        "precision": training.precision,
-        "checkpoint_every": training.checkpoint_every,
-        "max_minutes": training.max_minutes,
-        "audit_dir": audit_dir,
-        "progress": Queue(actor_options={"num_cpus": 0}) if echo or run_id else None,
-    }
     wants_gpu = training.use_gpu if use_gpu is None else use_gpu
     use_gpu = wants_gpu and ray.cluster_resources().get("GPU", 0) > 0
     if wants_gpu and not use_gpu and echo:
         echo("training.use_gpu is set but the Ray cluster has no GPU: training on CPU workers")
+    manifest = read_manifest(dataset.path)
     name = f"{config.name}-{run_id or time.strftime('%Y%m%d-%H%M%S')}"
+    staging = storage / ".staging" / name
+    plan = WorkerPlan(
+        model=config.model,
+        training=training,
+        data_dim=int(math.prod(manifest["shape"])),
+        image_shape=tuple(manifest["shape"]),
+        max_value=float(manifest["value_range"][1]),
+        binarize=config.dataset.binarize,
+        train_rows=int(manifest["rows"]["train"]),
+        resident=shard_bytes(manifest, num_workers) <= training.device_data_mb * 2**20,
+        staging_dir=str(staging),
+        resume_from=str(resume_from) if resume_from else None,
+    )
+    progress = Queue(actor_options={"num_cpus": 0}) if echo or on_epoch else None
     trainer = TorchTrainer(
         _train_loop_per_worker,
-        train_loop_config=loop,
+        train_loop_config={"plan": plan, "progress": progress, "hooks": hooks},
         scaling_config=ScalingConfig(
             num_workers=num_workers,
             use_gpu=use_gpu,
-            resources_per_worker={"CPU": training.cpus_per_worker},
+            resources_per_worker={"CPU": training.cpus_per_worker, **({"GPU": 1} if use_gpu else {})},
         ),
         run_config=RunConfig(
             name=name,
@@ -383,11 +464,9 @@ def train(
     )
     stop = threading.Event()
     follower = None
-    if loop["progress"] is not None:
-        follower = threading.Thread(
-            target=_follow_progress, args=(loop["progress"], training.epochs, stop, echo, tracking_uri, run_id),
-            daemon=True,
-        )
+    if progress is not None:
+        follower = threading.Thread(target=_follow_progress, args=(progress, training.epochs, stop, echo, on_epoch),
+                                    daemon=True)
         follower.start()
     try:
         result = trainer.fit()
@@ -400,7 +479,8 @@ def train(
         if follower is not None:
             stop.set()  # the thread drains what is queued, then ends
             follower.join(timeout=60)
-            ray.kill(loop["progress"].actor)
+            ray.kill(progress.actor)
+        shutil.rmtree(staging, ignore_errors=True)  # what a killed worker left half-written
     if result.checkpoint is None:
         raise VAEError(f"training run '{name}' finished without a checkpoint")
     _, state = load_checkpoint(result.checkpoint.path)

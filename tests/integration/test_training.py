@@ -57,7 +57,7 @@ def test_resume_continues_at_the_next_epoch_and_shards_partition_the_split(ray_s
     first_audit, second_audit = tmp_path / "first", tmp_path / "second"
     first_audit.mkdir(), second_audit.mkdir()
     first = training.train(_config(epochs=2), dataset, storage_path=tmp_path / "runs", echo=None,
-                           audit_dir=str(first_audit))
+                           hooks=training.RowAudit(str(first_audit)))
     assert first.epochs == 2 and _started(first_audit) == [1, 2]
 
     # The two workers' rows in an epoch are disjoint and together are the whole train split.
@@ -69,7 +69,7 @@ def test_resume_continues_at_the_next_epoch_and_shards_partition_the_split(ray_s
 
     # Stopped after 2 of 4 epochs, restarted with --resume: it trains epochs 3 and 4 only.
     second = training.train(_config(epochs=4), dataset, storage_path=tmp_path / "runs", echo=None, resume=True,
-                            audit_dir=str(second_audit))
+                            hooks=training.RowAudit(str(second_audit)))
     assert _started(second_audit) == [3, 4]
     assert [int(h["epoch"]) for h in second.history] == [1, 2, 3, 4]
     assert second.history[:2] == first.history
@@ -82,7 +82,7 @@ def test_a_killed_worker_is_replaced_and_training_resumes_from_the_latest_checkp
     config = _config(epochs=8, batch_size=16, max_failures=2)
     outcome: dict = {}
     runner = threading.Thread(target=lambda: outcome.update(result=training.train(
-        config, dataset, storage_path=tmp_path / "runs", echo=None, audit_dir=str(audit))))
+        config, dataset, storage_path=tmp_path / "runs", echo=None, hooks=training.RowAudit(str(audit)))))
     runner.start()
     deadline = time.time() + 180
     while 3 not in _started(audit):  # epoch 2's checkpoint exists once epoch 3 starts
