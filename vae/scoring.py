@@ -19,7 +19,7 @@ import torch
 from vae.config import EvaluationConfig
 from vae.data import check_pixels, load_split, prepare_inputs, read_manifest
 from vae.errors import DataError
-from vae.evaluation import LogLikelihoodEstimate, estimate_log_likelihood
+from vae.evaluation import LogLikelihoodEstimate, device_memory_budget, estimate_log_likelihood
 from vae.model import VAE, load_checkpoint, model_from_state
 
 
@@ -45,33 +45,49 @@ def load_inputs(dataset_path: str, split: str, data_dim: int, binarize: str, see
     return x, labels
 
 
-def _estimate_shard(state: dict[str, Any], x: torch.Tensor, k: int, options: dict[str, Any]):
+def evaluation_device(config: EvaluationConfig) -> torch.device:
+    """The GPU when asked for and present, else the CPU."""
+    return torch.device("cuda") if config.use_gpu and torch.cuda.is_available() else torch.device("cpu")
+
+
+def estimate_on_device(model: VAE, x: torch.Tensor, config: EvaluationConfig, first_index: int = 0,
+                       device: torch.device | None = None) -> LogLikelihoodEstimate:
+    """Estimate on `device`: on a GPU the batch and decoder chunks are sized from its free memory."""
+    device = device or evaluation_device(config)
+    budget = device_memory_budget(device, config.max_memory_mb * 2**20)
+    return estimate_log_likelihood(
+        model.to(device), x.to(device), config.k, batch_size=None if device.type == "cuda" else config.batch_size,
+        max_memory_bytes=budget, seed=config.seed, first_index=first_index, tf32=config.tf32 and device.type == "cuda",
+    )
+
+
+def _estimate_shard(state: dict[str, Any], x: torch.Tensor, config: EvaluationConfig, first_index: int):
     """Runs in a Ray task: rebuild the model, estimate one contiguous shard."""
-    estimate = estimate_log_likelihood(model_from_state(state), x, k, **options)
+    estimate = estimate_on_device(model_from_state(state), x, config, first_index)
     return estimate.log_px, estimate.elbo, estimate.ess
 
 
-def estimate_across_workers(
-    model: VAE, state: dict[str, Any], x: torch.Tensor, k: int, workers: int, **options: Any
-) -> LogLikelihoodEstimate:
-    """Split x into contiguous shards, one Ray task each, and concatenate in order."""
+def estimate_across_workers(model: VAE, state: dict[str, Any], x: torch.Tensor, config: EvaluationConfig
+                            ) -> LogLikelihoodEstimate:
+    """Split x into contiguous shards, one Ray task each (a GPU each when asked), and concatenate in order."""
     import ray
 
     from vae.cluster import ensure_ray
 
-    ensure_ray(workers)
-    remote = ray.remote(num_cpus=1)(_estimate_shard)
+    ensure_ray(config.workers)
+    gpus = 1 if config.use_gpu and ray.cluster_resources().get("GPU", 0) > 0 else 0
+    remote = ray.remote(num_cpus=1, num_gpus=gpus)(_estimate_shard)
     state_ref = ray.put({"model": model.state_dict(), "model_config": state["model_config"],
                          "data_dim": state["data_dim"], "image_shape": state.get("image_shape")})
-    bounds = np.linspace(0, x.shape[0], workers + 1).astype(int)
+    bounds = np.linspace(0, x.shape[0], config.workers + 1).astype(int)
     futures = [
-        remote.remote(state_ref, x[lo:hi], k, {**options, "first_index": int(lo)})
+        remote.remote(state_ref, x[lo:hi], config, int(lo))
         for lo, hi in zip(bounds[:-1], bounds[1:]) if hi > lo
     ]
     parts = ray.get(futures)
     return LogLikelihoodEstimate(
         log_px=torch.cat([p[0] for p in parts]), elbo=torch.cat([p[1] for p in parts]),
-        ess=torch.cat([p[2] for p in parts]), k=k,
+        ess=torch.cat([p[2] for p in parts]), k=config.k,
     )
 
 
@@ -83,14 +99,14 @@ def score_checkpoint(
         raise DataError(f"k = {config.k}: expected k >= 1 importance samples")
     model, state = load_checkpoint(checkpoint_dir)
     x, labels = load_inputs(dataset_path, config.split, model.data_dim, binarize, config.seed)
-    options = {"batch_size": config.batch_size, "max_memory_bytes": config.max_memory_mb * 2**20,
-               "seed": config.seed}
     if config.workers > 1:
-        estimate = estimate_across_workers(model, state, x, config.k, config.workers, **options)
+        estimate = estimate_across_workers(model, state, x, config)
+        device = "ray"
     else:
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        estimate = estimate_log_likelihood(model.to(device), x.to(device), config.k, **options)
-    summary = {**estimate.summary(model.data_dim), "split": config.split}
+        device = evaluation_device(config)
+        estimate = estimate_on_device(model, x, config, device=device)
+    summary = {**estimate.summary(model.data_dim), "split": config.split,
+               "device": torch.cuda.get_device_name(device) if str(device).startswith("cuda") else str(device)}
     return Scored(summary=summary, estimate=estimate, labels=labels)
 
 
