@@ -160,7 +160,7 @@ def _load_shard(shard, device: torch.device) -> torch.Tensor:
     return torch.cat(parts) if parts else torch.empty((0, 0), device=device)
 
 
-def _resident_minibatches(data: torch.Tensor, batch_size: int, generator: torch.Generator, drop_last: bool):
+def resident_minibatches(data: torch.Tensor, batch_size: int, generator: torch.Generator, drop_last: bool):
     """Shuffled minibatches (B, D) of a shard held on the device: the permutation is drawn there too."""
     order = torch.randperm(data.shape[0], generator=generator, device=data.device)  # (N,)
     end = data.shape[0] - data.shape[0] % batch_size if drop_last else data.shape[0]
@@ -273,7 +273,7 @@ def _train_loop_per_worker(config: dict[str, Any]) -> None:
         shuffle_seed = training.seed + 1009 * rank + epoch
         if plan.resident:
             generator = torch.Generator(device=device).manual_seed(shuffle_seed)
-            batches = _resident_minibatches(train_data, training.batch_size, generator, stepper.drop_last)
+            batches = resident_minibatches(train_data, training.batch_size, generator, stepper.drop_last)
         else:
             batches = _streamed_minibatches(train_shard, training.batch_size, shuffle_seed, device)
         _train_one_epoch(plan, stepper, batches, epoch, rank, steps_per_epoch, hooks)
@@ -304,6 +304,7 @@ def _train_loop_per_worker(config: dict[str, Any]) -> None:
             "samples_per_second": count / max(train_time / world, 1e-9),
             "epoch_seconds": time.perf_counter() - started,
             "learning_rate": scheduler.get_last_lr()[0],
+            "cuda_graph": 1.0 if stepper.graph is not None else 0.0,  # 0 on CPU, or eager after a failed capture
         }
         metrics = {key: float(value) if isinstance(value, torch.Tensor) else value for key, value in metrics.items()}
         progress.history.append(metrics)

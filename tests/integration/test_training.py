@@ -56,9 +56,13 @@ def test_resume_continues_at_the_next_epoch_and_shards_partition_the_split(ray_s
     dataset = ingest(_config().dataset)
     first_audit, second_audit = tmp_path / "first", tmp_path / "second"
     first_audit.mkdir(), second_audit.mkdir()
-    first = training.train(_config(epochs=2), dataset, storage_path=tmp_path / "runs", echo=None,
-                           hooks=training.RowAudit(str(first_audit)))
+    lines: list[str] = []
+    first = training.train(_config(epochs=2, use_gpu=True), dataset, storage_path=tmp_path / "runs",
+                           echo=lines.append, hooks=training.RowAudit(str(first_audit)))
     assert first.epochs == 2 and _started(first_audit) == [1, 2]
+    # use_gpu on a machine without a GPU: one line says so, and CPU workers train.
+    assert lines[0] == "training.use_gpu is set but the Ray cluster has no GPU: training on CPU workers"
+    assert [h["cuda_graph"] for h in first.history] == [0.0, 0.0]
 
     # The two workers' rows in an epoch are disjoint and together are the whole train split.
     seen = [collections.Counter(json.loads((first_audit / f"rows-rank{r}.json").read_text())) for r in (0, 1)]
