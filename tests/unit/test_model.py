@@ -10,7 +10,7 @@ import torch
 from linear_gaussian import make_linear_gaussian
 from vae.config import ModelConfig
 from vae.model import bernoulli_log_likelihood, build_model
-from vae.training import _Objective
+from vae.stepper import Objective
 
 
 @pytest.mark.parametrize("config", [
@@ -49,8 +49,8 @@ def test_iwae_objective_bounds_above_the_elbo_objective_on_the_same_model():
     x = lg.sample(2000, torch.Generator().manual_seed(0)).float()
     torch.manual_seed(0)
     with torch.no_grad():
-        iwae, *_ = _Objective(lg.model, "iwae", 10)(x)
-        elbo_objective, elbo_terms, *_ = _Objective(lg.model, "elbo", 10)(x)
+        iwae, *_ = Objective(lg.model, "iwae", 10)(x)
+        elbo_objective, elbo_terms, *_ = Objective(lg.model, "elbo", 10)(x)
     difference = (iwae - elbo_objective).double()
     se = float(difference.std() / math.sqrt(difference.numel()))
     assert float(difference.mean()) > 3 * se
@@ -62,5 +62,5 @@ def test_beta_weights_the_kl_term():
     lg = make_linear_gaussian()
     x = lg.sample(10, torch.Generator().manual_seed(0)).float()
     torch.manual_seed(1)
-    target, _, reconstruction, kl = _Objective(lg.model, "elbo", 1)(x, beta=0.25)
+    target, _, reconstruction, kl = Objective(lg.model, "elbo", 1)(x, beta=0.25)
     assert torch.allclose(target, reconstruction - 0.25 * kl)
