@@ -14,6 +14,7 @@ import typer
 
 from vae.cli import _fail, _quiet_logs, app
 from vae.errors import VAEError
+from vae.urls import redact_url
 
 # DatasetConfig field → the command-line spelling used in messages.
 _OPTION_NAMES = {
@@ -34,8 +35,11 @@ def _dataset_config(**fields):
     except ValidationError as exc:
         error = exc.errors()[0]
         option = _OPTION_NAMES.get(str(error["loc"][0]), str(error["loc"][0])) if error["loc"] else "options"
+        shown = redact_url(error["input"]) if isinstance(error["input"], str) else error["input"]
         message = error["msg"][0].lower() + error["msg"][1:]
-        _fail(f"{option} {error['input']!r}: expected: {message}")
+        if message.startswith("value error, "):  # our own validators already say what was expected
+            _fail(f"{option} {shown!r}: {message.removeprefix('value error, ')}")
+        _fail(f"{option} {shown!r}: expected: {message}")
 
 
 def _shape(manifest: dict) -> str:
@@ -59,10 +63,16 @@ def ingest(
     binarize_test_seed: Annotated[Optional[int], typer.Option(
         help="Binarise the test split once with this seed (stored as 0 / max value).")] = None,
     timeout: Annotated[float, typer.Option(help="Seconds without data before a download fails.")] = 60.0,
+    verify: Annotated[bool, typer.Option("--verify", help="Also compare a stored version's files with the "
+                                                          "sha256 in its manifest (rewrite it if they differ).")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the manifest as one JSON object.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show library logs.")] = False,
 ) -> None:
-    """Convert a dataset source to versioned Parquet splits under VAE_HOME/datasets."""
+    """Convert a dataset source to versioned Parquet splits under VAE_HOME/datasets.
+
+    A stored version is reused only when every file its manifest lists is there with its rows;
+    a damaged one is written again.
+    """
     _quiet_logs(verbose)
     config = _dataset_config(
         name=name, source=source, sha256=sha256, split=split, split_seed=seed,
@@ -72,7 +82,7 @@ def ingest(
     try:
         from vae import data
 
-        ref, written = data.ingest_status(config, timeout=timeout)
+        ref, status = data.ingest_report(config, timeout=timeout, verify=verify)
         manifest = data.read_manifest(ref.path)
     except VAEError as exc:
         _fail(str(exc))
@@ -80,14 +90,14 @@ def ingest(
         typer.echo(json.dumps({**manifest, "path": ref.path}))
         return
     rows = manifest["rows"]
-    typer.echo(f"{ref.name}@{ref.version}  {'written' if written else 'already ingested (unchanged)'}")
+    typer.echo(f"{ref.name}@{ref.version}  {'already ingested (unchanged)' if status == data.UNCHANGED else status}")
     typer.echo(f"rows          train {rows['train']}  validation {rows['validation']}  test {rows['test']}"
                f"  ({manifest['split']} split, seed {manifest['split_seed']})")
     typer.echo(f"images        {_shape(manifest)} {manifest['dtype']}, values in [0, {manifest['value_range'][1]:g}]"
                + ("" if not manifest.get("binarization") else
                   f", test binarised (seed {manifest['binarization']['seed']})"))
     typer.echo(f"content hash  {ref.content_hash}")
-    typer.echo(f"source        {manifest['source_uri']}")
+    typer.echo(f"source        {redact_url(manifest['source_uri'])}")
     typer.echo(f"path          {ref.path}")
 
 
@@ -112,6 +122,10 @@ def datasets(
     for m in found:
         if "error" in m:
             typer.echo(f"{m['name']:20} {m['version']:12} ({m['error']}: {Path(m['path']) / 'manifest.json'})")
+            continue
+        if "damaged" in m:
+            typer.echo(f"{m['name']:20} {m['version']:12} (damaged: {m['damaged']}: {m['path']}; "
+                       "`vae ingest` writes it again)")
             continue
         rows = m.get("rows", {})
         typer.echo(

@@ -1,31 +1,100 @@
 """Typed, frozen configs for pipelines.yaml, and where local state lives (VAE_HOME).
 
 A pipeline names its dataset, model, training, evaluation and registry settings; every
-section rejects unknown keys so a typo fails loudly instead of being silently ignored.
+section rejects unknown keys so a typo fails loudly instead of being silently ignored. Numbers
+are strict (no `true` for an integer, no `.inf` or `.nan`), a key given twice is refused, and
+names that become paths or registry names (pipeline, dataset, experiment, model) must match
+NAME_PATTERN, so that nothing built from them leaves its root (`inside`).
 """
 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_serializer, model_validator,
+)
 
 from vae.errors import ConfigError
+from vae.urls import redact_url
 
 DEFAULT_PIPELINES_FILE = "pipelines.yaml"
 
 
+# Names that become folders (VAE_HOME/datasets/NAME, checkpoints/NAME-…), MLflow experiments and
+# registered models: no '/', no '..', nothing a path or a models:/ URI would read differently.
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+def name_problem(value: object) -> str | None:
+    """Why `value` is not a valid pipeline, dataset, experiment or model name; None if it is."""
+    if isinstance(value, str) and NAME_PATTERN.match(value) and ".." not in value:
+        return None
+    return (f"expected 1-64 letters, digits, '_', '.' or '-', starting with a letter or digit "
+            f"(no '/' or '..'), got {value!r}")
+
+
+def _check_name(value: str) -> str:
+    problem = name_problem(value)
+    if problem:
+        raise ValueError(problem)
+    return value
+
+
+def _no_bool(kind: str):
+    def check(value: Any) -> Any:
+        if isinstance(value, bool):  # YAML's true/false would otherwise read as 1/0
+            raise ValueError(f"expected {kind}, got {str(value).lower()} (a boolean)")
+        return value
+
+    return BeforeValidator(check)
+
+
+Name = Annotated[str, AfterValidator(_check_name)]
+Int = Annotated[int, _no_bool("an integer")]
+Float = Annotated[float, _no_bool("a number")]  # finite: allow_inf_nan=False below
+
+# Cron fields (a sixth, seconds, is allowed as Prefect reads it) and the names they accept.
+_CRON_FIELDS = (("minute", 0, 59), ("hour", 0, 23), ("day of month", 1, 31), ("month", 1, 12), ("weekday", 0, 7),
+                ("second", 0, 59))
+_CRON_NAMES = {
+    "month": {m: i + 1 for i, m in enumerate("jan feb mar apr may jun jul aug sep oct nov dec".split())},
+    "weekday": {d: i for i, d in enumerate("sun mon tue wed thu fri sat".split())},
+}
+CRON_HELP = ("expected 5 fields 'minute hour day-of-month month weekday' of numbers, ranges (1-5), lists (1,3), "
+             "steps (*/15) or *, e.g. '0 3 * * 1' for Mondays at 03:00")
+
+
+def cron_problem(cron: str) -> str | None:
+    """Why `cron` is not a cron expression Prefect can schedule; None if it is."""
+    fields = cron.split()
+    if len(fields) not in (5, 6):
+        return f"cron {cron!r} has {len(fields)} fields ({CRON_HELP})"
+    for text, (what, low, high) in zip(fields, _CRON_FIELDS):
+        names = _CRON_NAMES.get(what, {})
+        for item in text.split(","):
+            base, slash, step = item.partition("/")
+            bad = bool(slash) and not (step.isdigit() and int(step) >= 1)
+            if base != "*" and not bad:
+                ends = [names.get(v.lower(), int(v) if v.isdigit() else None) for v in base.split("-")]
+                bad = len(ends) > 2 or any(v is None or not low <= v <= high for v in ends) or ends != sorted(ends)
+            if bad:
+                return f"cron {cron!r}: {what} {item!r} is not a value in {low}-{high} ({CRON_HELP})"
+    return None
+
+
 class _Frozen(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class DatasetConfig(_Frozen):
     """Where the data comes from and how it is split and fed to the model."""
 
-    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    name: Name
     # 'sklearn:digits'; a path to IDX files (a folder with train-/t10k- pairs, or one file), .npz,
     # .npy, .csv, .parquet or a folder of images (subfolders = labels); or an http(s) URL of a file.
     source: str = Field(min_length=1, description="e.g. 'sklearn:digits', a path or an http(s) URL")
@@ -36,17 +105,27 @@ class DatasetConfig(_Frozen):
     split: Literal["auto", "random", "official"] = "auto"
     # Share of the non-test rows held out for validation. Unset: 0.1 for a random split, and as many
     # rows as the official test file for an official one (Fashion-MNIST: 50k / 10k / 10k).
-    validation_fraction: float | None = Field(None, ge=0.0, lt=1.0)
-    test_fraction: float = Field(0.2, gt=0.0, lt=1.0)  # random splits only
-    split_seed: int = 0
+    validation_fraction: Float | None = Field(None, ge=0.0, lt=1.0)
+    test_fraction: Float = Field(0.2, gt=0.0, lt=1.0)  # random splits only
+    split_seed: Int = 0
     # Pixels are declared to lie in [0, max_value]; unset: 255 for integer pixels, 1.0 for float ones.
-    max_value: float | None = Field(None, gt=0.0)
+    max_value: Float | None = Field(None, gt=0.0)
     # Fixed binarisation of the test split: each pixel ~ Bernoulli(pixel / max_value) drawn once with
     # this seed and stored as 0 or max_value, so test NLLs are comparable across runs and code versions.
-    binarize_test_seed: int | None = None
+    binarize_test_seed: Int | None = None
     # How pixels in [0, 1] become model inputs: 'threshold' (x > 0.5, fixed), 'dynamic'
     # (x ~ Bernoulli(pixel) each epoch; evaluation uses one fixed draw), or 'none' (continuous).
     binarize: Literal["threshold", "dynamic", "none"] = "threshold"
+
+    @field_serializer("source", when_used="json")
+    def _redacted(self, source: str) -> str:
+        """What is stored or shown (MLflow params, Prefect parameters) never carries a URL's credentials."""
+        return redact_url(source)
+
+    @property
+    def redacted_source(self) -> str:
+        """The source as it may be printed: a URL's userinfo and secret parameters replaced by REDACTED."""
+        return redact_url(self.source)
 
 
 class ModelConfig(_Frozen):
@@ -57,13 +136,13 @@ class ModelConfig(_Frozen):
     """
 
     architecture: Literal["mlp", "conv"] = "mlp"
-    latent_dim: int = Field(8, ge=1)
-    hidden: tuple[int, ...] = (128, 128)
-    channels: tuple[int, int] = (32, 64)
+    latent_dim: Int = Field(8, ge=1)
+    hidden: tuple[Int, ...] = (128, 128)
+    channels: tuple[Int, Int] = (32, 64)
     activation: Literal["relu", "tanh"] = "relu"
     likelihood: Literal["bernoulli", "gaussian"] = "bernoulli"
     # Gaussian likelihood only: a fixed observation std, or null to learn one per pixel.
-    gaussian_std: float | None = Field(None, gt=0.0)
+    gaussian_std: Float | None = Field(None, gt=0.0)
 
     @model_validator(mode="after")
     def _hidden_positive(self) -> "ModelConfig":
@@ -75,46 +154,46 @@ class ModelConfig(_Frozen):
 class TrainingConfig(_Frozen):
     """Ray Train settings and the optimiser; the objective is the ELBO."""
 
-    epochs: int = Field(20, ge=1)
+    epochs: Int = Field(20, ge=1)
     # Examples per optimiser step on EACH worker: n workers step on n * batch_size examples at once.
-    batch_size: int = Field(64, ge=1)
-    learning_rate: float = Field(1e-3, gt=0.0)
-    workers: int = Field(2, ge=1)
-    cpus_per_worker: int = Field(1, ge=1)
+    batch_size: Int = Field(64, ge=1)
+    learning_rate: Float = Field(1e-3, gt=0.0)
+    workers: Int = Field(2, ge=1)
+    cpus_per_worker: Int = Field(1, ge=1)
     use_gpu: bool = False
     # GPU workers only: capture forward + backward + Adam of the MLP in one CUDA graph (falls back to
     # eager when capture fails or the step cannot be captured), and hold the worker's shard on the GPU
     # when it fits this many MiB (else it streams from Ray Data).
     cuda_graph: bool = True
-    device_data_mb: int = Field(2048, ge=0)
-    seed: int = 0
-    max_failures: int = Field(0, ge=0)
-    checkpoints_to_keep: int = Field(2, ge=1)
-    checkpoint_every: int = Field(1, ge=1)  # epochs between checkpoints (the last epoch always has one)
+    device_data_mb: Int = Field(2048, ge=0)
+    seed: Int = 0
+    max_failures: Int = Field(0, ge=0)
+    checkpoints_to_keep: Int = Field(2, ge=1)
+    checkpoint_every: Int = Field(1, ge=1)  # epochs between checkpoints (the last epoch always has one)
     # 'elbo' (Kingma & Welling) or 'iwae' with iwae_k samples (Burda et al.); beta scales the KL of
     # the ELBO, ramped linearly from 0 over kl_warmup_epochs.
     objective: Literal["elbo", "iwae"] = "elbo"
-    iwae_k: int = Field(5, ge=1)
-    beta: float = Field(1.0, gt=0.0)
-    kl_warmup_epochs: int = Field(0, ge=0)
-    lr_decay: float = Field(1.0, gt=0.0, le=1.0)  # ExponentialLR gamma per epoch
+    iwae_k: Int = Field(5, ge=1)
+    beta: Float = Field(1.0, gt=0.0)
+    kl_warmup_epochs: Int = Field(0, ge=0)
+    lr_decay: Float = Field(1.0, gt=0.0, le=1.0)  # ExponentialLR gamma per epoch
     # Stop after this many epochs without a better validation ELBO; the best checkpoint is the result.
-    early_stopping_patience: int | None = Field(None, ge=1)
+    early_stopping_patience: Int | None = Field(None, ge=1)
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast on GPU workers
     # A wall-clock budget for training: stop after the epoch that crosses it (null: run all epochs).
-    max_minutes: float | None = Field(None, gt=0.0)
+    max_minutes: Float | None = Field(None, gt=0.0)
 
 
 class EvaluationConfig(_Frozen):
     """Importance-sampled log p(x) on a held-out split."""
 
-    k: int = Field(5000, ge=1)
+    k: Int = Field(5000, ge=1)
     split: Literal["test", "validation"] = "test"
-    batch_size: int = Field(128, ge=1)
-    max_memory_mb: int = Field(256, ge=1)
-    seed: int = 0
+    batch_size: Int = Field(128, ge=1)
+    max_memory_mb: Int = Field(256, ge=1)
+    seed: Int = 0
     # >1 splits the split across Ray tasks; per-example noise streams make the result identical.
-    workers: int = Field(1, ge=1)
+    workers: Int = Field(1, ge=1)
     # Estimate on a GPU when the machine has one (noise drawn on the device, chunks sized from its
     # free memory); tf32 lets float32 matmuls use TF32 there: faster, and it changes the numbers.
     use_gpu: bool = False
@@ -124,17 +203,17 @@ class EvaluationConfig(_Frozen):
 class RegistryConfig(_Frozen):
     """MLflow registered-model name and the promotion gate."""
 
-    model_name: str = Field(min_length=1)
-    experiment: str | None = None
+    model_name: Name
+    experiment: Name | None = None
     # `champion` moves only if the new NLL is lower than the champion's by more than this (nats).
-    promote_margin: float = Field(0.0, ge=0.0)
+    promote_margin: Float = Field(0.0, ge=0.0)
 
 
 class ScheduleConfig(_Frozen):
     """When a deployment runs by itself: a cron expression (in `timezone`) or a fixed interval."""
 
     cron: str | None = None
-    interval_minutes: float | None = Field(None, gt=0.0)
+    interval_minutes: Float | None = Field(None, gt=0.0)
     timezone: str = "UTC"
     active: bool = True
 
@@ -142,8 +221,9 @@ class ScheduleConfig(_Frozen):
     def _one_kind(self) -> "ScheduleConfig":
         if (self.cron is None) == (self.interval_minutes is None):
             raise ValueError("a schedule needs exactly one of 'cron' (e.g. '0 3 * * 1') or 'interval_minutes'")
-        if self.cron is not None and len(self.cron.split()) not in (5, 6):
-            raise ValueError(f"cron {self.cron!r}: expected 5 fields (minute hour day month weekday)")
+        problem = None if self.cron is None else cron_problem(self.cron)
+        if problem:
+            raise ValueError(problem)
         try:
             from zoneinfo import ZoneInfo
 
@@ -181,15 +261,15 @@ class EmbeddingConfig(_Frozen):
 
     model_alias: str = Field("champion", min_length=1)
     splits: tuple[Literal["train", "validation", "test"], ...] = ("train", "validation", "test")
-    workers: int = Field(1, ge=1)
-    batch_size: int = Field(4096, ge=1)
+    workers: Int = Field(1, ge=1)
+    batch_size: Int = Field(4096, ge=1)
     schedule: ScheduleConfig | None = None
 
 
 class PipelineConfig(_Frozen):
     """One named pipeline of pipelines.yaml."""
 
-    name: str
+    name: Name
     dataset: DatasetConfig
     model: ModelConfig = ModelConfig()
     training: TrainingConfig = TrainingConfig()
@@ -212,7 +292,7 @@ class PipelineConfig(_Frozen):
         return self.registry.experiment or self.registry.model_name
 
 
-def _describe(error: dict[str, Any]) -> str:
+def describe_error(error: dict[str, Any]) -> str:
     """One pydantic error as 'expected …, got …'."""
     if error["type"] == "extra_forbidden":
         return "unknown field (check the spelling; unknown keys are rejected)"
@@ -226,6 +306,9 @@ def _describe(error: dict[str, Any]) -> str:
 
 
 def _parse_pipeline(path: Path, name: str, body: Any) -> PipelineConfig:
+    problem = name_problem(name)
+    if problem:
+        raise ConfigError(f"{path}: pipeline {name!r}: pipeline name: {problem}")
     if not isinstance(body, dict):
         raise ConfigError(f"{path}: pipeline '{name}': expected a mapping of sections, got {body!r}")
     try:
@@ -233,29 +316,65 @@ def _parse_pipeline(path: Path, name: str, body: Any) -> PipelineConfig:
     except ValidationError as exc:
         first = exc.errors()[0]
         if not first["loc"]:  # a check across sections
-            raise ConfigError(f"{path}: pipeline '{name}': {_describe(first).removeprefix('expected: ')}") from None
+            raise ConfigError(f"{path}: pipeline '{name}': {describe_error(first).removeprefix('expected: ')}") from None
         field = ".".join(str(part) for part in first["loc"])
-        raise ConfigError(f"{path}: pipeline '{name}': field '{field}': {_describe(first)}") from None
+        raise ConfigError(f"{path}: pipeline '{name}': field '{field}': {describe_error(first)}") from None
     except TypeError as exc:  # e.g. a section given twice through ** expansion
         raise ConfigError(f"{path}: pipeline '{name}': {exc}") from None
+
+
+class _DuplicateKeyError(yaml.MarkedYAMLError):
+    """A mapping names the same key twice (YAML's last-one-wins would silently drop the first)."""
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a key given twice in one mapping."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        first: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # '<<: *defaults' then overrides is meant to repeat keys
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                seen = key in first
+            except TypeError:  # an unhashable key: SafeLoader says so below
+                continue
+            if seen:
+                raise _DuplicateKeyError(problem=f"duplicate key {key!r} (first given on line {first[key]}; "
+                                                 "expected each key once)", problem_mark=key_node.start_mark)
+            first[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep)
+
+
+def parse_yaml(path: Path, raw: bytes) -> Any:
+    """A YAML document from UTF-8 bytes; a problem is one ConfigError line naming the file and line."""
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise ConfigError(f"{path}: line {line}: byte 0x{raw[exc.start]:02x} is not UTF-8 "
+                          "(expected a UTF-8 text file)") from None
+    try:
+        return yaml.load(text, Loader=_StrictLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}: " if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        invalid = "" if isinstance(exc, _DuplicateKeyError) else "invalid YAML: "
+        raise ConfigError(f"{path}: {where}{invalid}{problem}") from None
 
 
 def load_pipelines(path: str | Path = DEFAULT_PIPELINES_FILE) -> dict[str, PipelineConfig]:
     """Parse and validate every pipeline of the file; the first problem raises ConfigError."""
     path = Path(path)
     try:
-        text = path.read_text()
+        raw = path.read_bytes()
     except FileNotFoundError:
         raise ConfigError(f"{path}: file not found (expected a pipelines.yaml; pass --file)") from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
-    try:
-        document = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}: " if mark is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError(f"{path}: {where}invalid YAML: {problem}") from None
+    document = parse_yaml(path, raw)
     if not isinstance(document, dict) or not isinstance(document.get("pipelines"), dict):
         raise ConfigError(f"{path}: expected a top-level 'pipelines:' mapping of name -> pipeline")
     unknown = sorted(set(document) - {"pipelines"})
@@ -283,8 +402,27 @@ def vae_home() -> Path:
     return Path(os.environ.get("VAE_HOME") or ".vae").expanduser().resolve()
 
 
+def inside(root: str | Path, *parts: str) -> Path:
+    """root / parts, refused unless it stays strictly inside root (names from a file build these paths).
+
+    Judged on the spelled path (no symlinks followed), so a root that is itself a link still works.
+    """
+    base = os.path.normpath(os.path.abspath(root))
+    path = os.path.normpath(os.path.join(base, *(str(p) for p in parts)))
+    if not parts or path == base or os.path.commonpath([base, path]) != base:
+        spelled = "/".join(str(p) for p in parts)
+        raise ConfigError(f"{base}: {spelled!r} leads to {path}, not inside it "
+                          "(expected names of letters, digits, '_', '.' or '-', without '/' or '..')")
+    return Path(path)
+
+
 def datasets_dir() -> Path:
     return vae_home() / "datasets"
+
+
+def dataset_dir(name: str, version: str, root: str | Path | None = None) -> Path:
+    """Where a dataset version lives: root (VAE_HOME/datasets) / name / version, checked to stay inside."""
+    return inside(root if root is not None else datasets_dir(), name, version)
 
 
 def checkpoints_dir() -> Path:
@@ -305,9 +443,10 @@ def tracking_uri() -> str:
     return f"sqlite:///{home / 'mlflow.db'}"
 
 
-def artifacts_uri() -> str:
-    """Where the local sqlite store keeps artifacts (ignored when a tracking server is used)."""
-    return (vae_home() / "mlartifacts").as_uri()
+def artifacts_uri(experiment: str | None = None) -> str:
+    """Where the local sqlite store keeps artifacts (of one experiment, checked to stay inside)."""
+    root = vae_home() / "mlartifacts"
+    return (inside(root, experiment) if experiment is not None else root).as_uri()
 
 
 def ray_address() -> str | None:

@@ -4,8 +4,10 @@ Layout: $VAE_HOME/datasets/<name>/<version>/{train,validation,test}.parquet + ma
 where <version> is the first 12 hex digits of a hash of the source's content hash and the
 settings that shape the splits. The same content gives the same version and is not rewritten; a
 version directory appears only complete (written to a temporary directory, then renamed), and a
-failed ingestion leaves nothing behind. Sources are converted in chunks (vae.sources), so peak
-memory is bounded by the chunk size, not the source's size.
+failed ingestion leaves nothing behind. The manifest lists every file with its rows, bytes and
+sha256, so a damaged version (a split deleted or truncated) is noticed and written again. Sources
+are converted in chunks (vae.sources), so peak memory is bounded by the chunk size, not the
+source's size.
 """
 
 from __future__ import annotations
@@ -26,9 +28,10 @@ import pyarrow.parquet as pq
 
 import vae
 from vae import sources
-from vae.config import DatasetConfig, datasets_dir
-from vae.errors import DataError
+from vae.config import DatasetConfig, dataset_dir, datasets_dir, inside
+from vae.errors import ConfigError, DataError, StorageError
 from vae.sources import DOWNLOAD_TIMEOUT, Source
+from vae.urls import redact_url
 
 SPLITS = ("train", "validation", "test")
 ROW_GROUP_SIZE = 1024  # rows per row group: several per split, so Ray Data can shard them across workers
@@ -97,11 +100,59 @@ def dataset_version(config: DatasetConfig, content_hash: str) -> str:
 
 def _ref(config: DatasetConfig, content_hash: str, root: Path) -> DatasetRef:
     version = dataset_version(config, content_hash)
-    return DatasetRef(config.name, version, str(root / config.name / version), content_hash)
+    return DatasetRef(config.name, version, str(dataset_dir(config.name, version, root)), content_hash)
+
+
+def dataset_problem(dataset_path: str | Path, *, content: bool = False) -> str | None:
+    """Why the version at this path is not complete, or None: every file its manifest lists is there
+    with its rows and size (and, with `content`, its sha256). Manifests from before the file list
+    are checked against their row counts."""
+    path = Path(dataset_path)
+    try:
+        manifest = json.loads((path / "manifest.json").read_text())
+    except FileNotFoundError:
+        return "manifest.json is missing"
+    except (OSError, ValueError) as exc:
+        return f"manifest.json is unreadable ({exc.__class__.__name__})"
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("rows"), dict):
+        return "manifest.json has no row counts"
+    files = manifest.get("files") or {f"{split}.parquet": {"rows": manifest["rows"].get(split)} for split in SPLITS}
+    for name, expected in files.items():
+        try:
+            file = inside(path, name)
+        except ConfigError:
+            return f"manifest.json lists {name!r}, outside the version"
+        try:
+            size = file.stat().st_size
+        except FileNotFoundError:
+            return f"{name} is missing"
+        except OSError as exc:
+            return f"{name} is unreadable ({exc.strerror})"
+        if expected.get("bytes") is not None and size != expected["bytes"]:
+            return f"{name} has {size} bytes (the manifest says {expected['bytes']})"
+        try:
+            rows = pq.ParquetFile(file).metadata.num_rows
+        except (OSError, pa.ArrowException) as exc:
+            return f"{name} is unreadable ({str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__})"
+        if expected.get("rows") is not None and rows != expected["rows"]:
+            return f"{name} has {rows} rows (the manifest says {expected['rows']})"
+        if content and expected.get("sha256") and sources.hash_file(file) != expected["sha256"]:
+            return f"{name} does not match its sha256 in the manifest"
+    return None
 
 
 def _complete(ref: DatasetRef) -> bool:
-    return (Path(ref.path) / "manifest.json").exists()
+    return dataset_problem(ref.path) is None
+
+
+def _storage_error(exc: OSError, final: Path) -> StorageError:
+    """An OS error while writing a version, as one line naming the path (read-only, full, not permitted)."""
+    reason = os.strerror(exc.errno) if exc.errno else str(exc).splitlines()[0]
+    # A folder that could not be made (VAE_HOME/datasets/NAME) is named; a file or temporary folder
+    # that is gone again is not: the version is.
+    where = exc.filename if exc.filename and final.is_relative_to(exc.filename) else final
+    return StorageError(f"{where}: cannot write the dataset: {reason} "
+                        f"(expected a writable VAE_HOME with free space; nothing was written)")
 
 
 def split_indices(n: int, config: DatasetConfig) -> dict[str, np.ndarray]:
@@ -271,12 +322,31 @@ def _declared_max(source: Source, config: DatasetConfig) -> float:
     return {"b": 1.0, "f": 1.0}.get(source.dtype.kind, 255.0)
 
 
-def _write(source: Source, config: DatasetConfig, root: Path) -> tuple[DatasetRef, bool]:
-    """Write (or reuse) the dataset version for this source content; True if this call wrote it."""
+UNCHANGED, WRITTEN = "unchanged", "written"
+
+
+def _write(source: Source, config: DatasetConfig, root: Path, *, verify: bool = False) -> tuple[DatasetRef, str]:
+    """Write (or reuse) the dataset version for this source content.
+
+    Returns UNCHANGED (a complete version was there), WRITTEN, or 'rewritten (<what was damaged>)'
+    when a version was there but incomplete (with `verify`: or its files' sha256 differ).
+    """
     ref = _ref(config, source.content_hash, root)
     final = Path(ref.path)
-    if _complete(ref):
-        return ref, False
+    damage = dataset_problem(final, content=verify) if final.exists() else None
+    if final.exists() and damage is None:
+        return ref, UNCHANGED
+    try:
+        _convert(source, config, ref, damaged=damage is not None)
+    except OSError as exc:
+        raise _storage_error(exc, final) from None
+    return ref, WRITTEN if damage is None else f"rewritten ({damage})"
+
+
+def _convert(source: Source, config: DatasetConfig, ref: DatasetRef, *, damaged: bool) -> None:
+    """Convert the source into a temporary folder beside the version, then rename it into place
+    (`damaged`: moving the damaged version there aside first)."""
+    final = Path(ref.path)
     if source.rows == 0 or any(part.rows == 0 for part in source.parts):
         empty = next((p for p in source.parts if p.rows == 0), source.parts[0])
         raise DataError(f"{empty.uri}: empty source (expected at least one image)")
@@ -294,11 +364,12 @@ def _write(source: Source, config: DatasetConfig, root: Path) -> tuple[DatasetRe
     while not missing.exists():
         created.append(missing)
         missing = missing.parent
-    final.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{ref.version}-", dir=final.parent))
-    os.chmod(staging, final.parent.stat().st_mode & 0o777)  # mkdtemp's 0700 would hide it from other users
     writers: list[_SplitWriter] = []
+    staging = trash = None
     try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{ref.version}-", dir=final.parent))
+        os.chmod(staging, final.parent.stat().st_mode & 0o777)  # mkdtemp's 0700 would hide it from other users
         writers = [_SplitWriter(staging / f"{split}.parquet", schema, group_rows) for split in SPLITS]
         for part in source.parts:
             codes, offset = plan[part.name], 0
@@ -322,10 +393,15 @@ def _write(source: Source, config: DatasetConfig, root: Path) -> tuple[DatasetRe
         for writer in writers:
             writer.close()
         rows = {split: writer.rows for split, writer in zip(SPLITS, writers)}
+        files = {}
+        for split in SPLITS:
+            written = staging / f"{split}.parquet"
+            files[written.name] = {"rows": rows[split], "bytes": written.stat().st_size,
+                                   "sha256": sources.hash_file(written)}
         manifest = {
             "name": config.name,
             "version": ref.version,
-            "source_uri": source.uri,
+            "source_uri": redact_url(source.uri),
             "source_format": source.format,
             "content_hash": source.content_hash,
             "shape": list(source.shape),
@@ -333,6 +409,7 @@ def _write(source: Source, config: DatasetConfig, root: Path) -> tuple[DatasetRe
             "value_range": [0.0, max_value],
             "observed_range": [_plain(convert.low), _plain(convert.high)],
             "rows": rows,
+            "files": files,
             "labels": source.labels,
             **({"classes": list(source.classes)} if source.classes else {}),
             "split": strategy,
@@ -347,6 +424,9 @@ def _write(source: Source, config: DatasetConfig, root: Path) -> tuple[DatasetRe
             "library_version": vae.__version__,
         }
         (staging / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        if damaged and final.exists():  # aside, then deleted: readers never see a half-replaced version
+            trash = Path(tempfile.mkdtemp(prefix=f".{ref.version}-damaged-", dir=final.parent))
+            os.rename(final, trash / ref.version)
         try:
             os.rename(staging, final)
         except OSError:
@@ -355,7 +435,8 @@ def _write(source: Source, config: DatasetConfig, root: Path) -> tuple[DatasetRe
     except BaseException:
         for writer in writers:
             writer.abandon()
-        shutil.rmtree(staging, ignore_errors=True)
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
         for directory in created:
             try:
                 directory.rmdir()  # only if still empty
@@ -363,8 +444,10 @@ def _write(source: Source, config: DatasetConfig, root: Path) -> tuple[DatasetRe
                 pass
         raise
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return ref, True
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+        if trash is not None:
+            shutil.rmtree(trash, ignore_errors=True)
 
 
 def _plain(value: float) -> float | int:
@@ -384,16 +467,28 @@ def ingest_status(
     config: DatasetConfig, root: Path | None = None, *, timeout: float = DOWNLOAD_TIMEOUT
 ) -> tuple[DatasetRef, bool]:
     """Ingest, and say whether this call wrote the version (False: it existed and was left alone)."""
+    ref, status = ingest_report(config, root, timeout=timeout)
+    return ref, status != UNCHANGED
+
+
+def ingest_report(
+    config: DatasetConfig, root: Path | None = None, *, timeout: float = DOWNLOAD_TIMEOUT, verify: bool = False
+) -> tuple[DatasetRef, str]:
+    """Ingest; the status is UNCHANGED, WRITTEN or 'rewritten (<what was damaged>)'.
+
+    A stored version is trusted only when every file its manifest lists is there with its rows and
+    size; `verify` also compares each file's sha256 with the manifest's.
+    """
     root = Path(root) if root else datasets_dir()
     expected = config.sha256.lower() if config.sha256 else None
     if expected and sources.is_url(config.source):
         ref = _ref(config, expected, root)
-        if _complete(ref):  # known content already ingested: no download needed
-            return ref, False
+        if dataset_problem(ref.path, content=verify) is None:  # known content already ingested: no download
+            return ref, UNCHANGED
     with sources.open_source(config.source, timeout=timeout) as source:
         if expected and source.content_hash != expected:
             raise DataError(f"{source.uri}: sha256 mismatch: expected {expected}, got {source.content_hash}")
-        return _write(source, config, root)
+        return _write(source, config, root, verify=verify)
 
 
 def cache_key(config: DatasetConfig, root: Path | None = None) -> str | None:
@@ -413,8 +508,8 @@ def cache_key(config: DatasetConfig, root: Path | None = None) -> str | None:
 
 
 def is_ingested(dataset_path: str | Path) -> bool:
-    """Whether a complete dataset version is at this path."""
-    return (Path(dataset_path) / "manifest.json").exists()
+    """Whether a complete dataset version is at this path: every file of its manifest, with its rows."""
+    return dataset_problem(dataset_path) is None
 
 
 def write_dataset(source: SourceArrays, config: DatasetConfig, root: Path | None = None) -> DatasetRef:
@@ -431,7 +526,7 @@ def write_dataset(source: SourceArrays, config: DatasetConfig, root: Path | None
 
 
 def list_datasets(root: Path | None = None) -> list[dict]:
-    """Every ingested version's manifest (plus its path), by name and creation time."""
+    """Every ingested version's manifest (plus its path, and 'damaged': why, if incomplete), by name and time."""
     root = Path(root) if root else datasets_dir()
     found = []
     for manifest in sorted(root.glob("*/*/manifest.json")) if root.is_dir() else []:
@@ -441,6 +536,12 @@ def list_datasets(root: Path | None = None) -> list[dict]:
             entry = json.loads(manifest.read_text())
         except (OSError, json.JSONDecodeError):
             entry = {"name": manifest.parent.parent.name, "version": manifest.parent.name, "error": "corrupt manifest"}
+        if "error" not in entry:
+            problem = dataset_problem(manifest.parent)
+            if isinstance(entry.get("source_uri"), str):  # manifests written before redaction may hold secrets
+                entry["source_uri"] = redact_url(entry["source_uri"])
+            if problem:
+                entry["damaged"] = problem
         found.append({**entry, "path": str(manifest.parent)})
     return sorted(found, key=lambda m: (m.get("name", ""), m.get("created_at", "")))
 

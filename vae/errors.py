@@ -19,3 +19,7 @@ class TrainingDivergedError(VAEError):
 
 class RegistryError(VAEError):
     """A model URI or alias could not be resolved, or the registry refused a write."""
+
+
+class StorageError(VAEError):
+    """Local state (VAE_HOME, a download folder) cannot be written: read-only, full or not permitted."""

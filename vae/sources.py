@@ -4,17 +4,20 @@ Each reader declares its rows, image shape and pixel dtype up front (from a head
 listing or a counting pass), then yields chunks (images (b, *shape), labels (b,) or None), so a
 source larger than memory is never held whole. The content hash is the sha256 of the source's
 bytes (for a folder: of its files' names and bytes), computed by streaming. Every problem raises
-DataError with one line naming the file or URL and what was expected.
+DataError with one line naming the file or URL and what was expected; a URL is named with its
+credentials redacted (vae.urls), and the real one is used only to fetch.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import gzip
 import hashlib
 import http.client
 import json
 import math
+import os
 import re
 import socket
 import struct
@@ -23,6 +26,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import zipfile
+import warnings
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
@@ -32,7 +36,9 @@ from typing import BinaryIO
 import numpy as np
 
 import vae
-from vae.errors import DataError
+from vae.config import inside
+from vae.errors import DataError, StorageError
+from vae.urls import redact_text, redact_url
 
 CHUNK_BYTES = 16 * 2**20  # pixels per chunk: bounds peak memory whatever the source's size
 HASH_BLOCK = 2**20
@@ -166,7 +172,7 @@ def open_source(spec: str, *, timeout: float = DOWNLOAD_TIMEOUT) -> Iterator[Sou
     if is_url(spec):
         with tempfile.TemporaryDirectory(prefix="vae-download-") as directory:
             path, digest = download(spec, Path(directory), timeout=timeout)
-            yield _open_file(path, spec, digest)
+            yield _open_file(path, redact_url(spec), digest)
         return
     path = _local_path(spec)
     yield _open_folder(path) if path.is_dir() else _open_file(path, str(path))
@@ -177,7 +183,7 @@ def _local_path(spec: str) -> Path:
         spec = urllib.parse.unquote(urllib.parse.urlparse(spec).path)
     elif _SCHEME.match(spec):
         raise DataError(
-            f"dataset source '{spec}': unknown source (expected a path, an http(s) URL or 'sklearn:digits')"
+            f"dataset source '{redact_url(spec)}': unknown source (expected a path, an http(s) URL or 'sklearn:digits')"
         )
     path = Path(spec).expanduser().absolute()
     if not path.exists():
@@ -782,9 +788,16 @@ def _open_image_folder(folder: Path, files: list[Path]) -> Source:
 
     def load(path: Path):
         try:
-            with Image.open(path) as image:
-                image.load()
-                return image.copy()
+            with warnings.catch_warnings():
+                # A header claiming more than Image.MAX_IMAGE_PIXELS pixels (a decompression bomb) is refused
+                # before any pixel is decoded; Pillow only warns below twice that limit.
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                with Image.open(path) as image:
+                    image.load()
+                    return image.copy()
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            raise DataError(f"{path}: image too large: {_first_line(exc)} "
+                            f"(expected at most {Image.MAX_IMAGE_PIXELS} pixels per image)") from None
         except (UnidentifiedImageError, OSError, ValueError) as exc:
             raise DataError(f"{path}: cannot read image: {_first_line(exc)}") from None
 
@@ -846,10 +859,18 @@ def sklearn_digits() -> Source:
 # Downloads.
 
 
+# A local write failed (the download's folder is full or read-only), not the network.
+_WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG})
+
+
 def download(url: str, directory: Path, *, timeout: float = DOWNLOAD_TIMEOUT) -> tuple[Path, str]:
-    """Stream a URL to a file in directory, hashing as it arrives; returns the file and its sha256."""
-    name = Path(urllib.parse.unquote(urllib.parse.urlparse(url).path)).name or "download"
-    target = directory / name
+    """Stream a URL to a file in directory, hashing as it arrives; returns the file and its sha256.
+
+    Messages name the URL with its credentials redacted; the real URL goes only to the request.
+    """
+    name = Path(urllib.parse.unquote(urllib.parse.urlparse(url).path)).name
+    target = inside(directory, name if name not in ("", ".", "..") else "download")
+    shown = redact_url(url)
     digest = hashlib.sha256()
     request = urllib.request.Request(url, headers={"User-Agent": f"vae/{vae.__version__}"})
     received = 0
@@ -861,19 +882,26 @@ def download(url: str, directory: Path, *, timeout: float = DOWNLOAD_TIMEOUT) ->
                 received += len(block)
     except urllib.error.HTTPError as exc:
         transient = exc.code >= 500 or exc.code in (408, 429)
-        raise DownloadError(f"{url}: HTTP {exc.code} {exc.reason} (expected 200 OK)", transient) from None
+        raise DownloadError(f"{shown}: HTTP {exc.code} {redact_text(str(exc.reason), url)} (expected 200 OK)",
+                            transient) from None
     except (TimeoutError, socket.timeout):
-        raise DownloadError(f"{url}: timed out after {timeout:g} s without data (expected a response)", True) from None
+        raise DownloadError(f"{shown}: timed out after {timeout:g} s without data (expected a response)", True) from None
     except http.client.IncompleteRead as exc:
         got = received + len(exc.partial)
         expected = got + (exc.expected or 0)
-        raise DownloadError(f"{url}: download ended after {got} bytes (expected {expected})", True) from None
+        raise DownloadError(f"{shown}: download ended after {got} bytes (expected {expected})", True) from None
     except urllib.error.URLError as exc:
         if isinstance(exc.reason, (TimeoutError, socket.timeout)):
             raise DownloadError(
-                f"{url}: timed out after {timeout:g} s without data (expected a response)", True
+                f"{shown}: timed out after {timeout:g} s without data (expected a response)", True
             ) from None
-        raise DownloadError(f"{url}: cannot download: {exc.reason}", True) from None
+        raise DownloadError(f"{shown}: cannot download: {redact_text(str(exc.reason), url)}", True) from None
     except (http.client.HTTPException, ConnectionError) as exc:
-        raise DownloadError(f"{url}: cannot download: {_first_line(exc)}", True) from None
+        raise DownloadError(f"{shown}: cannot download: {redact_text(_first_line(exc), url)}", True) from None
+    except OSError as exc:
+        if exc.errno in _WRITE_ERRNOS:
+            raise StorageError(f"{exc.filename or target}: cannot write the download of {shown}: "
+                               f"{os.strerror(exc.errno)} (expected a writable temporary folder with free space)") from None
+        raise DownloadError(f"{shown}: cannot download: {redact_text(exc.strerror or _first_line(exc), url)}",
+                            True) from None
     return target, digest.hexdigest()
