@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from vae.config import EvaluationConfig
-from vae.data import check_pixels, load_split, prepare_inputs, read_manifest
+from vae.data import check_pixels, dataset_problem, load_split, prepare_inputs, read_manifest
 from vae.errors import DataError
 from vae.evaluation import LogLikelihoodEstimate, device_memory_budget, estimate_log_likelihood
 from vae.model import VAE, load_checkpoint, model_from_state
@@ -145,14 +145,18 @@ def resolve_dataset(name_or_path: str, root: Path | None = None) -> str:
 
     candidate = Path(name_or_path)
     if (candidate / "manifest.json").exists():
-        return str(candidate)
-    base = (root or datasets_dir()) / name_or_path
-    versions = sorted(base.glob("*/manifest.json")) if base.is_dir() else []
-    if not versions:
-        raise DataError(f"dataset '{name_or_path}': not found under {base.parent} (run `vae ingest` first, "
-                        "or pass a dataset directory)")
-    newest = max(versions, key=lambda m: (json.loads(m.read_text()).get("created_at", ""), m.stat().st_mtime))
-    return str(newest.parent)
+        found = candidate
+    else:
+        base = (root or datasets_dir()) / name_or_path
+        versions = sorted(base.glob("*/manifest.json")) if base.is_dir() else []
+        if not versions:
+            raise DataError(f"dataset '{name_or_path}': not found under {base.parent} (run `vae ingest` first, "
+                            "or pass a dataset directory)")
+        found = max(versions, key=lambda m: (json.loads(m.read_text()).get("created_at", ""), m.stat().st_mtime)).parent
+    problem = dataset_problem(found)
+    if problem:
+        raise DataError(f"{found}: damaged dataset version: {problem} (run `vae ingest` again to rewrite it)")
+    return str(found)
 
 
 def ais_cross_check(

@@ -26,7 +26,7 @@ import torch
 import torch.distributed as dist
 
 from vae.cluster import ensure_ray
-from vae.config import ModelConfig, PipelineConfig, TrainingConfig, checkpoints_dir
+from vae.config import ModelConfig, PipelineConfig, TrainingConfig, checkpoints_dir, inside
 from vae.data import DatasetRef, prepare_inputs, read_manifest, split_path
 from vae.errors import TrainingDivergedError, VAEError
 from vae.model import CHECKPOINT_FILE, VAE, build_model, load_checkpoint, read_checkpoint_state
@@ -425,7 +425,8 @@ def train(
         echo("training.use_gpu is set but the Ray cluster has no GPU: training on CPU workers")
     manifest = read_manifest(dataset.path)
     name = f"{config.name}-{run_id or time.strftime('%Y%m%d-%H%M%S')}"
-    staging = storage / ".staging" / name
+    staging = inside(storage, ".staging", name)  # names come from a file: the path must stay under storage
+    inside(storage, name)
     plan = WorkerPlan(
         model=config.model,
         training=training,
