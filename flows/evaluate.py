@@ -6,6 +6,7 @@ from pathlib import Path
 
 from prefect import flow, task
 
+from flows.results import cached
 from vae import config, scoring
 
 
@@ -17,7 +18,7 @@ def evaluation_key(context, parameters: dict) -> str:
     return "evaluate-" + hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:32]
 
 
-@task(name="estimate-log-likelihood", cache_key_fn=evaluation_key)
+@task(name="estimate-log-likelihood", **cached(evaluation_key))
 def evaluate_task(checkpoint: str, dataset_path: str, settings: config.PipelineConfig) -> dict:
     scored = scoring.score_checkpoint(checkpoint, dataset_path, settings.evaluation, settings.dataset.binarize)
     per_example = scoring.write_per_example(scored, f"{checkpoint}/evaluation-{scored.summary['split']}.parquet")

@@ -2,6 +2,7 @@
 
 from prefect import flow, task
 
+from flows.results import cached
 from vae import config, data
 from vae.sources import DownloadError
 
@@ -16,7 +17,7 @@ def _transient_download_failure(task, task_run, state) -> bool:
     return isinstance(state.data, DownloadError) and state.data.transient
 
 
-@task(name="ingest", cache_key_fn=_source_content, retries=2, retry_delay_seconds=[2, 10],
+@task(name="ingest", **cached(_source_content), retries=2, retry_delay_seconds=[2, 10],
       retry_condition_fn=_transient_download_failure)
 def ingest_task(dataset: config.DatasetConfig) -> dict[str, str]:
     return data.ingest(dataset).to_dict()

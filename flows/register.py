@@ -8,7 +8,13 @@ from vae import config, registry
 
 # Registry calls are I/O: retried with backoff. Registering is idempotent per MLflow run, so a
 # retry (or a rerun of a crashed flow) never registers a second version of the same training.
-@task(name="register", retries=3, retry_delay_seconds=exponential_backoff(2))
+def _transient_registry_failure(task, task_run, state) -> bool:
+    """Retry lost connections and 5xx; a name the registry refuses fails at once (nothing logged twice)."""
+    return registry.is_transient(state.result(raise_on_failure=False))
+
+
+@task(name="register", retries=3, retry_delay_seconds=exponential_backoff(2),
+      retry_condition_fn=_transient_registry_failure)
 def register_task(settings: config.PipelineConfig, run_id: str, checkpoint: str, evaluation: dict,
                   dataset: dict[str, str], history: list[dict]) -> dict:
     return registry.record_and_register(settings, run_id, checkpoint, evaluation, dataset, history).to_dict()

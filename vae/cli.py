@@ -5,9 +5,12 @@ Errors of ours are printed as one line (no traceback) with a nonzero exit.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -34,9 +37,41 @@ def _fail(message: str, code: int = 1) -> None:
     raise typer.Exit(code)
 
 
+BINARIZE_MODES = ("threshold", "dynamic", "none")
+
+
+def check_binarize(binarize: str) -> None:
+    if binarize not in BINARIZE_MODES:
+        _fail(f"--binarize {binarize!r}: expected threshold, dynamic or none")
+
+
+def _check_writable_dir(path: Path, what: str) -> None:
+    """Fail in one line now, not after minutes of work, when `path` cannot hold new files."""
+    import tempfile
+
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".vae-write-check-") as probe:
+            probe.write(b"x")
+            probe.flush()
+            os.fsync(probe.fileno())
+    except OSError as exc:
+        _fail(f"{what} {path}: not writable: {exc.strerror or exc}")
+
+
+def _check_output_file(path: Path, flag: str) -> None:
+    """An output file path: not a directory, and its folder writable (checked before any work)."""
+    if path.is_dir():
+        _fail(f"{flag} {path}: is a directory; expected a file path")
+    _check_writable_dir(path.parent, f"{flag} {path}: folder")
+
+
 def _quiet_logs(verbose: bool) -> None:
     """One line per epoch by default; --verbose lets Prefect and Ray speak."""
     quiet_environment()
+    from vae.cluster import prepare_local_ray
+
+    prepare_local_ray()  # before anything imports Ray
     if verbose:
         os.environ["VAE_VERBOSE"] = "1"
     # Prefect's persisted task results (the cached training of a pipeline) live with the rest of
@@ -91,15 +126,143 @@ def run(
     _quiet_logs(verbose)
     try:
         load_pipeline(pipeline, file)  # validate before any service starts
-        from flows.pipeline import pipeline_flow
+    except VAEError as exc:
+        _fail(str(exc))
+    from vae.config import vae_home
 
-        result = pipeline_flow(pipeline, str(file.resolve()), workers, gpu, resume, force)
+    _check_writable_dir(vae_home(), "VAE_HOME")
+    if not os.environ.get("PREFECT_API_URL"):  # the local server keeps its database there
+        _check_writable_dir(Path(os.environ.get("PREFECT_HOME") or "~/.prefect").expanduser(), "PREFECT_HOME")
+    try:
+        result = _run_pipeline(pipeline, file, workers, gpu, resume, force)
     except VAEError as exc:
         _fail(str(exc))
     if as_json:
         typer.echo(json.dumps(result, default=str))
     else:
         _print_result(result)
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process below `pid` (Linux /proc): the local Ray and the Prefect server of this run."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(parent, []).append(int(entry.name))
+    found, stack = [], [pid]
+    while stack:
+        for child in children.get(stack.pop(), []):
+            found.append(child)
+            stack.append(child)
+    return found
+
+
+def _stop_processes(pids: list[int], grace: float = 5.0) -> None:
+    import signal
+    import time
+
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and any(Path(f"/proc/{pid}").exists() for pid in pids):
+        with contextlib.suppress(ChildProcessError):
+            while os.waitpid(-1, os.WNOHANG)[0]:  # reap our own children so they do not linger as zombies
+                pass
+        time.sleep(0.1)
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _on_interrupt(pipeline: str) -> None:
+    """Ctrl-C or SIGTERM during `vae run`: mark the MLflow run KILLED, stop Ray and the Prefect server,
+    remove the checkpoint staging folder, one line, exit 130. The next `vae run` resumes."""
+    import signal
+    import threading
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    killed: list[str] = []
+
+    def mark_killed() -> None:
+        from flows.train import ACTIVE_RUNS
+        from vae import registry
+
+        for run_id in sorted(ACTIVE_RUNS):
+            with contextlib.suppress(Exception):
+                if registry.kill_if_running(run_id):
+                    killed.append(run_id)
+
+    # In a thread with a deadline: the interrupted main thread may hold a lock the store needs.
+    marker = threading.Thread(target=mark_killed, daemon=True)
+    marker.start()
+    marker.join(timeout=15)
+    _stop_processes(_descendants(os.getpid()))
+    import shutil
+
+    from vae.config import checkpoints_dir
+
+    for run_id in killed:
+        for staging in (checkpoints_dir() / ".staging").glob(f"*-{run_id}"):
+            shutil.rmtree(staging, ignore_errors=True)
+    runs = f"MLflow run {', '.join(killed)} marked KILLED" if killed else "no MLflow run was open"
+    sys.stdout.flush()
+    sys.stderr.write(f"interrupted: pipeline '{pipeline}' stopped ({runs}); `vae run {pipeline}` resumes\n")
+    sys.stderr.flush()
+    os._exit(130)
+
+
+def _in_thread(function, *args) -> Any:
+    """Run `function` in a worker thread; the main thread stays free for our signal handlers.
+
+    Off the main thread, Ray Train installs no SIGINT handler of its own (it would swallow Ctrl-C
+    into a slow "graceful abort" and a silent exit 1).
+    """
+    import threading
+
+    outcome: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            outcome["result"] = function(*args)
+        except BaseException as exc:  # handed to the main thread as is
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=target, name="vae-run", daemon=True)
+    worker.start()
+    while worker.is_alive():
+        worker.join(timeout=0.2)
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["result"]
+
+
+def _run_pipeline(pipeline: str, file: Path, workers, gpu, resume: bool, force: bool) -> dict[str, Any]:
+    """The pipeline flow on this run's own Prefect server (unless PREFECT_API_URL names one)."""
+    import signal
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: _on_interrupt(pipeline))
+    arguments = (pipeline, str(file.resolve()), workers, gpu, resume, force)
+    if os.environ.get("PREFECT_API_URL"):
+        from flows.pipeline import pipeline_flow
+
+        return _in_thread(pipeline_flow, *arguments)
+    from flows.local_server import local_server
+
+    with local_server() as api_url:
+        os.environ["PREFECT_API_URL"] = api_url  # before Prefect is imported: every thread of it sees the URL
+        try:
+            from flows.pipeline import pipeline_flow
+
+            return _in_thread(pipeline_flow, *arguments)
+        finally:
+            os.environ.pop("PREFECT_API_URL", None)
 
 
 @app.command("pipelines")
@@ -110,7 +273,7 @@ def list_pipelines(file: PipelinesFile = Path(DEFAULT_PIPELINES_FILE)) -> None:
     except VAEError as exc:
         _fail(str(exc))
     for name, settings in sorted(pipelines.items()):
-        typer.echo(f"{name:20} dataset={settings.dataset.source:24} model={settings.registry.model_name}")
+        typer.echo(f"{name:20} dataset={settings.dataset.redacted_source:24} model={settings.registry.model_name}")
 
 
 @app.command()
@@ -137,10 +300,13 @@ def evaluate(
 
     if k < 1:
         _fail(f"--k {k}: expected k >= 1 importance samples per image")
-    if split not in ("test", "validation", "train"):
-        _fail(f"--split {split!r}: expected test, validation or train")
+    if split not in ("test", "validation"):
+        _fail(f"--split {split!r}: expected test or validation (held-out data)")
     if workers < 1 or max_memory < 1:
         _fail("--workers and --max-memory must be >= 1")
+    check_binarize(binarize)
+    if output is not None:
+        _check_output_file(output, "--output")
     try:
         from vae import scoring
 
@@ -157,6 +323,8 @@ def evaluate(
         scored = scoring.score_checkpoint(checkpoint, dataset_path, config, mode)
         slug = "".join(c if c.isalnum() or c in "-_." else "_" for c in model.split("://")[-1].strip("/"))
         target = output or vae_home() / "evaluations" / f"{slug}-{Path(dataset_path).parent.name}-{split}-k{k}.parquet"
+        if output is None:
+            _check_output_file(target, "per-example output")
         per_example = scoring.write_per_example(scored, target)
         cross_check = scoring.ais_cross_check(checkpoint, dataset_path, config, mode, scored, ais, ais_steps) if ais else None
     except VAEError as exc:
@@ -186,12 +354,39 @@ import vae.cli_data  # noqa: E402,F401
 import vae.cli_jobs  # noqa: E402,F401
 
 
+_ENVIRONMENT_ERRNOS = {errno.EACCES: "permission denied", errno.EROFS: "read-only file system",
+                      errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded"}
+
+
+def _environment_error(exc: BaseException) -> str | None:
+    """A full disk or an unwritable folder anywhere in the chain of causes (Ray and Prefect wrap them)."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in _ENVIRONMENT_ERRNOS:
+            where = f"{exc.filename}: " if exc.filename else ""
+            return f"{where}{_ENVIRONMENT_ERRNOS[exc.errno]}"
+        match = re.search(r"\[Errno (\d+)\] [^:\n]*(?:: '([^'\n]*)')?", str(exc))
+        if match and int(match.group(1)) in _ENVIRONMENT_ERRNOS:
+            where = f"{match.group(2)}: " if match.group(2) else ""
+            return f"{where}{_ENVIRONMENT_ERRNOS[int(match.group(1))]}"
+        exc = exc.__cause__ or exc.__context__ or getattr(exc, "cause", None)
+    return None
+
+
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point: a full disk or an unwritable folder is one line, not a traceback
+    (--verbose shows it); a real bug keeps its traceback."""
     try:
         app()
     except KeyboardInterrupt:
-        typer.echo("interrupted", err=True)
+        typer.echo("interrupted: stopped by Ctrl-C", err=True)
         sys.exit(130)
+    except Exception as exc:
+        reason = _environment_error(exc)
+        if reason is None or os.environ.get("VAE_VERBOSE") == "1":
+            raise
+        typer.echo(f"error: {reason}", err=True)
+        sys.exit(1)
 
 

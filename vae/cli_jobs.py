@@ -13,7 +13,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from vae.cli import PipelinesFile, _fail, _quiet_logs, app
+from vae.cli import PipelinesFile, check_binarize, _fail, _quiet_logs, app
 from vae.config import DEFAULT_PIPELINES_FILE
 from vae.errors import VAEError
 
@@ -38,6 +38,7 @@ def embed(
     unknown = [s for s in splits if s not in ("train", "validation", "test")]
     if unknown:
         _fail(f"--split {unknown[0]!r}: expected train, validation or test")
+    check_binarize(binarize)
     try:
         from vae import embedding
 

@@ -31,7 +31,14 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature, set_model  # set_model: used by vae/mlflow_model.py
-from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+from mlflow.protos.databricks_pb2 import (
+    INTERNAL_ERROR,
+    INVALID_PARAMETER_VALUE,
+    REQUEST_LIMIT_EXCEEDED,
+    RESOURCE_DOES_NOT_EXIST,
+    TEMPORARILY_UNAVAILABLE,
+    ErrorCode,
+)
 from mlflow.types.schema import Schema, TensorSpec
 
 import vae
@@ -143,6 +150,29 @@ def end_run(run_id: str, status: str = "FINISHED", uri: str | None = None) -> No
     client(uri).set_terminated(run_id, status)
 
 
+def kill_if_running(run_id: str, uri: str | None = None) -> bool:
+    """Mark an interrupted run KILLED (a run that finished before, e.g. a reused one, stays as it is)."""
+    mlflow_client = client(uri)
+    if mlflow_client.get_run(run_id).info.status != "RUNNING":
+        return False
+    mlflow_client.set_terminated(run_id, "KILLED")
+    return True
+
+
+# Error codes that say "try again later"; every other MLflow error (a bad name, a missing
+# resource, a permission) is permanent and retrying it would only repeat the side effects.
+_TRANSIENT_CODES = {ErrorCode.Name(code) for code in (INTERNAL_ERROR, TEMPORARILY_UNAVAILABLE, REQUEST_LIMIT_EXCEEDED)}
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether a registry failure is worth retrying: lost connections and 5xx/429, not bad requests."""
+    if isinstance(exc, RegistryError):
+        return False
+    if isinstance(exc, MlflowException):
+        return exc.error_code in _TRANSIENT_CODES
+    return isinstance(exc, (ConnectionError, TimeoutError)) or type(exc).__module__.startswith(("requests", "urllib3"))
+
+
 # ---------------------------------------------------------------------------------------------
 # The pyfunc: images in, q(z|x) parameters out.
 
@@ -251,8 +281,13 @@ def _nll_on(mlflow_client, name: str, version, dataset_version: str,
     if evaluate is None:
         return None
     nll = float(evaluate(f"models:/{name}/{version.version}"))
-    mlflow_client.set_model_version_tag(name, str(version.version), f"test_nll_on.{dataset_version}", f"{nll:.6f}")
+    mlflow_client.set_model_version_tag(name, str(version.version), f"test_nll_on.{dataset_version}", repr(nll))
     return nll
+
+
+def _nll_key(nll: float) -> float:
+    """The precision NLLs are compared at: the 6 decimals that tags before full precision kept."""
+    return round(float(nll), 6)
 
 
 def promote_if_better(
@@ -264,7 +299,9 @@ def promote_if_better(
     The champion is compared on the new version's dataset (re-evaluated with `evaluate` when it
     was registered on another dataset version). After each write the alias is read back: a
     concurrent gate that overwrote it with a worse model is overruled, a better one stands.
-    Returns (promoted, the previous champion's NLL on this dataset or None).
+    NLLs are compared rounded to 6 decimals (older versions' tags hold no more), so an identical
+    rerun ties and the champion stays. Returns (promoted, the previous champion's NLL on this
+    dataset or None).
     """
     previous: float | None = None
     for _ in range(10):
@@ -276,7 +313,7 @@ def promote_if_better(
             if current_nll is None:  # not comparable and no way to evaluate it: keep the champion
                 return False, None
             previous = current_nll if previous is None else previous
-            if not nll < current_nll - margin:
+            if not _nll_key(nll) < _nll_key(current_nll) - margin:
                 return False, current_nll
         try:
             mlflow_client.set_registered_model_alias(name, CHAMPION, str(number))
@@ -296,6 +333,26 @@ def _version_of_run(mlflow_client, name: str, run_id: str):
     return min(found, key=lambda v: int(v.version)) if found else None
 
 
+def _ensure_registered_model(mlflow_client, name: str) -> None:
+    """Create the registered model unless it exists; a refused name is one permanent error."""
+    try:
+        mlflow_client.get_registered_model(name)
+        return
+    except MlflowException as exc:
+        if exc.error_code != ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
+            if is_transient(exc):
+                raise
+            raise RegistryError(f"registry.model_name '{name}': {str(exc).splitlines()[0]}") from None
+    try:
+        mlflow_client.create_registered_model(name)
+    except MlflowException as exc:
+        if is_transient(exc):
+            raise
+        if mlflow_client.search_registered_models(f"name = '{name}'"):
+            return  # created concurrently
+        raise RegistryError(f"registry.model_name '{name}': {str(exc).splitlines()[0]}") from None
+
+
 def _log_and_create_version(mlflow_client, name: str, run_id: str, checkpoint_dir: str, binarize: str,
                             manifest: dict[str, Any], dataset: dict[str, str], example: np.ndarray):
     """Log the pyfunc (models from code: checkpoint + metadata as artifacts) and register it."""
@@ -303,6 +360,7 @@ def _log_and_create_version(mlflow_client, name: str, run_id: str, checkpoint_di
 
     from vae.model import CHECKPOINT_FILE
 
+    _ensure_registered_model(mlflow_client, name)  # a name the registry refuses fails before anything is logged
     state = torch.load(Path(checkpoint_dir) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
     with tempfile.TemporaryDirectory() as staging:
         checkpoint = Path(staging) / CHECKPOINT_FILE
@@ -325,10 +383,6 @@ def _log_and_create_version(mlflow_client, name: str, run_id: str, checkpoint_di
                 pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"numpy=={np.__version__}",
                                   f"mlflow=={mlflow.__version__}", "pydantic>=2"],
             )
-    try:
-        mlflow_client.create_registered_model(name)
-    except MlflowException:
-        pass  # it exists already (or was created concurrently)
     version = mlflow_client.create_model_version(name, source=info.model_uri, run_id=run_id, model_id=info.model_id)
     return version
 
@@ -358,8 +412,8 @@ def register_model(
     tags = {
         "dataset_hash": dataset["content_hash"],
         "dataset_version": dataset["version"],
-        "test_nll": f"{evaluation['nll']:.6f}",
-        "test_nll_stderr": f"{evaluation['nll_stderr']:.6f}",
+        "test_nll": repr(float(evaluation["nll"])),  # full precision: what the gate compares
+        "test_nll_stderr": repr(float(evaluation["nll_stderr"])),
         "test_nll_pm": f"{evaluation['nll']:.3f} ± {evaluation['nll_stderr']:.3f}",
         "k": str(evaluation["k"]),
         "code_version": code_version(),

@@ -11,7 +11,7 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
-from registry_helpers import gate_config, register
+from registry_helpers import gate_config, register, save_checkpoint
 from vae import registry
 from vae.config import tracking_uri
 from vae.data import ingest, load_split
@@ -67,7 +67,7 @@ def test_champion_on_another_dataset_version_is_re_evaluated_on_the_new_one(tmp_
     kept = register(config, 29.0, seed=1, workdir=tmp_path, dataset=new, evaluate_champion=champion_scores(28.0))
     assert (kept.champion, kept.previous_champion_nll, seen) == (False, 28.0, ["models:/vae-redata/1"])
     # The re-evaluation is cached on the champion's version as a tag; no second evaluation.
-    assert MlflowClient(tracking_uri()).get_model_version("vae-redata", "1").tags["test_nll_on.newdata00000"] == "28.000000"
+    assert MlflowClient(tracking_uri()).get_model_version("vae-redata", "1").tags["test_nll_on.newdata00000"] == "28.0"
     moved = register(config, 27.0, seed=2, workdir=tmp_path, dataset=new, evaluate_champion=champion_scores(99.0))
     assert (moved.champion, moved.previous_champion_nll, len(seen)) == (True, 28.0, 1)
 
@@ -120,3 +120,39 @@ def test_unknown_model_uri_is_one_line():
 
     with pytest.raises(RegistryError, match=r"^model 'models:/no-such-model@champion': "):
         registry.download_model("models:/no-such-model@champion")
+
+
+def test_an_identical_rerun_keeps_the_champion(tmp_path):
+    # 23.4761236 was tagged "23.476124": the unrounded NLL beat its own rounded tag and took the alias.
+    config = gate_config("vae-tie")
+    first = register(config, 23.4761236, seed=0, workdir=tmp_path)
+    again = register(config, 23.4761236, seed=0, workdir=tmp_path)
+    assert (first.champion, again.champion, _alias("vae-tie", "champion")) == (True, False, "1")
+    assert again.previous_champion_nll == 23.4761236
+    assert float(MlflowClient(tracking_uri()).get_model_version("vae-tie", "1").tags["test_nll"]) == 23.4761236
+
+
+def test_a_refused_model_name_is_not_retried_and_logs_nothing(prefect_server, tmp_path):
+    from flows.register import register_task
+    from prefect import get_client
+    from prefect.utilities.asyncutils import run_coro_as_sync
+
+    from vae.data import ingest
+
+    config = gate_config("vae-refused")
+    bad = config.model_copy(update={"registry": config.registry.model_copy(update={"model_name": "bad/name"})})
+    dataset = ingest(config.dataset).to_dict()
+    run_id = registry.start_run(config, dataset)
+    checkpoint = save_checkpoint(tmp_path / "ckpt", config.model, 64, 0)
+    evaluation = {"nll": 30.0, "nll_stderr": 0.1, "k": 10, "split": "test", "n": 2}
+    state = register_task(bad, run_id, checkpoint, evaluation, dataset, [], return_state=True)
+    assert state.is_failed()
+    assert str(state.result(raise_on_failure=False)).startswith("registry.model_name 'bad/name': ")
+
+    async def run_count() -> int:
+        async with get_client() as client:
+            return (await client.read_task_run(state.state_details.task_run_id)).run_count
+
+    assert run_coro_as_sync(run_count()) == 1  # no retries of a permanent error
+    experiment = MlflowClient(tracking_uri()).get_run(run_id).info.experiment_id
+    assert MlflowClient(tracking_uri()).search_logged_models([experiment]) == []  # no model logged

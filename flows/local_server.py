@@ -1,0 +1,82 @@
+"""The Prefect server of one `vae run`: Prefect's ephemeral server, started so that it dies with us.
+
+Prefect's own ephemeral server (SubprocessASGIServer) is a plain child process: a terminal's
+Ctrl-C reaches it before the flow could report its end, and a SIGKILL of `vae run` leaves it
+running. This starts the same uvicorn command in a session of its own (no terminal signals) with
+PR_SET_PDEATHSIG (the kernel kills it when `vae run` dies, however it dies).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from vae.errors import VAEError
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent(parent: int) -> Callable[[], None]:
+    def preexec() -> None:
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os._exit(1)
+    return preexec
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def local_server(timeout: float = 180) -> Iterator[str]:
+    """Start the ephemeral API server on 127.0.0.1; yields its API URL; stops it on exit."""
+    import importlib.util
+
+    package = Path(importlib.util.find_spec("prefect").origin).parent  # not imported: settings read env at import
+    port = _free_port()
+    log = tempfile.TemporaryFile()
+    env = {**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "--app-dir", str(package.parent), "--factory",
+         "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port", str(port), "--log-level", "error",
+         "--lifespan", "on"],
+        env=env, start_new_session=True, preexec_fn=_die_with_parent(os.getpid()),
+        stdout=subprocess.DEVNULL, stderr=log,
+    )
+    url = f"http://127.0.0.1:{port}/api"
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if process.poll() is not None:
+                log.seek(0)
+                last = (log.read().decode(errors="replace").strip().splitlines() or ["no output"])[-1]
+                raise VAEError(f"the local Prefect server exited ({process.returncode}): {last}")
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2):
+                    break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise VAEError(f"the local Prefect server did not answer within {timeout:.0f} s") from None
+                time.sleep(0.2)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        log.close()

@@ -1,0 +1,189 @@
+"""Real `vae run`s, signalled and tampered with: Ctrl-C, SIGKILL, a planted pickle, open sockets.
+
+One tiny pipeline, three runs: (1) interrupted by SIGINT to its process group (a terminal's Ctrl-C)
+after its first epoch, while its sockets are listed; (2) a rerun that finishes; (3) a run after
+pickles were planted under every persisted task result, killed by SIGKILL of the CLI alone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import ray  # noqa: F401  (puts Ray's bundled psutil on sys.path)
+import psutil  # noqa: E402
+from mlflow import MlflowClient
+
+from vae.config import checkpoints_dir, tracking_uri, vae_home
+
+pytestmark = pytest.mark.integration
+
+PIPELINES = """\
+pipelines:
+  hard-digits:
+    dataset: {name: digits, source: "sklearn:digits", binarize: threshold}
+    model: {latent_dim: 2, hidden: [16]}
+    training: {epochs: 6, batch_size: 256, workers: 1}
+    evaluation: {k: 50, max_memory_mb: 32}
+    registry: {model_name: vae-hard}
+"""
+REPO = Path(__file__).resolve().parents[2]
+LOOPBACK = {"127.0.0.1", "::1"}
+
+
+class Pwn:
+    """Unpickling this runs `touch MARKER`."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def _start(pipelines: Path, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "vae", "run", "hard-digits", "--file", str(pipelines), *extra],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+
+
+def _wait_for(process: subprocess.Popen, text: str) -> str:
+    seen = []
+    for line in process.stdout:
+        seen.append(line)
+        if text in line:
+            return "".join(seen)
+    pytest.fail(f"`vae run` ended before printing {text!r}: {''.join(seen)} {process.stderr.read()[-3000:]}")
+
+
+def _listening(pids: list[int]) -> list[tuple[str, str, int]]:
+    found = []
+    for pid in pids:
+        try:
+            process = psutil.Process(pid)
+            found += [(" ".join(process.cmdline())[:80], c.laddr.ip, c.laddr.port)
+                      for c in process.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN]
+        except psutil.Error:
+            pass
+    return found
+
+
+def _alive(pids: list[int]) -> list[int]:
+    return [pid for pid in pids if psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE]
+
+
+def _gcs_refuses_without_token(port: int, token: str) -> tuple[str, int]:
+    import grpc
+    from ray.core.generated import gcs_service_pb2, gcs_service_pb2_grpc
+
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = gcs_service_pb2_grpc.NodeInfoGcsServiceStub(channel)
+        try:
+            stub.GetAllNodeInfo(gcs_service_pb2.GetAllNodeInfoRequest(), timeout=10)
+            refused = "accepted"
+        except grpc.RpcError as error:
+            refused = error.code().name
+        nodes = stub.GetAllNodeInfo(gcs_service_pb2.GetAllNodeInfoRequest(), timeout=10,
+                                    metadata=[("authorization", f"Bearer {token}")]).node_info_list
+    return refused, len(nodes)
+
+
+def _plant_pickles(folder: Path, marker: Path) -> list[Path]:
+    """A result record in Prefect's format that names the pickle serializer, under every stored key."""
+    import base64
+
+    import cloudpickle
+
+    payload = base64.b64encode(cloudpickle.dumps(Pwn(marker))).decode()
+    record = json.dumps({"metadata": {"storage_key": None, "expiration": None, "serializer": {"type": "pickle",
+                         "picklelib": "cloudpickle", "picklelib_version": None}, "prefect_version": "3.9.1",
+                         "storage_block_id": None}, "result": payload})
+    planted = [path for path in folder.iterdir() if path.is_file()]
+    for path in planted:
+        path.write_text(record)
+    # Prefect's own reader would run it: the planted record is a real attack, not a malformed file.
+    from prefect._internal.result_records import ResultRecord
+
+    ResultRecord.deserialize(planted[0].read_bytes())
+    assert marker.exists()
+    marker.unlink()
+    return planted
+
+
+def test_interrupt_rerun_planted_pickle_and_sigkill(tmp_path):
+    pipelines = tmp_path / "pipelines.yaml"
+    pipelines.write_text(PIPELINES)
+    client = MlflowClient(tracking_uri())
+
+    # (1) Ctrl-C after the first epoch.
+    process = _start(pipelines, "--force")
+    _wait_for(process, "epoch   1/6")
+    children = [child.pid for child in psutil.Process(process.pid).children(recursive=True)]
+    listening = _listening(children)
+    exposed = [entry for entry in listening if entry[1] not in LOOPBACK]
+    # Ray's gRPC servers bind every interface (Ray 2.60 has no loopback-only option), so a local
+    # Ray runs with a random token: the GCS refuses a client without it. Everything else is loopback.
+    assert exposed and all("ray" in entry[0] for entry in exposed), listening
+    assert [entry for entry in listening if "prefect" in entry[0] and entry[1] not in LOOPBACK] == []
+    gcs = next(pid for pid in children if "gcs_server" in " ".join(psutil.Process(pid).cmdline()))
+    environ = psutil.Process(gcs).environ()  # what `vae run` gave the Ray it started
+    assert environ.get("RAY_AUTH_MODE") == "token"
+    gcs_port = next(port for command, _, port in listening if "gcs_server" in command)
+    assert _gcs_refuses_without_token(gcs_port, environ["RAY_AUTH_TOKEN"]) == ("UNAUTHENTICATED", 1)
+
+    started = time.monotonic()
+    os.killpg(process.pid, signal.SIGINT)
+    code = process.wait(timeout=60)
+    elapsed = time.monotonic() - started
+    stderr = process.stderr.read()
+    assert code == 130, stderr
+    assert elapsed < 30
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len([line for line in lines if line.startswith("interrupted: ")]) == 1 and "Traceback" not in stderr, stderr
+    time.sleep(1)
+    assert _alive(children) == []  # Ray and the Prefect server are gone
+    experiment = client.get_experiment_by_name("vae-hard")
+    runs = client.search_runs([experiment.experiment_id])
+    assert [run.info.status for run in runs] == ["KILLED"]
+    assert runs[0].info.run_id in lines[-1]
+    staging = checkpoints_dir() / ".staging"
+    assert not staging.exists() or list(staging.iterdir()) == []
+
+    # (2) The rerun finishes.
+    process = _start(pipelines)
+    out, err = process.communicate(timeout=300)
+    assert process.returncode == 0, out + err
+    assert "champion" in out
+    assert client.get_run(runs[0].info.run_id).info.status == "FINISHED"
+    assert len(client.search_model_versions("name = 'vae-hard'")) == 1
+
+    # (3) Pickles planted under every persisted result; the next run must not load them.
+    marker = tmp_path / "PWNED"
+    planted = _plant_pickles(vae_home() / "prefect-results", marker)
+    assert len(planted) >= 4  # ingest, start-mlflow-run, train, estimate-log-likelihood
+    process = _start(pipelines)
+    _wait_for(process, "epoch   1/6")  # the cached training was refused: it trains again
+    assert not marker.exists()
+    children = [child.pid for child in psutil.Process(process.pid).children(recursive=True)]
+    server = [pid for pid in children if "prefect.server.api.server" in " ".join(psutil.Process(pid).cmdline())]
+    assert len(server) == 1
+    os.kill(process.pid, signal.SIGKILL)  # the CLI alone, as an OOM killer would
+    process.wait(timeout=30)
+    deadline = time.monotonic() + 15
+    while _alive(server) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _alive(server) == []  # no orphan Prefect server
+    assert not marker.exists()
+    assert "not a plain JSON result record" in process.stderr.read()
+    deadline = time.monotonic() + 20
+    while _alive(children) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    for pid in _alive(children):  # what Ray leaves behind is ended here, so later tests start clean
+        os.kill(pid, signal.SIGKILL)
