@@ -1,5 +1,7 @@
 """MLflow models-from-code entry point: the logged pyfunc is rebuilt from this file, never unpickled."""
 
-from vae.registry import VAEEncoder, set_model
+from mlflow.models import set_model
 
-set_model(VAEEncoder())
+from vae.serving import VAEModel
+
+set_model(VAEModel())

@@ -30,20 +30,18 @@ import numpy as np
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param
 from mlflow.exceptions import MlflowException
-from mlflow.models import ModelSignature, set_model  # set_model: used by vae/mlflow_model.py
 from mlflow.protos.databricks_pb2 import (
     INTERNAL_ERROR,
-    INVALID_PARAMETER_VALUE,
     REQUEST_LIMIT_EXCEEDED,
     RESOURCE_DOES_NOT_EXIST,
     TEMPORARILY_UNAVAILABLE,
     ErrorCode,
 )
-from mlflow.types.schema import Schema, TensorSpec
 
 import vae
 from vae.config import PipelineConfig, artifacts_uri, tracking_uri
 from vae.errors import RegistryError
+from vae.serving import signature as serving_signature
 
 CHAMPION = "champion"
 METADATA_FILE = "metadata.json"
@@ -173,54 +171,6 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, (ConnectionError, TimeoutError)) or type(exc).__module__.startswith(("requests", "urllib3"))
 
 
-# ---------------------------------------------------------------------------------------------
-# The pyfunc: images in, q(z|x) parameters out.
-
-
-class VAEEncoder(mlflow.pyfunc.PythonModel):
-    """Encoder of a trained VAE: pixel values (N, D) → {'z_mean': (N, L), 'z_logvar': (N, L)}.
-
-    Inputs are raw pixel values on the dataset's scale [0, max_value]; they are scaled (and
-    thresholded, for models trained on thresholded data) exactly as in training.
-    """
-
-    def load_context(self, context):
-        import torch
-
-        from vae.model import model_from_state
-
-        state = torch.load(context.artifacts["checkpoint"], map_location="cpu", weights_only=True)
-        meta = json.loads(Path(context.artifacts["metadata"]).read_text())
-        self.model = model_from_state(state)
-        self.data_dim = int(state["data_dim"])
-        self.max_value = float(meta["max_value"])
-        self.binarize = meta["binarize"]
-
-    def predict(self, context, model_input: np.ndarray, params=None):  # validated against the signature
-        import torch
-
-        from vae.data import prepare_inputs
-
-        raw = model_input.to_numpy() if hasattr(model_input, "to_numpy") else model_input
-        array = np.asarray(raw, dtype=np.float32)
-        if array.ndim < 2 or math.prod(array.shape[1:]) != self.data_dim:
-            raise MlflowException(
-                f"input of shape {list(array.shape)}: expected images of {self.data_dim} pixels each, "
-                f"shaped (N, {self.data_dim}) or (N, H, W)",
-                error_code=INVALID_PARAMETER_VALUE,
-            )
-        array = array.reshape(array.shape[0], self.data_dim)
-        if not np.isfinite(array).all():
-            raise MlflowException(
-                "input has NaN or infinite pixels: expected finite values", error_code=INVALID_PARAMETER_VALUE
-            )
-        binarize = "threshold" if self.binarize == "threshold" else "none"
-        x = prepare_inputs(torch.from_numpy(array), self.max_value, binarize)  # (N, D)
-        with torch.no_grad():
-            mean, logvar = self.model.encode(x)  # (N, L), (N, L)
-        return {"z_mean": mean.numpy(), "z_logvar": logvar.numpy()}
-
-
 @dataclass(frozen=True)
 class Registration:
     """What registration returns: the model version's URI and whether it became champion."""
@@ -235,16 +185,6 @@ class Registration:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def _signature(data_dim: int, latent_dim: int):
-    return ModelSignature(
-        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, data_dim))]),
-        outputs=Schema([
-            TensorSpec(np.dtype(np.float32), (-1, latent_dim), "z_mean"),
-            TensorSpec(np.dtype(np.float32), (-1, latent_dim), "z_logvar"),
-        ]),
-    )
 
 
 @contextlib.contextmanager
@@ -361,7 +301,6 @@ def _log_and_create_version(mlflow_client, name: str, run_id: str, checkpoint_di
     from vae.model import CHECKPOINT_FILE
 
     _ensure_registered_model(mlflow_client, name)  # a name the registry refuses fails before anything is logged
-    state = torch.load(Path(checkpoint_dir) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
     with tempfile.TemporaryDirectory() as staging:
         checkpoint = Path(staging) / CHECKPOINT_FILE
         shutil.copy(Path(checkpoint_dir) / CHECKPOINT_FILE, checkpoint)
@@ -377,7 +316,7 @@ def _log_and_create_version(mlflow_client, name: str, run_id: str, checkpoint_di
                 name="model",
                 python_model=str(Path(__file__).with_name("mlflow_model.py")),  # models from code
                 artifacts={"checkpoint": str(checkpoint), "metadata": str(metadata)},
-                signature=_signature(int(state["data_dim"]), int(state["model_config"]["latent_dim"])),
+                signature=serving_signature(),
                 input_example=example.astype(np.float32),
                 code_paths=[str(Path(__file__).parent)],
                 pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"numpy=={np.__version__}",
