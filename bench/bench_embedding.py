@@ -22,7 +22,8 @@ import torch
 
 from vae import embedding
 from vae.config import DatasetConfig, ModelConfig
-from vae.data import SPLITS, ingest, load_split
+from vae.ingest import ingest
+from vae.datasets import SPLITS, load_split
 from vae.model import build_model
 from vae.scoring import resolve_dataset
 

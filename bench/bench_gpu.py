@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import statistics
 import sys
@@ -35,7 +34,8 @@ from pathlib import Path
 import torch
 
 from vae.config import DatasetConfig, EvaluationConfig, ModelConfig, PipelineConfig, RegistryConfig, TrainingConfig
-from vae.data import DatasetRef, ingest, load_split, read_manifest
+from vae.ingest import ingest
+from vae.datasets import DatasetRef, load_split, read_manifest
 from vae.model import build_model
 from vae.stepper import Objective, Stepper, make_optimizer
 
@@ -189,7 +189,7 @@ def main() -> None:
     if args.smoke:
         args.epochs, args.train_minutes, args.k, args.eval_images = 2, 0.1, 20, 300
 
-    from vae.config import quiet_environment
+    from vae.paths import quiet_environment
 
     quiet_environment()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -21,7 +21,8 @@ import numpy as np
 import torch
 
 from vae.config import DatasetConfig, ModelConfig, PipelineConfig, RegistryConfig, TrainingConfig
-from vae.data import DatasetRef, load_split, prepare_inputs, read_manifest
+from vae.datasets import DatasetRef, load_split, read_manifest
+from vae.inputs import prepare_inputs
 from vae.model import build_model
 from vae.objectives import elbo
 from vae.scoring import resolve_dataset

@@ -11,6 +11,7 @@ from prefect.tasks import exponential_backoff
 
 from flows.ingest import ingest_flow
 from vae import config, embedding, registry
+from vae import paths
 
 
 @task(name="resolve-model", retries=3, retry_delay_seconds=exponential_backoff(2))
@@ -40,7 +41,7 @@ def embed_flow(
     dataset = ingest_flow(pipeline, pipelines_file)
     name, version = resolve_task(model_uri)
     if out is None:
-        folder = config.embeddings_dir() / dataset["name"]
+        folder = paths.embeddings_dir() / dataset["name"]
         folder.mkdir(parents=True, exist_ok=True)
         out = str(folder / f"{name or 'model'}-v{version or 'x'}-{dataset['version']}.parquet")
         if Path(out).exists() and not overwrite:

@@ -12,6 +12,7 @@ from flows.ingest import ingest_flow
 from flows.register import register_flow
 from flows.train import train_flow
 from vae import config, registry
+from vae import paths
 
 
 @task(name="publish-artifacts", retries=2, retry_delay_seconds=exponential_backoff(2))
@@ -71,7 +72,7 @@ def pipeline_flow(
         "pipeline": pipeline,
         "dataset": dataset,
         "run_id": trained["run_id"],
-        "tracking_uri": config.tracking_uri(),
+        "tracking_uri": paths.tracking_uri(),
         "checkpoint": trained["checkpoint"],
         "epochs": trained["epochs"],
         "reused": trained["reused"],

@@ -13,7 +13,8 @@ from prefect.tasks import exponential_backoff
 
 from flows.results import cached
 from vae import config, registry, training
-from vae.data import DatasetRef
+from vae import paths
+from vae.datasets import DatasetRef
 
 
 # MLflow runs this process started or continued; an interrupt marks those still RUNNING as KILLED.
@@ -42,7 +43,7 @@ def start_run_task(settings: config.PipelineConfig, dataset: dict[str, str], wor
 def train_task(settings: config.PipelineConfig, dataset: dict[str, str], run_id: str, workers: int | None,
                gpu: bool | None, resume: bool) -> dict:
     try:
-        uri = config.tracking_uri()
+        uri = paths.tracking_uri()
         result = training.train(settings, DatasetRef(**dataset), run_id=run_id, workers=workers, use_gpu=gpu,
                                 resume=resume, on_epoch=lambda metrics: registry.log_epoch_metrics(
                                     uri, run_id, metrics, step=int(metrics["epoch"])))

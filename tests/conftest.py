@@ -21,7 +21,7 @@ os.environ.pop("RAY_ADDRESS", None)
 os.environ.pop("PREFECT_API_URL", None)
 (_STATE / "home").mkdir(parents=True, exist_ok=True)
 
-from vae.config import quiet_environment  # noqa: E402
+from vae.paths import quiet_environment
 
 quiet_environment()
 

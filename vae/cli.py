@@ -17,7 +17,8 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from vae.config import DEFAULT_PIPELINES_FILE, load_pipeline, load_pipelines, quiet_environment
+from vae.config import DEFAULT_PIPELINES_FILE, load_pipeline, load_pipelines
+from vae.paths import quiet_environment
 from vae.errors import VAEError
 
 app = typer.Typer(
@@ -76,7 +77,7 @@ def _quiet_logs(verbose: bool) -> None:
         os.environ["VAE_VERBOSE"] = "1"
     # Prefect's persisted task results (the cached training of a pipeline) live with the rest of
     # the state, so a rerun after a crash finds them wherever VAE_HOME is.
-    from vae.config import vae_home
+    from vae.paths import vae_home
 
     os.environ.setdefault("PREFECT_LOCAL_STORAGE_PATH", str(vae_home() / "prefect-results"))
     level = "INFO" if verbose else "CRITICAL"
@@ -128,7 +129,7 @@ def run(
         load_pipeline(pipeline, file)  # validate before any service starts
     except VAEError as exc:
         _fail(str(exc))
-    from vae.config import vae_home
+    from vae.paths import vae_home
 
     _check_writable_dir(vae_home(), "VAE_HOME")
     if not os.environ.get("PREFECT_API_URL"):  # the local server keeps its database there
@@ -205,7 +206,7 @@ def _on_interrupt(pipeline: str) -> None:
     _stop_processes(_descendants(os.getpid()))
     import shutil
 
-    from vae.config import checkpoints_dir
+    from vae.paths import checkpoints_dir
 
     for run_id in killed:
         for staging in (checkpoints_dir() / ".staging").glob(f"*-{run_id}"):
@@ -296,7 +297,8 @@ def evaluate(
 ) -> None:
     """Estimate held-out log p(x) of a model by importance sampling, with a standard error."""
     _quiet_logs(verbose)
-    from vae.config import EvaluationConfig, vae_home
+    from vae.config import EvaluationConfig
+    from vae.paths import vae_home
 
     if k < 1:
         _fail(f"--k {k}: expected k >= 1 importance samples per image")

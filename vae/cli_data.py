@@ -80,17 +80,18 @@ def ingest(
         binarize_test_seed=binarize_test_seed,
     )
     try:
-        from vae import data
+        from vae.datasets import read_manifest
+        from vae.ingest import UNCHANGED, ingest_report
 
-        ref, status = data.ingest_report(config, timeout=timeout, verify=verify)
-        manifest = data.read_manifest(ref.path)
+        ref, status = ingest_report(config, timeout=timeout, verify=verify)
+        manifest = read_manifest(ref.path)
     except VAEError as exc:
         _fail(str(exc))
     if as_json:
         typer.echo(json.dumps({**manifest, "path": ref.path}))
         return
     rows = manifest["rows"]
-    typer.echo(f"{ref.name}@{ref.version}  {'already ingested (unchanged)' if status == data.UNCHANGED else status}")
+    typer.echo(f"{ref.name}@{ref.version}  {'already ingested (unchanged)' if status == UNCHANGED else status}")
     typer.echo(f"rows          train {rows['train']}  validation {rows['validation']}  test {rows['test']}"
                f"  ({manifest['split']} split, seed {manifest['split_seed']})")
     typer.echo(f"images        {_shape(manifest)} {manifest['dtype']}, values in [0, {manifest['value_range'][1]:g}]"
@@ -106,14 +107,14 @@ def datasets(
     as_json: Annotated[bool, typer.Option("--json", help="Print the manifests as one JSON list.")] = False,
 ) -> None:
     """List ingested datasets: name, version, rows per split, shape, hash, source."""
-    from vae import data
+    from vae.datasets import list_datasets
 
-    found = data.list_datasets()
+    found = list_datasets()
     if as_json:
         typer.echo(json.dumps(found))
         return
     if not found:
-        from vae.config import datasets_dir
+        from vae.paths import datasets_dir
 
         typer.echo(f"no datasets under {datasets_dir()} (add one with `vae ingest SOURCE --name NAME`)")
         return

@@ -10,7 +10,7 @@ import os
 import secrets
 import sys
 
-from vae.config import ray_address
+from vae.paths import ray_address
 
 
 def prepare_local_ray() -> None:

@@ -21,7 +21,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from vae.data import SPLITS, check_pixels, prepare_inputs, read_manifest, split_path
+from vae.datasets import SPLITS, check_pixels, read_manifest, split_path
+from vae.inputs import prepare_inputs
 from vae.errors import DataError
 
 DEFAULT_BATCH_SIZE = 4096

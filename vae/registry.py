@@ -39,7 +39,8 @@ from mlflow.protos.databricks_pb2 import (
 )
 
 import vae
-from vae.config import PipelineConfig, artifacts_uri, tracking_uri
+from vae.config import PipelineConfig
+from vae.paths import artifacts_uri, tracking_uri
 from vae.errors import RegistryError
 from vae.serving import signature as serving_signature
 
@@ -436,7 +437,7 @@ def record_and_register(
     import torch
 
     from vae import plots, scoring
-    from vae.data import load_split, read_manifest
+    from vae.datasets import load_split, read_manifest
     from vae.model import load_checkpoint
 
     uri = uri or tracking_uri()

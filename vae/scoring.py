@@ -17,7 +17,8 @@ import numpy as np
 import torch
 
 from vae.config import EvaluationConfig
-from vae.data import check_pixels, dataset_problem, load_split, prepare_inputs, read_manifest
+from vae.datasets import check_pixels, dataset_problem, load_split, read_manifest
+from vae.inputs import prepare_inputs
 from vae.errors import DataError
 from vae.evaluation import LogLikelihoodEstimate, device_memory_budget, estimate_log_likelihood
 from vae.model import VAE, load_checkpoint, model_from_state
@@ -141,7 +142,7 @@ def resolve_dataset(name_or_path: str, root: Path | None = None) -> str:
     """A dataset directory: a path holding manifest.json, or the newest version of a named dataset."""
     import json
 
-    from vae.config import datasets_dir
+    from vae.paths import datasets_dir
 
     candidate = Path(name_or_path)
     if (candidate / "manifest.json").exists():

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import mlflow.pyfunc
 import numpy as np
@@ -23,6 +24,9 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.types.schema import ParamSchema, ParamSpec
+
+if TYPE_CHECKING:
+    import torch
 
 METHODS = ("encode", "reconstruct", "decode", "score")
 MAX_K = 5000
@@ -74,7 +78,7 @@ class VAEModel(mlflow.pyfunc.PythonModel):
         self.max_value = float(meta["max_value"])
         self.binarize = meta["binarize"]
 
-    def _images(self, model_input, density: bool = False) -> "torch.Tensor":
+    def _images(self, model_input, density: bool = False) -> torch.Tensor:
         """(N, D) or (N, *shape) raw pixels → model inputs (N, D) on the device.
 
         Models trained on thresholded pixels see thresholded requests. Dynamic binarisation is a
@@ -83,7 +87,7 @@ class VAEModel(mlflow.pyfunc.PythonModel):
         """
         import torch
 
-        from vae.data import prepare_inputs
+        from vae.inputs import prepare_inputs
 
         array = self._array(model_input)
         if array.ndim < 2 or math.prod(array.shape[1:]) != self.data_dim:

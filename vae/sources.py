@@ -36,7 +36,7 @@ from typing import BinaryIO
 import numpy as np
 
 import vae
-from vae.config import inside
+from vae.paths import inside
 from vae.errors import DataError, StorageError
 from vae.urls import redact_text, redact_url
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from vae.data import prepare_inputs
+from vae.inputs import prepare_inputs
 from vae.model import VAE
 from vae.objectives import elbo, iwae_bound
 

@@ -26,8 +26,10 @@ import torch
 import torch.distributed as dist
 
 from vae.cluster import ensure_ray
-from vae.config import ModelConfig, PipelineConfig, TrainingConfig, checkpoints_dir, inside
-from vae.data import DatasetRef, prepare_inputs, read_manifest, split_path
+from vae.config import ModelConfig, PipelineConfig, TrainingConfig
+from vae.paths import checkpoints_dir, inside
+from vae.datasets import DatasetRef, read_manifest, split_path
+from vae.inputs import prepare_inputs
 from vae.errors import TrainingDivergedError, VAEError
 from vae.model import CHECKPOINT_FILE, VAE, build_model, load_checkpoint, read_checkpoint_state
 from vae.objectives import elbo

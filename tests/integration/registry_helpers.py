@@ -8,7 +8,8 @@ import torch
 
 from vae import registry
 from vae.config import DatasetConfig, ModelConfig, PipelineConfig, RegistryConfig
-from vae.data import ingest, load_split, read_manifest
+from vae.ingest import ingest
+from vae.datasets import load_split, read_manifest
 from vae.model import CHECKPOINT_FILE, build_model
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from vae.config import checkpoints_dir, tracking_uri
+from vae.paths import checkpoints_dir, tracking_uri
 
 pytestmark = pytest.mark.integration
 

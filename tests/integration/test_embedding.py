@@ -14,7 +14,8 @@ from typer.testing import CliRunner
 
 from registry_helpers import gate_config, register
 from vae.cli import app
-from vae.data import ingest, load_split, read_manifest
+from vae.ingest import ingest
+from vae.datasets import load_split, read_manifest
 
 pytestmark = pytest.mark.integration
 runner = CliRunner()
@@ -131,7 +132,7 @@ def test_dataset_of_the_wrong_shape_is_one_line_and_writes_nothing(registered, t
 def test_embed_flow_embeds_a_new_champion_once(ray_session, prefect_server, registered, tmp_path):
     """The scheduled job 'embed/NAME': the champion's first run writes, the next finds nothing new."""
     from flows.embed import embed_flow
-    from vae.config import embeddings_dir
+    from vae.paths import embeddings_dir
 
     _, dataset, registration = registered
     pipelines = tmp_path / "pipelines.yaml"

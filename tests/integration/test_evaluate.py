@@ -16,7 +16,7 @@ import torch
 from registry_helpers import gate_config, register, save_checkpoint
 from vae import scoring
 from vae.config import DatasetConfig, EvaluationConfig, ModelConfig
-from vae.data import SourceArrays, ingest, write_dataset
+from vae.ingest import SourceArrays, ingest, write_dataset
 
 pytestmark = pytest.mark.integration
 

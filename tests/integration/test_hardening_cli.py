@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from registry_helpers import gate_config, save_checkpoint
 from vae.cli import app
-from vae.data import ingest
+from vae.ingest import ingest
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]

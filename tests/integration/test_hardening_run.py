@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 import signal
 import subprocess
 import sys
@@ -21,7 +20,7 @@ import ray  # noqa: F401  (puts Ray's bundled psutil on sys.path)
 import psutil  # noqa: E402
 from mlflow import MlflowClient
 
-from vae.config import checkpoints_dir, tracking_uri, vae_home
+from vae.paths import checkpoints_dir, tracking_uri, vae_home
 
 pytestmark = pytest.mark.integration
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from ingest_helpers import sorted_rows, tree
 
-from vae.data import load_split
+from vae.datasets import load_split
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 # sha256 over the four files' names, sizes and bytes (vae.sources.hash_tree), and the version it

@@ -10,7 +10,7 @@ import pytest
 from ingest_helpers import Route, loopback_server, write_idx_folder
 
 from flows.ingest import ingest_flow
-from vae.data import read_manifest
+from vae.datasets import read_manifest
 
 pytestmark = pytest.mark.integration
 

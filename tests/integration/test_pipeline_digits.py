@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 
-from vae.config import tracking_uri
-from vae.data import load_split
+from vae.paths import tracking_uri
+from vae.datasets import load_split
 
 pytestmark = pytest.mark.integration
 

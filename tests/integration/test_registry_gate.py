@@ -13,8 +13,9 @@ from mlflow import MlflowClient
 
 from registry_helpers import gate_config, register, save_checkpoint
 from vae import registry
-from vae.config import tracking_uri
-from vae.data import ingest, load_split
+from vae.paths import tracking_uri
+from vae.ingest import ingest
+from vae.datasets import load_split
 from vae.model import build_model
 
 pytestmark = pytest.mark.integration
@@ -137,7 +138,7 @@ def test_a_refused_model_name_is_not_retried_and_logs_nothing(prefect_server, tm
     from prefect import get_client
     from prefect.utilities.asyncutils import run_coro_as_sync
 
-    from vae.data import ingest
+    from vae.ingest import ingest
 
     config = gate_config("vae-refused")
     bad = config.model_copy(update={"registry": config.registry.model_copy(update={"model_name": "bad/name"})})

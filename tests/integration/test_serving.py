@@ -19,8 +19,10 @@ import pytest
 import torch
 
 from registry_helpers import gate_config, register, save_checkpoint
-from vae.config import tracking_uri
-from vae.data import ingest, load_split, prepare_inputs
+from vae.paths import tracking_uri
+from vae.ingest import ingest
+from vae.datasets import load_split
+from vae.inputs import prepare_inputs
 from vae.evaluation import estimate_log_likelihood
 from vae.model import load_checkpoint
 

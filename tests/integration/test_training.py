@@ -19,7 +19,8 @@ import pytest
 
 from vae import training
 from vae.config import DatasetConfig, ModelConfig, PipelineConfig, RegistryConfig, TrainingConfig
-from vae.data import ingest, load_split
+from vae.ingest import ingest
+from vae.datasets import load_split
 
 pytestmark = pytest.mark.integration
 

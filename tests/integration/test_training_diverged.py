@@ -9,8 +9,9 @@ import torch
 from mlflow import MlflowClient
 
 from vae import training
-from vae.config import DatasetConfig, ModelConfig, PipelineConfig, RegistryConfig, TrainingConfig, tracking_uri
-from vae.data import ingest
+from vae.config import DatasetConfig, ModelConfig, PipelineConfig, RegistryConfig, TrainingConfig
+from vae.paths import tracking_uri
+from vae.ingest import ingest
 from vae.errors import TrainingDivergedError
 from vae.model import CHECKPOINT_FILE, build_model
 

@@ -9,7 +9,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from vae.config import DatasetConfig
-from vae.data import SourceArrays, ingest, load_split, read_sklearn_digits, write_dataset
+from vae import sources
+from vae.ingest import SourceArrays, ingest, write_dataset
+from vae.datasets import load_split
 from vae.errors import DataError
 
 DIGITS = DatasetConfig(name="digits", source="sklearn:digits")
@@ -21,13 +23,14 @@ def test_digits_become_three_disjoint_splits_covering_the_source(tmp_path):
     # test = round(1797 * 0.2) = 359; validation = round((1797 - 359) * 0.1) = 144; the rest trains.
     assert manifest["rows"] == {"train": 1294, "validation": 144, "test": 359}
     assert manifest["shape"] == [8, 8] and manifest["value_range"] == [0.0, 16.0]
-    source = read_sklearn_digits()
+    digits = sources.sklearn_digits()
+    images_all, labels_all = next(digits.parts[0].read(digits.rows))  # the source itself, in memory
     rows = []
     for split in ("train", "validation", "test"):
         images, labels = load_split(ref.path, split)
         assert images.shape[1] == 64 and images.dtype == np.uint8
         rows.extend(zip(map(bytes, images), labels.tolist()))
-    expected = list(zip(map(bytes, source.images.reshape(-1, 64)), source.labels.tolist()))
+    expected = list(zip(map(bytes, images_all.reshape(-1, 64)), labels_all.tolist()))
     assert sorted(rows) == sorted(expected)
     schema = pq.read_schema(f"{ref.path}/train.parquet")
     assert str(schema.field("image").type) == "fixed_size_list<element: uint8>[64]"

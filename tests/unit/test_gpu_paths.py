@@ -16,7 +16,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from vae.config import EvaluationConfig, ModelConfig
-from vae.data import prepare_inputs
+from vae.inputs import prepare_inputs
 from vae.evaluation import NOISE_BLOCK, block_noise, estimate_log_likelihood
 from vae.model import build_model
 from vae.objectives import elbo

@@ -11,9 +11,8 @@ from prefect.client.schemas.schedules import CronSchedule
 from typer.testing import CliRunner
 
 from vae.cli import app
-from vae.config import (
-    CRON_HELP, artifacts_uri, cron_problem, dataset_dir, inside, load_pipelines, name_problem,
-)
+from vae.config import CRON_HELP, cron_problem, load_pipelines, name_problem
+from vae.paths import artifacts_uri, dataset_dir, inside
 from vae.errors import ConfigError
 
 GOOD = """\

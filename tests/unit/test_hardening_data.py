@@ -20,10 +20,12 @@ from ingest_helpers import Route, loopback_server, tree
 from typer.testing import CliRunner
 
 import vae.cli_data  # noqa: F401 (registers `vae ingest` and `vae datasets`)
-from vae import data
+from vae import ingest as ingestion
+from vae import sources
 from vae.cli import app
 from vae.config import DatasetConfig, PipelineConfig, RegistryConfig
-from vae.data import dataset_problem, ingest, ingest_report, is_ingested, load_split, read_manifest
+from vae.ingest import ingest, ingest_report
+from vae.datasets import dataset_problem, is_ingested, load_split, read_manifest
 from vae.errors import DataError
 from vae.urls import REDACTED, redact_text, redact_url
 
@@ -168,7 +170,7 @@ def test_decompression_bomb_is_one_line_naming_the_file(tmp_path, side, pixels):
 
 def _version_dir(home: Path) -> str:
     config = DatasetConfig(name="d", source="sklearn:digits")
-    return str(home / "datasets" / "d" / data.dataset_version(config, data.sources.sklearn_digits().content_hash))
+    return str(home / "datasets" / "d" / ingestion.dataset_version(config, sources.sklearn_digits().content_hash))
 
 
 def test_disk_full_during_ingest_is_one_line_and_leaves_nothing(tmp_path, monkeypatch):
@@ -277,12 +279,12 @@ def test_content_hash_is_checked_on_request(tmp_path):
     train = Path(ref.path) / "train.parquet"
     good = train.read_bytes()
     manifest = read_manifest(ref.path)
-    assert manifest["files"]["train.parquet"]["sha256"] == data.sources.hash_file(train)
+    assert manifest["files"]["train.parquet"]["sha256"] == sources.hash_file(train)
     # Flip one byte of a page (same size, same footer): only the sha256 can tell.
     damaged = bytearray(good)
     damaged[len(good) // 3] ^= 0xFF
     train.write_bytes(bytes(damaged))
-    assert ingest_report(config, root=tmp_path) == (ref, data.UNCHANGED)
+    assert ingest_report(config, root=tmp_path) == (ref, ingestion.UNCHANGED)
     assert dataset_problem(ref.path, content=True) == "train.parquet does not match its sha256 in the manifest"
     assert ingest_report(config, root=tmp_path, verify=True) == (
         ref, "rewritten (train.parquet does not match its sha256 in the manifest)")

@@ -22,7 +22,7 @@ from ingest_helpers import Route, loopback_server, tree, write_idx
 from PIL import Image
 
 from vae.config import DatasetConfig
-from vae.data import ingest
+from vae.ingest import ingest
 from vae.sources import hash_file
 
 REPO = Path(__file__).resolve().parents[2]

@@ -14,9 +14,14 @@ import torch
 from ingest_helpers import Route, loopback_server, sorted_rows, tree, write_idx, write_idx_folder
 from PIL import Image
 
-from vae import data, sources
+from vae import ingest as ingestion
+from vae import sources
+
+
 from vae.config import DatasetConfig
-from vae.data import ingest, ingest_status, load_split, prepare_inputs, read_manifest
+from vae.ingest import ingest, ingest_status
+from vae.datasets import SPLITS, load_split, read_manifest
+from vae.inputs import prepare_inputs
 from vae.errors import DataError
 
 N, SIDE = 40, 6
@@ -26,7 +31,7 @@ LABELS = RNG.integers(0, 5, size=N).astype(np.int64)  # (N,)
 
 
 def _splits(path) -> dict[str, tuple[np.ndarray, np.ndarray | None]]:
-    return {split: load_split(path, split) for split in data.SPLITS}
+    return {split: load_split(path, split) for split in SPLITS}
 
 
 def _write_csv(path, images, labels, header=True):
@@ -116,10 +121,10 @@ def test_streaming_in_tiny_chunks_writes_the_same_splits(tmp_path, monkeypatch):
     config = DatasetConfig(name="m", source=str(folder), binarize_test_seed=1)
     whole = ingest(config, root=tmp_path / "whole")
     monkeypatch.setattr(sources, "CHUNK_BYTES", SIDE * SIDE * 3)  # 3 rows per chunk
-    monkeypatch.setattr(data, "ROW_GROUP_SIZE", 4)
+    monkeypatch.setattr(ingestion, "ROW_GROUP_SIZE", 4)
     chunked = ingest(config, root=tmp_path / "chunked")
     assert chunked.version == whole.version
-    for split in data.SPLITS:
+    for split in SPLITS:
         for a, b in zip(load_split(whole.path, split), load_split(chunked.path, split)):
             assert np.array_equal(a, b), split
     assert pq.ParquetFile(f"{chunked.path}/train.parquet").num_row_groups == 5  # 20 rows in groups of 4
@@ -189,9 +194,9 @@ def test_same_content_same_version_new_content_new_version(tmp_path):
     second, written_again = ingest_status(config, root=tmp_path / "out")
     assert written and not written_again and second == first
     assert tree(tmp_path / "out") == before  # not rewritten
-    key = data.cache_key(config, root=tmp_path / "out")
+    key = ingestion.cache_key(config, root=tmp_path / "out")
     np.save(tmp_path / "x.npy", IMAGES[::-1])  # new content
-    assert data.cache_key(config, root=tmp_path / "out") not in (key, None)
+    assert ingestion.cache_key(config, root=tmp_path / "out") not in (key, None)
     third = ingest(config, root=tmp_path / "out")
     assert third.version != first.version
     after = tree(tmp_path / "out")
@@ -212,7 +217,7 @@ def test_url_is_downloaded_verified_and_skipped_when_known(tmp_path):
         assert written and route.requests == 1
         assert (remote.content_hash, remote.version) == (local.content_hash, local.version)
         assert read_manifest(remote.path)["source_uri"] == url
-        for split in data.SPLITS:
+        for split in SPLITS:
             assert np.array_equal(load_split(remote.path, split)[0], load_split(local.path, split)[0])
         assert ingest_status(config, root=tmp_path / "remote") == (remote, False)
         assert route.requests == 1  # the version named by the sha256 exists: no download

@@ -1,4 +1,4 @@
-"""Dataset sources → versioned, validated Parquet splits with a manifest; readers for training.
+"""Ingestion: dataset sources → versioned, validated Parquet splits with a manifest (the writer).
 
 Layout: $VAE_HOME/datasets/<name>/<version>/{train,validation,test}.parquet + manifest.json,
 where <version> is the first 12 hex digits of a hash of the source's content hash and the
@@ -7,7 +7,7 @@ version directory appears only complete (written to a temporary directory, then 
 failed ingestion leaves nothing behind. The manifest lists every file with its rows, bytes and
 sha256, so a damaged version (a split deleted or truncated) is noticed and written again. Sources
 are converted in chunks (vae.sources), so peak memory is bounded by the chunk size, not the
-source's size.
+source's size. Reading the store is vae.datasets.
 """
 
 from __future__ import annotations
@@ -15,11 +15,10 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-import math
 import os
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -28,29 +27,17 @@ import pyarrow.parquet as pq
 
 import vae
 from vae import sources
-from vae.config import DatasetConfig, dataset_dir, datasets_dir, inside
-from vae.errors import ConfigError, DataError, StorageError
+from vae.config import DatasetConfig
+from vae.paths import dataset_dir, datasets_dir
+from vae.errors import DataError, StorageError
 from vae.sources import DOWNLOAD_TIMEOUT, Source
+from vae.datasets import SPLITS, DatasetRef, dataset_problem
 from vae.urls import redact_url
 
-SPLITS = ("train", "validation", "test")
 ROW_GROUP_SIZE = 1024  # rows per row group: several per split, so Ray Data can shard them across workers
 ROW_GROUP_BYTES = 16 * 2**20  # ...fewer rows for large images, so a buffered group stays small
 TRAIN, VALIDATION, TEST = 0, 1, 2
 DEFAULT_VALIDATION_FRACTION = 0.1
-
-
-@dataclass(frozen=True)
-class DatasetRef:
-    """What ingestion hands to the next stage: where the dataset is and what it contains."""
-
-    name: str
-    version: str
-    path: str
-    content_hash: str
-
-    def to_dict(self) -> dict[str, str]:
-        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -62,13 +49,6 @@ class SourceArrays:
     source_uri: str
     content_hash: str
     max_value: float
-
-
-def read_sklearn_digits() -> SourceArrays:
-    """sklearn's bundled digits: 1797 8x8 images, pixel values 0..16."""
-    source = sources.sklearn_digits()
-    images, labels = next(source.parts[0].read(source.rows))
-    return SourceArrays(images, labels, source.uri, source.content_hash, 16.0)
 
 
 def validate_images(images: np.ndarray, source: str, max_value: float) -> None:
@@ -101,44 +81,6 @@ def dataset_version(config: DatasetConfig, content_hash: str) -> str:
 def _ref(config: DatasetConfig, content_hash: str, root: Path) -> DatasetRef:
     version = dataset_version(config, content_hash)
     return DatasetRef(config.name, version, str(dataset_dir(config.name, version, root)), content_hash)
-
-
-def dataset_problem(dataset_path: str | Path, *, content: bool = False) -> str | None:
-    """Why the version at this path is not complete, or None: every file its manifest lists is there
-    with its rows and size (and, with `content`, its sha256). Manifests from before the file list
-    are checked against their row counts."""
-    path = Path(dataset_path)
-    try:
-        manifest = json.loads((path / "manifest.json").read_text())
-    except FileNotFoundError:
-        return "manifest.json is missing"
-    except (OSError, ValueError) as exc:
-        return f"manifest.json is unreadable ({exc.__class__.__name__})"
-    if not isinstance(manifest, dict) or not isinstance(manifest.get("rows"), dict):
-        return "manifest.json has no row counts"
-    files = manifest.get("files") or {f"{split}.parquet": {"rows": manifest["rows"].get(split)} for split in SPLITS}
-    for name, expected in files.items():
-        try:
-            file = inside(path, name)
-        except ConfigError:
-            return f"manifest.json lists {name!r}, outside the version"
-        try:
-            size = file.stat().st_size
-        except FileNotFoundError:
-            return f"{name} is missing"
-        except OSError as exc:
-            return f"{name} is unreadable ({exc.strerror})"
-        if expected.get("bytes") is not None and size != expected["bytes"]:
-            return f"{name} has {size} bytes (the manifest says {expected['bytes']})"
-        try:
-            rows = pq.ParquetFile(file).metadata.num_rows
-        except (OSError, pa.ArrowException) as exc:
-            return f"{name} is unreadable ({str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__})"
-        if expected.get("rows") is not None and rows != expected["rows"]:
-            return f"{name} has {rows} rows (the manifest says {expected['rows']})"
-        if content and expected.get("sha256") and sources.hash_file(file) != expected["sha256"]:
-            return f"{name} does not match its sha256 in the manifest"
-    return None
 
 
 def _complete(ref: DatasetRef) -> bool:
@@ -507,11 +449,6 @@ def cache_key(config: DatasetConfig, root: Path | None = None) -> str | None:
     return f"vae-ingest-{hashlib.sha256(_ref(config, digest, root).path.encode()).hexdigest()[:32]}"
 
 
-def is_ingested(dataset_path: str | Path) -> bool:
-    """Whether a complete dataset version is at this path: every file of its manifest, with its rows."""
-    return dataset_problem(dataset_path) is None
-
-
 def write_dataset(source: SourceArrays, config: DatasetConfig, root: Path | None = None) -> DatasetRef:
     """Write (or reuse) the dataset version for in-memory arrays."""
     validate_images(source.images, source.source_uri, source.max_value)
@@ -523,86 +460,3 @@ def write_dataset(source: SourceArrays, config: DatasetConfig, root: Path | None
     streamed = sources.from_arrays(source.images, source.labels, source.source_uri, source.content_hash,
                                    source.max_value)
     return _write(streamed, config, Path(root) if root else datasets_dir())[0]
-
-
-def list_datasets(root: Path | None = None) -> list[dict]:
-    """Every ingested version's manifest (plus its path, and 'damaged': why, if incomplete), by name and time."""
-    root = Path(root) if root else datasets_dir()
-    found = []
-    for manifest in sorted(root.glob("*/*/manifest.json")) if root.is_dir() else []:
-        if manifest.parent.name.startswith(".") or manifest.parent.parent.name.startswith("."):
-            continue
-        try:
-            entry = json.loads(manifest.read_text())
-        except (OSError, json.JSONDecodeError):
-            entry = {"name": manifest.parent.parent.name, "version": manifest.parent.name, "error": "corrupt manifest"}
-        if "error" not in entry:
-            problem = dataset_problem(manifest.parent)
-            if isinstance(entry.get("source_uri"), str):  # manifests written before redaction may hold secrets
-                entry["source_uri"] = redact_url(entry["source_uri"])
-            if problem:
-                entry["damaged"] = problem
-        found.append({**entry, "path": str(manifest.parent)})
-    return sorted(found, key=lambda m: (m.get("name", ""), m.get("created_at", "")))
-
-
-# ---------------------------------------------------------------------------------------------
-# Readers.
-
-
-def read_manifest(dataset_path: str | Path) -> dict:
-    path = Path(dataset_path) / "manifest.json"
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise DataError(f"{path}: dataset manifest not found (expected an ingested dataset directory)") from None
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{path}: corrupt manifest: {exc.msg} at line {exc.lineno}") from None
-
-
-def check_pixels(dataset_path: str | Path, manifest: dict, data_dim: int, hint: str = "") -> None:
-    """A dataset whose images have another number of pixels than the model is one line naming both."""
-    pixels = int(math.prod(manifest["shape"]))
-    if pixels != int(data_dim):
-        shape = "x".join(str(s) for s in manifest["shape"])
-        raise DataError(f"{dataset_path}: images are {shape} ({pixels} pixels) but the model expects "
-                        f"{data_dim} pixels per image{hint}")
-
-
-def split_path(dataset_path: str | Path, split: str) -> str:
-    return str(Path(dataset_path) / f"{split}.parquet")
-
-
-def load_split(dataset_path: str | Path, split: str) -> tuple[np.ndarray, np.ndarray | None]:
-    """A whole split in memory: images (N, D) in their stored dtype and labels (N,) or None."""
-    path = split_path(dataset_path, split)
-    try:
-        table = pq.read_table(path)
-    except (OSError, pa.ArrowInvalid) as exc:
-        raise DataError(f"{path}: cannot read split '{split}': {exc}") from None
-    column = table.column("image").combine_chunks()
-    width = column.type.list_size
-    images = column.flatten().to_numpy(zero_copy_only=False).reshape(-1, width)
-    labels = table.column("label").to_numpy() if "label" in table.column_names else None
-    return images, labels
-
-
-def prepare_inputs(
-    images,
-    max_value: float,
-    binarize: str,
-    generator=None,
-):
-    """Stored pixels → model inputs x: scale to [0, 1], then binarise as configured.
-
-    images: (B, D) integer or float tensor → (B, D) float32. 'threshold': x > 1/2;
-    'dynamic': x ~ Bernoulli(pixel / max_value), a fresh draw per call; 'none': continuous.
-    """
-    import torch
-
-    x = images.to(torch.float32) / float(max_value)  # (B, D) in [0, 1]
-    if binarize == "threshold":
-        return (x > 0.5).to(torch.float32)
-    if binarize == "dynamic":
-        return torch.bernoulli(x, generator=generator)
-    return x
