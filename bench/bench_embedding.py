@@ -25,7 +25,7 @@ from vae.config import DatasetConfig, ModelConfig
 from vae.ingest import ingest
 from vae.datasets import SPLITS, load_split
 from vae.model import build_model
-from vae.scoring import resolve_dataset
+from vae.evaluation import resolve_dataset
 
 
 def tiled_dataset(source: str, repeat: int, root: Path) -> str:

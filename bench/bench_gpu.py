@@ -117,7 +117,7 @@ def ray_train(dataset: DatasetRef, batch: int, epochs: int, use_gpu: bool, stora
 def evaluation_seconds(checkpoint: str | None, dataset: DatasetRef, k: int, images: int, device: torch.device) -> dict:
     """Seconds to estimate log p(x) of `images` test images at k, fp32 and TF32 (noise included)."""
     from vae.model import load_checkpoint
-    from vae.scoring import estimate_on_device, load_inputs
+    from vae.evaluation import estimate_on_device, load_inputs
 
     model = load_checkpoint(checkpoint)[0] if checkpoint else build_model(BURDA, 784)
     x, _ = load_inputs(dataset.path, "test", model.data_dim, "dynamic", 0)
@@ -140,7 +140,7 @@ def short_training(source: str, root: Path, minutes: float, k: int, storage: Pat
     """fashion-mnist-gpu from pipelines.yaml, trained for `minutes`, evaluated at k on all test images."""
     from vae import training as vae_training
     from vae.config import load_pipeline
-    from vae.scoring import score_checkpoint
+    from vae.evaluation import score_checkpoint
 
     settings = load_pipeline("fashion-mnist-gpu", pipelines)
     dataset = fashion_dataset(source, root)

@@ -25,7 +25,7 @@ from vae.datasets import DatasetRef, load_split, read_manifest
 from vae.inputs import prepare_inputs
 from vae.model import build_model
 from vae.objectives import elbo
-from vae.scoring import resolve_dataset
+from vae.evaluation import resolve_dataset
 
 
 def plain_loop(images: np.ndarray, max_value: float, model_config: ModelConfig, batch: int, epochs: int) -> float:

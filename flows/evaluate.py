@@ -7,7 +7,7 @@ from pathlib import Path
 from prefect import flow, task
 
 from flows.results import cached
-from vae import config, scoring
+from vae import config, evaluation
 
 
 def evaluation_key(context, parameters: dict) -> str:
@@ -20,8 +20,8 @@ def evaluation_key(context, parameters: dict) -> str:
 
 @task(name="estimate-log-likelihood", **cached(evaluation_key))
 def evaluate_task(checkpoint: str, dataset_path: str, settings: config.PipelineConfig) -> dict:
-    scored = scoring.score_checkpoint(checkpoint, dataset_path, settings.evaluation, settings.dataset.binarize)
-    per_example = scoring.write_per_example(scored, f"{checkpoint}/evaluation-{scored.summary['split']}.parquet")
+    scored = evaluation.score_checkpoint(checkpoint, dataset_path, settings.evaluation, settings.dataset.binarize)
+    per_example = evaluation.write_per_example(scored, f"{checkpoint}/evaluation-{scored.summary['split']}.parquet")
     return {**scored.summary, "per_example": str(per_example)}
 
 

@@ -3,7 +3,7 @@
 from prefect import flow, task
 from prefect.tasks import exponential_backoff
 
-from vae import config, registry
+from vae import config, registration, registry
 
 
 # Registry calls are I/O: retried with backoff. Registering is idempotent per MLflow run, so a
@@ -17,7 +17,7 @@ def _transient_registry_failure(task, task_run, state) -> bool:
       retry_condition_fn=_transient_registry_failure)
 def register_task(settings: config.PipelineConfig, run_id: str, checkpoint: str, evaluation: dict,
                   dataset: dict[str, str], history: list[dict]) -> dict:
-    return registry.record_and_register(settings, run_id, checkpoint, evaluation, dataset, history).to_dict()
+    return registration.register_run(settings, run_id, checkpoint, evaluation, dataset, history).to_dict()
 
 
 @flow(name="register")

@@ -249,7 +249,7 @@ def embed(
     """
     from vae import registry
     from vae.model import CHECKPOINT_FILE, read_checkpoint_state
-    from vae.scoring import resolve_dataset
+    from vae.evaluation import resolve_dataset
 
     check_output(out, bool(options.get("overwrite")))  # before any download or Ray start
     dataset_path = resolve_dataset(dataset)

@@ -1,278 +1,180 @@
-"""Importance-sampled log p(x) with a standard error: pure torch, no framework imports.
+"""Score a model on a dataset split: load, prepare inputs, estimate log p(x) locally or across Ray.
 
-log p(x) ~= log 1/k sum_{i=1..k} p(x|z_i) p(z_i) / q(z_i|x),   z_i ~ q(z|x)
-
-(Burda, Grosse & Salakhutdinov 2016, Eq. 8 with the trained encoder as proposal; the estimate is
-a lower bound in expectation that tightens to log p(x) as k grows.) Each image is encoded once;
-the k latents are decoded in chunks so memory stays bounded, and log-weights are combined in
-float64 with a running logsumexp. The noise for example n is drawn on the model's device from
-the generator of its fixed block of examples, seeded by (seed, n // 64), so results do not
-depend on batch or chunk sizes, nor on how a test set is split across workers.
+Glue between the pure estimators (vae.estimators), the stored data (vae.data) and Ray tasks.
+Every example draws its noise from its own seeded stream, so splitting the set across workers
+gives the same numbers as one process.
 """
 
 from __future__ import annotations
 
-import contextlib
-import math
+import os
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 
-from vae.model import VAE
+from vae.config import EvaluationConfig
+from vae.datasets import check_pixels, dataset_problem, load_split, read_manifest
+from vae.inputs import prepare_inputs
+from vae.errors import DataError
+from vae.estimators import LogLikelihoodEstimate, device_memory_budget, estimate_log_likelihood
+from vae.model import VAE, load_checkpoint, model_from_state
 
 
 @dataclass(frozen=True)
-class LogLikelihoodEstimate:
-    """Per-example estimates (N,) and their summary over the examples."""
+class Scored:
+    """The summary a user reads and the per-example estimate behind it."""
 
-    log_px: torch.Tensor  # (N,) float64, log p̂(x) in nats
-    elbo: torch.Tensor  # (N,) float64, mean of the k log-weights: a Monte Carlo ELBO
-    ess: torch.Tensor  # (N,) float64, effective sample size (sum w)^2 / sum w^2, in [1, k]
-    k: int
-
-    @property
-    def n(self) -> int:
-        return int(self.log_px.numel())
-
-    @property
-    def mean_log_px(self) -> float:
-        return float(self.log_px.mean())
-
-    @property
-    def stderr(self) -> float:
-        """Standard error of the mean of log p̂(x) over the examples."""
-        if self.n < 2:
-            return float("nan")
-        return float(self.log_px.std(unbiased=True) / math.sqrt(self.n))
-
-    @property
-    def nll(self) -> float:
-        return -self.mean_log_px
-
-    def summary(self, data_dim: int) -> dict[str, float | int]:
-        """The numbers a user reads: NLL ± s.e. (nats), bits/dim, ELBO, ELBO gap, ESS."""
-        return {
-            "nll": self.nll,
-            "nll_stderr": self.stderr,
-            "bits_per_dim": self.nll / (data_dim * math.log(2.0)),
-            "elbo": float(self.elbo.mean()),
-            # log p̂(x) - ELBO estimates KL(q(z|x) || p(z|x)).
-            "elbo_gap": float((self.log_px - self.elbo).mean()),
-            "ess": float(self.ess.mean()),
-            "k": self.k,
-            "n": self.n,
-        }
+    summary: dict[str, Any]
+    estimate: LogLikelihoodEstimate
+    labels: np.ndarray | None
 
 
-CACHE_ROWS = 2048  # CPU: decoder rows per call, large enough for fast matmuls, small enough to stay in cache
-DEVICE_ROWS = 2**20  # GPU: ~1M decoder rows per call keeps the GEMMs large (issue 11: 25 TFLOP/s on an H200)
-NOISE_BLOCK = 64  # examples per noise block: example n's noise is row n % 64 of block n // 64's draw
+def load_inputs(dataset_path: str, split: str, data_dim: int, binarize: str, seed: int) -> tuple[torch.Tensor, Any]:
+    """A split as model inputs (N, D); shape mismatches and empty splits are one-line errors."""
+    manifest = read_manifest(dataset_path)
+    images, labels = load_split(dataset_path, split)
+    if images.shape[0] == 0:
+        raise DataError(f"{dataset_path}: split '{split}' is empty (expected at least one image)")
+    check_pixels(dataset_path, manifest, data_dim)
+    # Dynamic binarisation is evaluated on one fixed draw, so NLLs are comparable across runs.
+    generator = torch.Generator().manual_seed(seed)
+    x = prepare_inputs(torch.from_numpy(np.array(images)), manifest["value_range"][1], binarize, generator=generator)
+    return x, labels
 
 
-def chunk_size_for(k: int, batch: int, width: int, max_memory_bytes: int, rows: int = CACHE_ROWS) -> int:
-    """Latent samples per decoder call: about `rows` rows, and K_chunk * B * width floats in budget."""
-    per_sample = max(1, batch * width * 4 * 3)  # activations, output and log-weight temporaries
-    return int(max(1, min(k, max_memory_bytes // per_sample, max(1, rows // batch))))
+def evaluation_device(config: EvaluationConfig) -> torch.device:
+    """The GPU when asked for and present, else the CPU."""
+    return torch.device("cuda") if config.use_gpu and torch.cuda.is_available() else torch.device("cpu")
 
 
-def device_memory_budget(device: torch.device, default: int, fraction: float = 0.5) -> int:
-    """Bytes the estimator may use: a share of the GPU's free memory, or `default` elsewhere."""
-    if device.type != "cuda":
-        return default
-    free, _ = torch.cuda.mem_get_info(device)
-    return int(free * fraction)
-
-
-def block_noise(k: int, latent_dim: int, first: int, count: int, seed: int,
-                device: torch.device | str = "cpu") -> torch.Tensor:
-    """eps ~ N(0, I) for examples first..first+count-1, drawn on `device`: (K, B, L).
-
-    Examples come in fixed blocks of NOISE_BLOCK, each block drawn from a generator seeded by
-    (seed, block): an example's noise depends only on its global index, never on batch sizes or on
-    how the examples are split across workers. (The draw differs between CPU and CUDA generators.)
-    """
-    first_block, last_block = first // NOISE_BLOCK, (first + count - 1) // NOISE_BLOCK
-    generator = torch.Generator(device=device)
-    parts = []
-    for block in range(first_block, last_block + 1):
-        generator.manual_seed((seed * 0x9E3779B1 + block) % 2**63)
-        parts.append(torch.randn((k, NOISE_BLOCK, latent_dim), generator=generator, device=device))  # (K, 64, L)
-    offset = first - first_block * NOISE_BLOCK
-    noise = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)  # (K, blocks * 64, L)
-    return noise[:, offset : offset + count]  # (K, B, L)
-
-
-def _aligned_batches(first_index: int, n: int, batch_size: int):
-    """(lo, hi) row ranges of at most batch_size rows whose global edges fall on block boundaries."""
-    step = max(NOISE_BLOCK, batch_size - batch_size % NOISE_BLOCK) if batch_size >= NOISE_BLOCK else batch_size
-    lo = 0
-    while lo < n:
-        hi = min(n, lo + step - (first_index + lo) % step) if step % NOISE_BLOCK == 0 else min(n, lo + step)
-        yield lo, hi
-        lo = hi
-
-
-@contextlib.contextmanager
-def matmul_precision(tf32: bool):
-    """TF32 float32 matmuls on the GPU only when asked: it is faster and it changes the numbers."""
-    previous = torch.get_float32_matmul_precision()
-    torch.set_float32_matmul_precision("high" if tf32 else "highest")
-    try:
-        yield
-    finally:
-        torch.set_float32_matmul_precision(previous)
-
-
-@torch.no_grad()
-def estimate_log_likelihood(
-    model: VAE,
-    x: torch.Tensor,
-    k: int,
-    *,
-    batch_size: int | None = 128,
-    chunk_size: int | None = None,
-    max_memory_bytes: int = 256 * 2**20,
-    seed: int = 0,
-    first_index: int = 0,
-    tf32: bool = False,
-) -> LogLikelihoodEstimate:
-    """Estimate log p(x) per example with k importance samples from q(z|x), on x's device.
-
-    x: (N, D); row n uses the noise of global example `first_index + n` (see `block_noise`).
-    batch_size None: as many images per batch as the memory budget allows (the GPU setting).
-    Returns per-example log p̂(x), Monte Carlo ELBO and ESS, all (N,) float64, on the CPU.
-    """
-    if k < 1:
-        raise ValueError(f"k must be >= 1, got {k}")
-    model.eval()
-    widest = max([model.data_dim, *model.config.hidden])
-    rows = DEVICE_ROWS if x.device.type == "cuda" else CACHE_ROWS
-    # The noise for a batch is K * B * L floats: keep it within half the budget.
-    fits = max(1, max_memory_bytes // 2 // (k * model.latent_dim * 4))
-    batch_size = max(1, min(batch_size or x.shape[0], fits))
-    log_px, elbos, ess = [], [], []
-    with matmul_precision(tf32):
-        for lo, hi in _aligned_batches(first_index, x.shape[0], batch_size):
-            xb = x[lo:hi]  # (B, D)
-            mean, logvar = model.encode(xb)  # (B, L): once per image, never per sample
-            eps = block_noise(k, mean.shape[-1], first_index + lo, xb.shape[0], seed, xb.device).to(mean)  # (K, B, L)
-            x_projected = model.project_inputs(xb) if model.config.likelihood == "bernoulli" else None
-            # log q(z|x) - log p(z) depends on z only through eps and z^2 (Gaussian constants cancel):
-            # log w = log p(x|z) - 1/2 |z|^2 + 1/2 |eps|^2 + 1/2 sum logvar.
-            half_log_det = 0.5 * logvar.sum(-1)  # (B,)
-            chunk = chunk_size or chunk_size_for(k, xb.shape[0], widest, max_memory_bytes // 2, rows)
-            lse = torch.full((xb.shape[0],), -math.inf, dtype=torch.float64, device=xb.device)  # (B,)
-            lse2 = lse.clone()  # logsumexp of 2 log w, for the ESS
-            total = torch.zeros_like(lse)  # sum of log w, for the ELBO
-            for done in range(0, k, chunk):
-                kc = min(chunk, k - done)
-                e = eps[done : done + kc]  # (Kc, B, L)
-                z = torch.addcmul(mean, torch.exp(0.5 * logvar), e)  # (Kc, B, L)
-                log_w = (
-                    model.log_likelihood(xb, z, x_projected)  # (Kc, B)
-                    - 0.5 * (z * z).sum(-1) + 0.5 * (e * e).sum(-1) + half_log_det
-                ).double()
-                lse = torch.logaddexp(lse, torch.logsumexp(log_w, dim=0))
-                lse2 = torch.logaddexp(lse2, torch.logsumexp(2.0 * log_w, dim=0))
-                total += log_w.sum(0)
-            log_px.append(lse - math.log(k))  # log 1/k sum w
-            elbos.append(total / k)
-            ess.append(torch.exp(2.0 * lse - lse2))  # (sum w)^2 / sum w^2
-    return LogLikelihoodEstimate(
-        log_px=torch.cat(log_px).cpu(), elbo=torch.cat(elbos).cpu(), ess=torch.cat(ess).cpu(), k=k
+def estimate_on_device(model: VAE, x: torch.Tensor, config: EvaluationConfig, first_index: int = 0,
+                       device: torch.device | None = None) -> LogLikelihoodEstimate:
+    """Estimate on `device`: on a GPU the batch and decoder chunks are sized from its free memory."""
+    device = device or evaluation_device(config)
+    budget = device_memory_budget(device, config.max_memory_mb * 2**20)
+    return estimate_log_likelihood(
+        model.to(device), x.to(device), config.k, batch_size=None if device.type == "cuda" else config.batch_size,
+        max_memory_bytes=budget, seed=config.seed, first_index=first_index, tf32=config.tf32 and device.type == "cuda",
     )
 
 
-# ---------------------------------------------------------------------------------------------
-# Annealed importance sampling (Neal 2001) with HMC transitions: an independent cross-check of
-# the IS estimate, as in Wu, Burda, Salakhutdinov & Grosse (2017) for decoder-based models.
+def _estimate_shard(state: dict[str, Any], x: torch.Tensor, config: EvaluationConfig, first_index: int):
+    """Runs in a Ray task: rebuild the model, estimate one contiguous shard."""
+    estimate = estimate_on_device(model_from_state(state), x, config, first_index)
+    return estimate.log_px, estimate.elbo, estimate.ess
 
 
-@dataclass(frozen=True)
-class AISEstimate:
-    """Per-example AIS estimates (N,) with the per-example standard error of log p̂(x)."""
+def estimate_across_workers(model: VAE, state: dict[str, Any], x: torch.Tensor, config: EvaluationConfig
+                            ) -> LogLikelihoodEstimate:
+    """Split x into contiguous shards, one Ray task each (a GPU each when asked), and concatenate in order."""
+    import ray
 
-    log_px: torch.Tensor  # (N,) float64
-    log_px_stderr: torch.Tensor  # (N,) float64, delta-method s.e. of log mean w over the chains
-    acceptance: float  # mean HMC acceptance rate over all transitions
-    chains: int
-    steps: int
+    from vae.cluster import ensure_ray
 
-    @property
-    def mean_log_px(self) -> float:
-        return float(self.log_px.mean())
+    ensure_ray(config.workers)
+    gpus = 1 if config.use_gpu and ray.cluster_resources().get("GPU", 0) > 0 else 0
+    remote = ray.remote(num_cpus=1, num_gpus=gpus)(_estimate_shard)
+    state_ref = ray.put({"model": model.state_dict(), "model_config": state["model_config"],
+                         "data_dim": state["data_dim"], "image_shape": state.get("image_shape")})
+    bounds = np.linspace(0, x.shape[0], config.workers + 1).astype(int)
+    futures = [
+        remote.remote(state_ref, x[lo:hi], config, int(lo))
+        for lo, hi in zip(bounds[:-1], bounds[1:]) if hi > lo
+    ]
+    parts = ray.get(futures)
+    return LogLikelihoodEstimate(
+        log_px=torch.cat([p[0] for p in parts]), elbo=torch.cat([p[1] for p in parts]),
+        ess=torch.cat([p[2] for p in parts]), k=config.k,
+    )
 
 
-def sigmoid_schedule(steps: int, rad: float = 4.0) -> torch.Tensor:
-    """Inverse temperatures 0 = b_0 < ... < b_T = 1, dense near both ends (Grosse et al. 2015)."""
-    s = torch.sigmoid(torch.linspace(-rad, rad, steps + 1, dtype=torch.float64))
-    return (s - s[0]) / (s[-1] - s[0])  # (T+1,)
+def score_checkpoint(
+    checkpoint_dir: str | Path, dataset_path: str, config: EvaluationConfig, binarize: str
+) -> Scored:
+    """Estimate log p(x) on the configured split with k importance samples per image."""
+    if config.k < 1:
+        raise DataError(f"k = {config.k}: expected k >= 1 importance samples")
+    model, state = load_checkpoint(checkpoint_dir)
+    x, labels = load_inputs(dataset_path, config.split, model.data_dim, binarize, config.seed)
+    if config.workers > 1:
+        estimate = estimate_across_workers(model, state, x, config)
+        device = "ray"
+    else:
+        device = evaluation_device(config)
+        estimate = estimate_on_device(model, x, config, device=device)
+    summary = {**estimate.summary(model.data_dim), "split": config.split,
+               "device": torch.cuda.get_device_name(device) if str(device).startswith("cuda") else str(device)}
+    return Scored(summary=summary, estimate=estimate, labels=labels)
 
 
-def annealed_importance_sampling(
-    model: VAE,
-    x: torch.Tensor,
-    *,
-    steps: int = 500,
-    chains: int = 16,
-    leapfrog_steps: int = 10,
-    step_size: float = 0.05,
-    target_acceptance: float = 0.65,
-    seed: int = 0,
-) -> AISEstimate:
-    """log p(x) by AIS from the prior p(z) to the posterior along f_t(z) = p(z) p(x|z)^b_t.
+def write_per_example(scored: Scored, path: str | Path) -> Path:
+    """Per-example log p̂(x), ELBO and ESS as Parquet, written to a temporary file then renamed."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
 
-    log w = sum_t (b_t - b_{t-1}) log p(x | z_{t-1}),  z_t ~ HMC leaving f_t invariant  (Neal 2001, Eq. 3)
-    p̂(x) = mean over chains of w, an unbiased estimate of p(x). x: (N, D) → (N,)
-    """
-    model.eval()
-    generator = torch.Generator(device=x.device).manual_seed(seed)
-    n, latent = x.shape[0], model.latent_dim
-    betas = sigmoid_schedule(steps).tolist()
-    z = torch.randn((chains, n, latent), generator=generator, device=x.device)  # (C, N, L) ~ p(z)
-    log_w = torch.zeros((chains, n), dtype=torch.float64, device=x.device)  # (C, N)
-    eps = torch.full((1, n, 1), step_size, device=x.device)  # per-example step size, adapted
-    accepted = 0.0
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    columns = {
+        "row": pa.array(np.arange(scored.estimate.n), type=pa.int64()),
+        "log_px": pa.array(scored.estimate.log_px.numpy()),
+        "elbo": pa.array(scored.estimate.elbo.numpy()),
+        "ess": pa.array(scored.estimate.ess.numpy()),
+    }
+    if scored.labels is not None:
+        columns["label"] = pa.array(np.asarray(scored.labels), type=pa.int64())
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
+    os.close(handle)
+    try:
+        pq.write_table(pa.table(columns), temporary)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return path
 
-    def log_lik(z_: torch.Tensor) -> torch.Tensor:
-        return model.log_likelihood(x, z_)  # (C, N)
 
-    def energy_and_grad(z_: torch.Tensor, beta: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """U(z) = -log f_b(z) and its gradient. (C, N, L) → (C, N), (C, N, L)"""
-        with torch.enable_grad():
-            z_ = z_.detach().requires_grad_(True)
-            energy = 0.5 * (z_**2).sum(-1) - beta * log_lik(z_)  # (C, N)
-            (grad,) = torch.autograd.grad(energy.sum(), z_)
-        return energy.detach(), grad
 
-    with torch.no_grad():
-        current_ll = log_lik(z)
-    for t in range(1, steps + 1):
-        log_w += (betas[t] - betas[t - 1]) * current_ll.double()
-        beta = betas[t]
-        # One HMC transition leaving f_t invariant: leapfrog, then Metropolis-Hastings.
-        momentum = torch.randn(z.shape, generator=generator, device=x.device)  # (C, N, L)
-        energy, grad = energy_and_grad(z, beta)
-        h_start = energy + 0.5 * (momentum**2).sum(-1)  # (C, N)
-        z_new, p_new = z.clone(), momentum - 0.5 * eps * grad
-        for i in range(leapfrog_steps):
-            z_new = z_new + eps * p_new
-            energy_new, grad_new = energy_and_grad(z_new, beta)
-            if i < leapfrog_steps - 1:
-                p_new = p_new - eps * grad_new
-        p_new = p_new - 0.5 * eps * grad_new
-        h_end = energy_new + 0.5 * (p_new**2).sum(-1)  # (C, N)
-        log_u = torch.log(torch.rand(h_end.shape, generator=generator, device=x.device))
-        accept = (log_u < (h_start - h_end)) & torch.isfinite(h_end)  # (C, N)
-        z = torch.where(accept[..., None], z_new, z)
-        with torch.no_grad():
-            current_ll = log_lik(z)
-        rate = accept.double().mean(0)  # (N,) acceptance over chains
-        accepted += float(rate.mean())
-        # Nudge each example's step size toward the target acceptance (Wu et al. 2017, Sec. 4).
-        eps = eps * torch.where(rate > target_acceptance, 1.02, 0.98).to(eps)[None, :, None]
-    log_px = torch.logsumexp(log_w, 0) - math.log(chains)  # (N,)
-    normalized = torch.exp(log_w - log_w.max(0).values)  # (C, N), max weight = 1
-    # Delta method: s.e.(log mean w) ≈ std(w) / (sqrt(C) mean(w)).
-    stderr = normalized.std(0) / (math.sqrt(chains) * normalized.mean(0))
-    return AISEstimate(log_px.cpu(), stderr.cpu(), accepted / steps, chains, steps)
+def resolve_dataset(name_or_path: str, root: Path | None = None) -> str:
+    """A dataset directory: a path holding manifest.json, or the newest version of a named dataset."""
+    import json
+
+    from vae.paths import datasets_dir
+
+    candidate = Path(name_or_path)
+    if (candidate / "manifest.json").exists():
+        found = candidate
+    else:
+        base = (root or datasets_dir()) / name_or_path
+        versions = sorted(base.glob("*/manifest.json")) if base.is_dir() else []
+        if not versions:
+            raise DataError(f"dataset '{name_or_path}': not found under {base.parent} (run `vae ingest` first, "
+                            "or pass a dataset directory)")
+        found = max(versions, key=lambda m: (json.loads(m.read_text()).get("created_at", ""), m.stat().st_mtime)).parent
+    problem = dataset_problem(found)
+    if problem:
+        raise DataError(f"{found}: damaged dataset version: {problem} (run `vae ingest` again to rewrite it)")
+    return str(found)
+
+
+def ais_cross_check(
+    checkpoint_dir: str | Path, dataset_path: str, config: EvaluationConfig, binarize: str, scored: Scored,
+    images: int, steps: int,
+) -> dict[str, float]:
+    """AIS (HMC) on the first `images` examples against the IS estimates of the same examples."""
+    from vae.estimators import annealed_importance_sampling
+
+    model, _ = load_checkpoint(checkpoint_dir)
+    x, _ = load_inputs(dataset_path, config.split, model.data_dim, binarize, config.seed)
+    n = min(images, x.shape[0])
+    ais = annealed_importance_sampling(model, x[:n], steps=steps, seed=config.seed)
+    difference = ais.log_px - scored.estimate.log_px[:n]
+    return {
+        "n": n, "steps": steps, "ais_log_px": ais.mean_log_px, "is_log_px": float(scored.estimate.log_px[:n].mean()),
+        "difference": float(difference.mean()),
+        "difference_stderr": float(difference.std() / n**0.5) if n > 1 else float("nan"),
+        "hmc_acceptance": ais.acceptance,
+    }

@@ -1,11 +1,11 @@
 """Importance-sampled and annealed-importance-sampled log p(x) for any vae.families model: pure torch.
 
 IS:  log p(x) ~= log 1/k sum_i w_i,  log w_i = model.log_weights(x)_i = log p(x, s_i) - log q(s_i|x)
-     (Burda, Grosse & Salakhutdinov 2016, Eq. 8), noise from vae.evaluation.block_noise so that an
+     (Burda, Grosse & Salakhutdinov 2016, Eq. 8), noise from vae.estimators.block_noise so that an
      example's estimate depends only on (seed, its global index), never on batch or chunk sizes.
 AIS: from p(s) to p(s|x) along f_t(s) = p(s) p(x|s)^b_t with HMC over the full latent state
      (Neal 2001; Wu et al. 2017), using the family's sample_prior, log_prior and log_likelihood_state.
-These generalise vae.evaluation's estimators, which assume p(z) = N(0, I) and one latent layer.
+These generalise the estimators of vae.estimators, which assume p(z) = N(0, I) and one latent layer.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import math
 
 import torch
 
-from vae.evaluation import AISEstimate, LogLikelihoodEstimate, block_noise, sigmoid_schedule
+from vae.estimators import AISEstimate, LogLikelihoodEstimate, block_noise, sigmoid_schedule
 from vae.families import LatentFamily
 
 
@@ -58,7 +58,7 @@ def family_annealed_importance_sampling(
     """log p(x) by AIS from p(s) to p(s|x) along f_t(s) = p(s) p(x|s)^b_t, over the full latent state s.
 
     log w = sum_t (b_t - b_{t-1}) log p(x | s_{t-1}),  s_t ~ HMC leaving f_t invariant  (Neal 2001, Eq. 3)
-    p̂(x) = mean over chains of w. The same transitions as vae.evaluation.annealed_importance_sampling,
+    p̂(x) = mean over chains of w. The same transitions as vae.estimators.annealed_importance_sampling,
     with -log p(s) from the family in place of |z|^2 / 2. x: (N, D) → (N,)
     """
     model.eval()

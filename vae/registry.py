@@ -1,6 +1,6 @@
-"""MLflow: runs, per-epoch metrics, the pyfunc model, registration and the champion gate.
+"""MLflow: runs, metrics, artifacts, model versions, aliases and the champion gate.
 
-The only module that imports MLflow. A pipeline run is one MLflow run; its model version is
+The one home of the MLflow client (vae/serving.py holds the served model class). A pipeline run is one MLflow run; its model version is
 registered under the pipeline's model name with alias `challenger`, and `champion` moves to
 it only when its held-out NLL beats the current champion's by more than the configured margin.
 """
@@ -94,7 +94,7 @@ def _experiment_id(mlflow_client, name: str, local: bool) -> str:
     if experiment is not None:
         return experiment.experiment_id
     try:
-        return mlflow_client.create_experiment(name, artifact_location=f"{artifacts_uri()}/{name}" if local else None)
+        return mlflow_client.create_experiment(name, artifact_location=artifacts_uri(name) if local else None)
     except MlflowException:
         experiment = mlflow_client.get_experiment_by_name(name)
         if experiment is None:
@@ -141,8 +141,18 @@ def log_epoch_metrics(uri: str, run_id: str, metrics: dict[str, float], step: in
     client(uri).log_batch(run_id, metrics=batch)
 
 
-def log_artifact_file(run_id: str, path: str | Path, artifact_path: str | None = None, uri: str | None = None) -> None:
-    client(uri).log_artifact(run_id, str(path), artifact_path)
+def log_metrics(run_id: str, metrics: dict[str, float], uri: str | None = None) -> None:
+    """Scalar metrics at step 0 (the evaluation summary); non-finite values are skipped."""
+    now = int(time.time() * 1000)
+    finite = sorted((k, float(v)) for k, v in metrics.items() if math.isfinite(float(v)))
+    client(uri).log_batch(run_id, metrics=[Metric(k, v, now, 0) for k, v in finite])
+
+
+def log_artifacts(run_id: str, files: list[tuple[str | Path, str]], uri: str | None = None) -> None:
+    """(local file, artifact folder) pairs logged to the run."""
+    mlflow_client = client(uri)
+    for path, folder in files:
+        mlflow_client.log_artifact(run_id, str(path), folder)
 
 
 def end_run(run_id: str, status: str = "FINISHED", uri: str | None = None) -> None:
@@ -413,70 +423,3 @@ def resolve_model_version(model_uri: str, uri: str | None = None) -> tuple[str |
         return name, str(mlflow_client.get_model_version(name, version).version)
     except MlflowException as exc:
         raise RegistryError(f"model '{model_uri}': {str(exc).splitlines()[0]}") from None
-
-
-def load_encoder(model_uri: str, uri: str | None = None):
-    """Load a registered or logged model as a pyfunc; a bad URI or alias is one line."""
-    client(uri)
-    try:
-        return mlflow.pyfunc.load_model(model_uri)
-    except MlflowException as exc:
-        raise RegistryError(f"model '{model_uri}': {str(exc).splitlines()[0]}") from None
-
-
-def record_and_register(
-    config: PipelineConfig,
-    run_id: str,
-    checkpoint_dir: str,
-    evaluation: dict[str, Any],
-    dataset: dict[str, str],
-    history: list[dict[str, float]],
-    uri: str | None = None,
-) -> Registration:
-    """Log the evaluation summary, manifest and plots to the run, then register through the gate."""
-    import torch
-
-    from vae import plots, scoring
-    from vae.datasets import load_split, read_manifest
-    from vae.model import load_checkpoint
-
-    uri = uri or tracking_uri()
-    mlflow_client = client(uri)
-    manifest = read_manifest(dataset["path"])
-    numbers = {f"{evaluation['split']}_{k}": float(v) for k, v in evaluation.items()
-               if isinstance(v, (int, float)) and math.isfinite(v)}
-    now = int(time.time() * 1000)
-    mlflow_client.log_batch(run_id, metrics=[Metric(k, v, now, 0) for k, v in sorted(numbers.items())])
-    images, labels = load_split(dataset["path"], evaluation["split"])
-    with tempfile.TemporaryDirectory() as staging:
-        staged = Path(staging)
-        (staged / "manifest.json").write_text(json.dumps(manifest, indent=2))
-        (staged / "evaluation.json").write_text(json.dumps(evaluation, indent=2))
-        mlflow_client.log_artifact(run_id, str(staged / "manifest.json"), "dataset")
-        mlflow_client.log_artifact(run_id, str(staged / "evaluation.json"), "evaluation")
-        if evaluation.get("per_example") and Path(evaluation["per_example"]).exists():
-            mlflow_client.log_artifact(run_id, evaluation["per_example"], "evaluation")
-        model, _ = load_checkpoint(checkpoint_dir)
-        x, _ = scoring.load_inputs(dataset["path"], evaluation["split"], model.data_dim, config.dataset.binarize,
-                                   config.evaluation.seed)
-        with torch.no_grad():
-            means, _ = model.encode(x)  # (N, L)
-            reconstructions = model.mean_image(means[:16])
-            samples = model.mean_image(torch.randn((64, model.latent_dim), generator=torch.Generator().manual_seed(0)))
-        shape = tuple(manifest["shape"][-2:]) if len(manifest["shape"]) >= 2 else (1, model.data_dim)
-        figures = plots.plot_image_grids(x[:16].numpy(), reconstructions.numpy(), samples.numpy(), shape, staged)
-        figures.append(plots.plot_latent_scatter(means.numpy(), labels, staged / "latent_scatter.png"))
-        if history:
-            figures.append(plots.plot_elbo_curve(history, staged / "elbo_curve.png"))
-        for figure in figures:
-            mlflow_client.log_artifact(run_id, str(figure), "plots")
-
-    def evaluate_champion(model_uri: str) -> float:
-        """The champion's NLL on this run's dataset version, with this run's evaluation settings."""
-        directory, metadata = download_model(model_uri, uri)
-        return scoring.score_checkpoint(directory, dataset["path"], config.evaluation, metadata["binarize"]).summary["nll"]
-
-    registration = register_model(config, run_id, checkpoint_dir, evaluation, dataset, manifest, images[:4],
-                                  uri=uri, evaluate_champion=evaluate_champion)
-    mlflow_client.set_terminated(run_id, "FINISHED")
-    return registration

@@ -116,7 +116,7 @@ class VAEModel(mlflow.pyfunc.PythonModel):
     def predict(self, context, model_input, params=None):
         import torch
 
-        from vae.evaluation import estimate_log_likelihood
+        from vae.estimators import estimate_log_likelihood
 
         params = params or {}
         method = params.get("method", "encode")

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from registry_helpers import gate_config, register, save_checkpoint
-from vae import scoring
+from vae import evaluation
 from vae.config import DatasetConfig, EvaluationConfig, ModelConfig
 from vae.ingest import SourceArrays, ingest, write_dataset
 
@@ -33,8 +33,8 @@ def digits_checkpoint(tmp_path_factory):
 
 def test_ray_split_evaluation_equals_one_process(ray_session, digits_checkpoint):
     dataset = ingest(DatasetConfig(name="digits", source="sklearn:digits")).path
-    one = scoring.score_checkpoint(digits_checkpoint, dataset, EvaluationConfig(k=200, workers=1), "threshold")
-    three = scoring.score_checkpoint(digits_checkpoint, dataset, EvaluationConfig(k=200, workers=3), "threshold")
+    one = evaluation.score_checkpoint(digits_checkpoint, dataset, EvaluationConfig(k=200, workers=1), "threshold")
+    three = evaluation.score_checkpoint(digits_checkpoint, dataset, EvaluationConfig(k=200, workers=3), "threshold")
     assert torch.allclose(one.estimate.log_px, three.estimate.log_px, atol=1e-6, rtol=0)
     assert one.summary["n"] == three.summary["n"] == 359
 

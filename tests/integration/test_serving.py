@@ -23,7 +23,7 @@ from vae.paths import tracking_uri
 from vae.ingest import ingest
 from vae.datasets import load_split
 from vae.inputs import prepare_inputs
-from vae.evaluation import estimate_log_likelihood
+from vae.estimators import estimate_log_likelihood
 from vae.model import load_checkpoint
 
 pytestmark = pytest.mark.integration

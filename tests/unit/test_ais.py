@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from linear_gaussian import bernoulli_1d_exact, make_bernoulli_1d, make_linear_gaussian, mean_and_se
-from vae.evaluation import annealed_importance_sampling, estimate_log_likelihood, sigmoid_schedule
+from vae.estimators import annealed_importance_sampling, estimate_log_likelihood, sigmoid_schedule
 
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from vae.config import ModelConfig
-from vae.evaluation import estimate_log_likelihood
+from vae.estimators import estimate_log_likelihood
 from vae.model import build_model
 
 

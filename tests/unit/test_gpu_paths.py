@@ -17,10 +17,10 @@ import torch.multiprocessing as mp
 
 from vae.config import EvaluationConfig, ModelConfig
 from vae.inputs import prepare_inputs
-from vae.evaluation import NOISE_BLOCK, block_noise, estimate_log_likelihood
+from vae.estimators import NOISE_BLOCK, block_noise, estimate_log_likelihood
 from vae.model import build_model
 from vae.objectives import elbo
-from vae.scoring import estimate_on_device, evaluation_device
+from vae.evaluation import estimate_on_device, evaluation_device
 from vae.stepper import Objective, Stepper, make_optimizer, restore_optimizer
 from vae.training import all_reduce_sums
 

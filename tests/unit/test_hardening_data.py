@@ -19,7 +19,6 @@ import pytest
 from ingest_helpers import Route, loopback_server, tree
 from typer.testing import CliRunner
 
-import vae.cli_data  # noqa: F401 (registers `vae ingest` and `vae datasets`)
 from vae import ingest as ingestion
 from vae import sources
 from vae.cli import app

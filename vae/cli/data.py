@@ -12,7 +12,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from vae.cli import _fail, _quiet_logs, app
+from vae.cli.app import fail, quiet_logs, app
 from vae.errors import VAEError
 from vae.urls import redact_url
 
@@ -38,8 +38,8 @@ def _dataset_config(**fields):
         shown = redact_url(error["input"]) if isinstance(error["input"], str) else error["input"]
         message = error["msg"][0].lower() + error["msg"][1:]
         if message.startswith("value error, "):  # our own validators already say what was expected
-            _fail(f"{option} {shown!r}: {message.removeprefix('value error, ')}")
-        _fail(f"{option} {shown!r}: expected: {message}")
+            fail(f"{option} {shown!r}: {message.removeprefix('value error, ')}")
+        fail(f"{option} {shown!r}: expected: {message}")
 
 
 def _shape(manifest: dict) -> str:
@@ -73,7 +73,7 @@ def ingest(
     A stored version is reused only when every file its manifest lists is there with its rows;
     a damaged one is written again.
     """
-    _quiet_logs(verbose)
+    quiet_logs(verbose)
     config = _dataset_config(
         name=name, source=source, sha256=sha256, split=split, split_seed=seed,
         validation_fraction=validation_fraction, test_fraction=test_fraction, max_value=max_value,
@@ -86,7 +86,7 @@ def ingest(
         ref, status = ingest_report(config, timeout=timeout, verify=verify)
         manifest = read_manifest(ref.path)
     except VAEError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     if as_json:
         typer.echo(json.dumps({**manifest, "path": ref.path}))
         return

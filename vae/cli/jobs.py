@@ -13,7 +13,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from vae.cli import PipelinesFile, check_binarize, _fail, _quiet_logs, app
+from vae.cli.app import PipelinesFile, check_binarize, fail, quiet_logs, app
 from vae.config import DEFAULT_PIPELINES_FILE
 from vae.errors import VAEError
 
@@ -33,11 +33,11 @@ def embed(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show Ray and MLflow logs.")] = False,
 ) -> None:
     """Encode a dataset with a registered model: row id, label, q(z|x) mean and log-variance → Parquet."""
-    _quiet_logs(verbose)
+    quiet_logs(verbose)
     splits = tuple(split or ("train", "validation", "test"))
     unknown = [s for s in splits if s not in ("train", "validation", "test")]
     if unknown:
-        _fail(f"--split {unknown[0]!r}: expected train, validation or test")
+        fail(f"--split {unknown[0]!r}: expected train, validation or test")
     check_binarize(binarize)
     try:
         from vae import embedding
@@ -45,7 +45,7 @@ def embed(
         result = embedding.embed(model, dataset, out, splits=splits, workers=workers, batch_size=batch_size,
                                  use_gpu=gpu, overwrite=overwrite, binarize=binarize)
     except VAEError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     if as_json:
         typer.echo(json.dumps(result.to_dict()))
         return
@@ -68,7 +68,7 @@ def deploy(
 
     The whole file is validated first: a bad entry changes nothing.
     """
-    _quiet_logs(verbose)
+    quiet_logs(verbose)
     try:
         from flows import deployments
 
@@ -80,6 +80,6 @@ def deploy(
             return
         deployments.apply(changes)
     except VAEError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     typer.echo(f"applied: {sum(c.action != 'unchanged' for c in changes)} created or updated, "
                f"{sum(c.action == 'unchanged' for c in changes)} unchanged")

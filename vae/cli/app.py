@@ -1,0 +1,108 @@
+"""The `vae` Typer app and what every command shares: one-line failures, quiet logs, early checks.
+
+Errors of ours are printed as one line (no traceback) with a nonzero exit.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import re
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from vae.paths import quiet_environment
+
+app = typer.Typer(
+    help="Train Variational Autoencoders at scale: ingest → train (Ray) → evaluate log p(x) → register (MLflow).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+PipelinesFile = Annotated[
+    Path, typer.Option("--file", "-f", help="The pipelines file.", show_default=True)
+]
+
+
+def fail(message: str, code: int = 1) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+BINARIZE_MODES = ("threshold", "dynamic", "none")
+
+
+def check_binarize(binarize: str) -> None:
+    if binarize not in BINARIZE_MODES:
+        fail(f"--binarize {binarize!r}: expected threshold, dynamic or none")
+
+
+def check_writable_dir(path: Path, what: str) -> None:
+    """Fail in one line now, not after minutes of work, when `path` cannot hold new files."""
+    import tempfile
+
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".vae-write-check-") as probe:
+            probe.write(b"x")
+            probe.flush()
+            os.fsync(probe.fileno())
+    except OSError as exc:
+        fail(f"{what} {path}: not writable: {exc.strerror or exc}")
+
+
+def check_output_file(path: Path, flag: str) -> None:
+    """An output file path: not a directory, and its folder writable (checked before any work)."""
+    if path.is_dir():
+        fail(f"{flag} {path}: is a directory; expected a file path")
+    check_writable_dir(path.parent, f"{flag} {path}: folder")
+
+
+def quiet_logs(verbose: bool) -> None:
+    """One line per epoch by default; --verbose lets Prefect and Ray speak."""
+    quiet_environment()
+    from vae.cluster import prepare_local_ray
+
+    prepare_local_ray()  # before anything imports Ray
+    if verbose:
+        os.environ["VAE_VERBOSE"] = "1"
+    # Prefect's persisted task results (the cached training of a pipeline) live with the rest of
+    # the state, so a rerun after a crash finds them wherever VAE_HOME is.
+    from vae.paths import vae_home
+
+    os.environ.setdefault("PREFECT_LOCAL_STORAGE_PATH", str(vae_home() / "prefect-results"))
+    level = "INFO" if verbose else "CRITICAL"
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", level)
+    os.environ.setdefault("PREFECT_LOGGING_LOGGERS_PREFECT_FLOW_RUNS_LEVEL", level)
+    os.environ.setdefault("PREFECT_LOGGING_LOGGERS_PREFECT_TASK_RUNS_LEVEL", level)
+    os.environ.setdefault("PREFECT_LOGGING_SERVER_LEVEL", "CRITICAL" if not verbose else "WARNING")
+    if not verbose:
+        os.environ.setdefault("RAY_LOG_TO_STDERR", "0")
+        for name in ("ray", "mlflow", "alembic", "prefect"):
+            logging.getLogger(name).setLevel(logging.ERROR)
+
+
+
+
+ENVIRONMENT_ERRNOS = {errno.EACCES: "permission denied", errno.EROFS: "read-only file system",
+                      errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded"}
+
+
+def environment_error(exc: BaseException) -> str | None:
+    """A full disk or an unwritable folder anywhere in the chain of causes (Ray and Prefect wrap them)."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in ENVIRONMENT_ERRNOS:
+            where = f"{exc.filename}: " if exc.filename else ""
+            return f"{where}{ENVIRONMENT_ERRNOS[exc.errno]}"
+        match = re.search(r"\[Errno (\d+)\] [^:\n]*(?:: '([^'\n]*)')?", str(exc))
+        if match and int(match.group(1)) in ENVIRONMENT_ERRNOS:
+            where = f"{match.group(2)}: " if match.group(2) else ""
+            return f"{where}{ENVIRONMENT_ERRNOS[int(match.group(1))]}"
+        exc = exc.__cause__ or exc.__context__ or getattr(exc, "cause", None)
+    return None

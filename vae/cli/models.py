@@ -1,0 +1,86 @@
+"""`vae evaluate`: held-out log p(x) of a registered model or a checkpoint, with a standard error."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from vae.cli.app import app, check_binarize, check_output_file, fail, quiet_logs
+from vae.errors import VAEError
+
+
+@app.command()
+def evaluate(
+    model: Annotated[str, typer.Argument(help="models:/NAME@ALIAS, models:/NAME/VERSION, runs:/ID/model, or a checkpoint directory.")],
+    dataset: Annotated[str, typer.Option("--dataset", "-d", help="A dataset name (newest version) or directory.")],
+    k: Annotated[int, typer.Option("--k", help="Importance samples per image.")] = 5000,
+    split: Annotated[str, typer.Option(help="Which split: test or validation.")] = "test",
+    max_memory: Annotated[int, typer.Option("--max-memory", help="Memory budget for samples, MiB.")] = 256,
+    workers: Annotated[int, typer.Option(help="Ray tasks to split the images across.")] = 1,
+    seed: Annotated[int, typer.Option(help="Noise seed (per-example streams).")] = 0,
+    gpu: Annotated[bool, typer.Option("--gpu/--cpu", help="Estimate on the GPU when there is one (noise drawn on the device).")] = False,
+    tf32: Annotated[bool, typer.Option("--tf32", help="Let float32 matmuls use TF32 on the GPU (faster; changes the numbers).")] = False,
+    binarize: Annotated[str, typer.Option(help="For a bare checkpoint: threshold, dynamic or none.")] = "threshold",
+    output: Annotated[Optional[Path], typer.Option(help="Per-example Parquet (default: under VAE_HOME/evaluations).")] = None,
+    ais: Annotated[int, typer.Option(help="Cross-check IS with annealed importance sampling on this many images.")] = 0,
+    ais_steps: Annotated[int, typer.Option(help="AIS annealing steps (HMC transitions).")] = 500,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as one JSON object.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show Ray and MLflow logs.")] = False,
+) -> None:
+    """Estimate held-out log p(x) of a model by importance sampling, with a standard error."""
+    quiet_logs(verbose)
+    from vae.config import EvaluationConfig
+    from vae.paths import vae_home
+
+    if k < 1:
+        fail(f"--k {k}: expected k >= 1 importance samples per image")
+    if split not in ("test", "validation"):
+        fail(f"--split {split!r}: expected test or validation (held-out data)")
+    if workers < 1 or max_memory < 1:
+        fail("--workers and --max-memory must be >= 1")
+    check_binarize(binarize)
+    if output is not None:
+        check_output_file(output, "--output")
+    try:
+        from vae import evaluation
+
+        dataset_path = evaluation.resolve_dataset(dataset)
+        if (Path(model) / "checkpoint.pt").exists():
+            checkpoint, mode = Path(model), binarize
+        else:
+            from vae import registry
+
+            checkpoint, metadata = registry.download_model(model)
+            mode = metadata["binarize"]
+        config = EvaluationConfig(k=k, split=split, max_memory_mb=max_memory, workers=workers, seed=seed,
+                                  use_gpu=gpu, tf32=tf32)
+        scored = evaluation.score_checkpoint(checkpoint, dataset_path, config, mode)
+        slug = "".join(c if c.isalnum() or c in "-_." else "_" for c in model.split("://")[-1].strip("/"))
+        target = output or vae_home() / "evaluations" / f"{slug}-{Path(dataset_path).parent.name}-{split}-k{k}.parquet"
+        if output is None:
+            check_output_file(target, "per-example output")
+        per_example = evaluation.write_per_example(scored, target)
+        cross_check = evaluation.ais_cross_check(checkpoint, dataset_path, config, mode, scored, ais, ais_steps) if ais else None
+    except VAEError as exc:
+        fail(str(exc))
+    summary = {**scored.summary, "iwae_bound": -scored.summary["nll"], "model": model,
+               "dataset": dataset_path, "per_example": str(per_example)}
+    if cross_check:
+        summary["ais"] = cross_check
+    if as_json:
+        typer.echo(json.dumps(summary))
+        return
+    typer.echo(f"NLL           {summary['nll']:.3f} ± {summary['nll_stderr']:.3f} nats "
+               f"({summary['bits_per_dim']:.4f} bits/dim; {summary['n']} {split} images)")
+    typer.echo(f"IWAE-{k} bound {summary['iwae_bound']:.3f} nats  (= mean log p̂(x))")
+    typer.echo(f"ELBO          {summary['elbo']:.3f} nats")
+    typer.echo(f"ELBO gap      {summary['elbo_gap']:.3f} nats  (log p̂(x) − ELBO ≈ KL(q(z|x) ‖ p(z|x)))")
+    typer.echo(f"ESS           {summary['ess']:.1f} of {k} samples (mean over images)")
+    if cross_check:
+        typer.echo(f"AIS check     log p̂(x) on {cross_check['n']} images: AIS {cross_check['ais_log_px']:.3f}, "
+                   f"IS {cross_check['is_log_px']:.3f}, difference {cross_check['difference']:.3f} ± "
+                   f"{cross_check['difference_stderr']:.3f} nats")
+    typer.echo(f"per-example   {per_example}")
