@@ -10,8 +10,7 @@ from prefect import flow, get_run_logger, task
 from prefect.tasks import exponential_backoff
 
 from flows.ingest import ingest_flow
-from vae import config, embedding, registry
-from vae import paths
+from vae import config, embedding, paths, registry
 
 
 @task(name="resolve-model", retries=3, retry_delay_seconds=exponential_backoff(2))
@@ -38,7 +37,7 @@ def embed_flow(
     """
     settings = config.load_pipeline(pipeline, pipelines_file)
     model_uri = model_uri or f"models:/{settings.registry.model_name}@{settings.embedding.model_alias}"
-    dataset = ingest_flow(pipeline, pipelines_file)
+    dataset = ingest_flow(settings).to_dict()
     name, version = resolve_task(model_uri)
     if out is None:
         folder = paths.embeddings_dir() / dataset["name"]

@@ -2,9 +2,9 @@
 
 from prefect import flow, task
 
-from flows.results import cached
-from vae import config
-from vae.datasets import is_ingested
+from flows.results import cached, run_cached
+from vae.config import DatasetConfig, PipelineConfig
+from vae.datasets import DatasetRef, is_ingested
 from vae.ingest import cache_key, ingest
 from vae.sources import DownloadError
 
@@ -21,16 +21,12 @@ def _transient_download_failure(task, task_run, state) -> bool:
 
 @task(name="ingest", **cached(_source_content), retries=2, retry_delay_seconds=[2, 10],
       retry_condition_fn=_transient_download_failure)
-def ingest_task(dataset: config.DatasetConfig) -> dict[str, str]:
+def ingest_task(dataset: DatasetConfig) -> dict[str, str]:
     return ingest(dataset).to_dict()
 
 
 @flow(name="ingest")
-def ingest_flow(pipeline: str, pipelines_file: str = config.DEFAULT_PIPELINES_FILE,
-                settings: config.PipelineConfig | None = None) -> dict[str, str]:
-    """Ingest the pipeline's dataset; returns {name, version, path, content_hash}."""
-    dataset = (settings or config.load_pipeline(pipeline, pipelines_file)).dataset
-    ref = ingest_task(dataset)
-    if not is_ingested(ref["path"]):  # a cached reference to a version deleted since: convert again
-        ref = ingest_task.with_options(refresh_cache=True)(dataset)
-    return ref
+def ingest_flow(settings: PipelineConfig) -> DatasetRef:
+    """Ingest the pipeline's dataset (a cached version whose files are gone is converted again)."""
+    ref, _ = run_cached(ingest_task, settings.dataset, still_valid=lambda ref: is_ingested(ref["path"]))
+    return DatasetRef(**ref)

@@ -1,9 +1,13 @@
-"""Stage 4: log the model to MLflow, register a version, and apply the champion gate."""
+"""Stage 4: log the run's record and the model to MLflow, register a version, apply the champion gate."""
 
 from prefect import flow, task
 from prefect.tasks import exponential_backoff
 
-from vae import config, registration, registry
+from vae import registration, registry
+from vae.config import PipelineConfig
+from vae.datasets import DatasetRef
+from vae.evaluation import EvaluationSummary
+from vae.training import TrainingRun
 
 
 # Registry calls are I/O: retried with backoff. Registering is idempotent per MLflow run, so a
@@ -15,17 +19,15 @@ def _transient_registry_failure(task, task_run, state) -> bool:
 
 @task(name="register", retries=3, retry_delay_seconds=exponential_backoff(2),
       retry_condition_fn=_transient_registry_failure)
-def register_task(settings: config.PipelineConfig, run_id: str, checkpoint: str, evaluation: dict,
+def register_task(settings: PipelineConfig, run_id: str, checkpoint: str, evaluation: dict,
                   dataset: dict[str, str], history: list[dict]) -> dict:
     return registration.register_run(settings, run_id, checkpoint, evaluation, dataset, history).to_dict()
 
 
 @flow(name="register")
-def register_flow(
-    pipeline: str, run_id: str, checkpoint: str, evaluation: dict, dataset: dict[str, str],
-    history: list[dict] | None = None, pipelines_file: str = config.DEFAULT_PIPELINES_FILE,
-    settings: config.PipelineConfig | None = None,
-) -> dict:
+def register_flow(settings: PipelineConfig, trained: TrainingRun, summary: EvaluationSummary,
+                  dataset: DatasetRef) -> registry.Registration:
     """Register the trained model; `champion` moves only if its held-out NLL is better."""
-    settings = settings or config.load_pipeline(pipeline, pipelines_file)
-    return register_task(settings, run_id, checkpoint, evaluation, dataset, history or [])
+    done = register_task(settings, trained.run_id, trained.checkpoint, summary.to_dict(), dataset.to_dict(),
+                         trained.history)
+    return registry.Registration(**done)

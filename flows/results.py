@@ -72,4 +72,16 @@ def cached(cache_key_fn: Callable[[Any, dict], str | None]) -> dict[str, Any]:
     return {"cache_key_fn": trusted(cache_key_fn), "result_serializer": JSON, "persist_result": True}
 
 
-__all__ = ["JSON", "cached", "is_trusted_record", "trusted"]
+def run_cached(task, *args: Any, force: bool = False, still_valid: Callable[[Any], bool] = lambda _: True):
+    """Run a cached task: (result, reused). A cached result whose files have vanished since (a
+    deleted checkpoint or dataset version, a removed MLflow run) is computed again; `force` skips
+    the cache."""
+    state = task.with_options(refresh_cache=force)(*args, return_state=True)
+    result = state.result()
+    if state.name == "Cached" and not still_valid(result):
+        state = task.with_options(refresh_cache=True)(*args, return_state=True)
+        result = state.result()
+    return result, state.name == "Cached"
+
+
+__all__ = ["JSON", "cached", "is_trusted_record", "run_cached", "trusted"]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,26 @@ from vae.inputs import prepare_inputs
 from vae.errors import DataError
 from vae.estimators import LogLikelihoodEstimate, device_memory_budget, estimate_log_likelihood
 from vae.model import VAE, load_checkpoint, model_from_state
+
+
+@dataclass(frozen=True)
+class EvaluationSummary:
+    """What the evaluation stage hands on: held-out NLL ± s.e. (nats), bits/dim, ELBO, gap, ESS."""
+
+    nll: float
+    nll_stderr: float
+    bits_per_dim: float
+    elbo: float
+    elbo_gap: float  # log p̂(x) - ELBO ≈ KL(q(z|x) || p(z|x))
+    ess: float  # mean effective sample size of the k importance weights
+    k: int
+    n: int
+    split: str
+    device: str = "cpu"
+    per_example: str | None = None  # Parquet of per-example log p̂(x), ELBO, ESS
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 @dataclass(frozen=True)

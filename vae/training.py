@@ -17,7 +17,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +47,20 @@ class TrainResult:
     checkpoint: str
     epochs: int
     history: list[dict[str, float]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class TrainingRun:
+    """The training stage's result: the MLflow run it is recorded in, the checkpoint and its history."""
+
+    run_id: str
+    checkpoint: str
+    epochs: int
+    history: list[dict[str, float]] = field(default_factory=list)
+    reused: bool = False  # a finished training of the same data and settings was reused
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ import pytest
 from ingest_helpers import Route, loopback_server, write_idx_folder
 
 from flows.ingest import ingest_flow
+from vae.config import load_pipeline
 from vae.datasets import read_manifest
 
 pytestmark = pytest.mark.integration
@@ -40,19 +41,19 @@ def _task_states(flow_state) -> list[str]:
 def test_an_unchanged_source_skips_ingestion_through_the_task_cache(prefect_server, tmp_path):
     folder = write_idx_folder(tmp_path / "src", (IMAGES, LABELS), None)
     pipelines = _pipelines(tmp_path, str(folder))
-    first = ingest_flow("tiny", pipelines, return_state=True)
-    second = ingest_flow("tiny", pipelines, return_state=True)
+    first = ingest_flow(load_pipeline("tiny", pipelines), return_state=True)
+    second = ingest_flow(load_pipeline("tiny", pipelines), return_state=True)
     assert (_task_states(first), _task_states(second)) == (["Completed"], ["Cached"])
     assert second.result() == first.result()
     write_idx_folder(folder, (IMAGES[::-1].copy(), LABELS[::-1].copy()), None)  # new content
-    third = ingest_flow("tiny", pipelines, return_state=True)
+    third = ingest_flow(load_pipeline("tiny", pipelines), return_state=True)
     assert _task_states(third) == ["Completed"]
-    assert third.result()["version"] != first.result()["version"]
-    assert read_manifest(first.result()["path"])["content_hash"] == first.result()["content_hash"]  # still there
-    shutil.rmtree(third.result()["path"])  # a cached reference to a deleted version is not trusted
-    fourth = ingest_flow("tiny", pipelines, return_state=True)
+    assert third.result().version != first.result().version
+    assert read_manifest(first.result().path)["content_hash"] == first.result().content_hash  # still there
+    shutil.rmtree(third.result().path)  # a cached reference to a deleted version is not trusted
+    fourth = ingest_flow(load_pipeline("tiny", pipelines), return_state=True)
     assert _task_states(fourth) == ["Cached", "Completed"]
-    assert fourth.result() == third.result() and read_manifest(third.result()["path"])["rows"]["train"] == 22
+    assert fourth.result() == third.result() and read_manifest(third.result().path)["rows"]["train"] == 22
 
 
 def test_a_server_error_is_retried_and_a_404_is_not(prefect_server, tmp_path):
@@ -61,8 +62,8 @@ def test_a_server_error_is_retried_and_a_404_is_not(prefect_server, tmp_path):
     with loopback_server() as server:
         server.routes["/flaky.npz"] = flaky = Route(buffer.getvalue(), fail_first=1)
         server.routes["/gone.npz"] = gone = Route(status=404)
-        state = ingest_flow("tiny", _pipelines(tmp_path, f"{server.url}/flaky.npz"), return_state=True)
+        state = ingest_flow(load_pipeline("tiny", _pipelines(tmp_path, f"{server.url}/flaky.npz")), return_state=True)
         assert state.is_completed() and flaky.requests == 2  # 503, then the file after a retry
-        assert read_manifest(state.result()["path"])["rows"]["test"] == 6
-        failed = ingest_flow("tiny", _pipelines(tmp_path, f"{server.url}/gone.npz"), return_state=True)
+        assert read_manifest(state.result().path)["rows"]["test"] == 6
+        failed = ingest_flow(load_pipeline("tiny", _pipelines(tmp_path, f"{server.url}/gone.npz")), return_state=True)
         assert failed.is_failed() and gone.requests == 1
