@@ -113,7 +113,7 @@ class VAEModel(mlflow.pyfunc.PythonModel):
         """Pixel means in [0, 1] → the data's scale, shaped like the images: (N, *shape)."""
         return (means * self.max_value).reshape(means.shape[0], *self.shape).cpu().numpy()
 
-    def predict(self, context, model_input, params=None):
+    def predict(self, context, model_input: np.ndarray, params=None):  # np.ndarray: MLflow infers no schema
         import torch
 
         from vae.estimators import estimate_log_likelihood

@@ -247,6 +247,115 @@ def _checkpoint_state(plan: WorkerPlan, model: VAE, optimizer, scheduler, epoch:
     }
 
 
+@dataclass
+class _Worker:
+    """One worker's model, optimiser and where training stands (the loop's mutable state)."""
+
+    model: VAE
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    objective: torch.nn.Module  # the objective module, DDP-wrapped on several workers
+    stepper: Stepper
+    progress: Progress
+
+
+def _set_up(plan: WorkerPlan, device: torch.device, world: int, hooks: WorkerHooks | None) -> _Worker:
+    """Build the model and optimiser on the device and restore them from a checkpoint if there is one."""
+    import ray.train.torch
+
+    training = plan.training
+    torch.manual_seed(training.seed)  # identical initial weights everywhere (DDP broadcasts rank 0's anyway)
+    model = build_model(plan.model, plan.data_dim, plan.image_shape).to(device)
+    # A CUDA graph for one GPU worker; DDP's collectives (several workers) and test hooks stay eager.
+    graphed = training.cuda_graph and device.type == "cuda" and world == 1 and hooks is None
+    optimizer = make_optimizer(model.parameters(), training.learning_rate, device, graphed)
+    scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=training.lr_decay)
+    progress = _restore(plan, model, optimizer, scheduler)
+    objective = Objective(model, training.objective, training.iwae_k)
+    objective = ray.train.torch.prepare_model(objective) if world > 1 else objective.to(device)
+    stepper = Stepper(objective, optimizer, max_value=plan.max_value, binarize=plan.binarize, device=device,
+                      graph=graphed, precision=training.precision)
+    return _Worker(model, optimizer, scheduler, objective, stepper, progress)
+
+
+class _Shards:
+    """A worker's train and validation rows: held on the device (read once) or streamed from Ray Data."""
+
+    def __init__(self, plan: WorkerPlan, device: torch.device, world: int):
+        import ray.train
+
+        self.plan, self.device = plan, device
+        self.train, self.validation = ray.train.get_dataset_shard("train"), ray.train.get_dataset_shard("validation")
+        batch = plan.training.batch_size
+        if plan.resident:
+            self.train, self.validation = _load_shard(self.train, device), _load_shard(self.validation, device)
+            self.steps_per_epoch = max(1, self.train.shape[0] // batch)
+        else:
+            self.steps_per_epoch = max(1, plan.train_rows // (batch * world))
+
+    def train_batches(self, seed: int, drop_last: bool):
+        batch = self.plan.training.batch_size
+        if self.plan.resident:
+            generator = torch.Generator(device=self.device).manual_seed(seed)
+            return resident_minibatches(self.train, batch, generator, drop_last)
+        return _streamed_minibatches(self.train, batch, seed, self.device)
+
+    def validation_batches(self):
+        batch = self.plan.training.batch_size
+        if self.plan.resident:
+            return (self.validation[i : i + batch] for i in range(0, self.validation.shape[0], batch))
+        return (b["image"] for b in self.validation.iter_torch_batches(batch_size=batch, device=self.device))
+
+
+def _epoch_metrics(worker: _Worker, validation: torch.Tensor, epoch: int, world: int, seconds: list[float]) -> dict:
+    """All-reduce the epoch's sums (one collective, on the worker's device) into the metrics every rank agrees on."""
+    device = validation.device
+    times = torch.tensor(seconds, dtype=torch.float64, device=device)  # (2,) train seconds, epoch seconds
+    totals = all_reduce_sums(torch.cat([worker.stepper.sums, validation, times])).tolist()
+    objective_sum, elbo_sum, recon_sum, kl_sum, count, val_sum, val_count, train_time, epoch_time = totals
+    return {
+        "epoch": epoch,
+        "train_objective": objective_sum / max(count, 1),
+        "train_elbo": elbo_sum / max(count, 1),
+        "train_reconstruction": recon_sum / max(count, 1),
+        "train_kl": kl_sum / max(count, 1),
+        "validation_elbo": val_sum / val_count if val_count else float("nan"),
+        "samples_per_second": count / max(train_time / world, 1e-9),
+        "epoch_seconds": epoch_time / world,
+        "learning_rate": float(worker.scheduler.get_last_lr()[0]),
+        "cuda_graph": 1.0 if worker.stepper.graph is not None else 0.0,  # 0 on CPU, or eager after a failed capture
+    }
+
+
+def _should_stop(training: TrainingConfig, progress: Progress, metrics: dict) -> bool:
+    """Record the epoch; early stopping and the time budget decide alike on every rank (all-reduced inputs)."""
+    progress.history.append(metrics)
+    improved = metrics["validation_elbo"] > progress.best
+    progress.best, progress.stale = (metrics["validation_elbo"], 0) if improved else (progress.best, progress.stale + 1)
+    progress.trained_seconds += metrics["epoch_seconds"]
+    metrics["training_minutes"] = progress.trained_seconds / 60
+    stop = training.early_stopping_patience is not None and progress.stale >= training.early_stopping_patience
+    return stop or (training.max_minutes is not None and progress.trained_seconds >= 60 * training.max_minutes)
+
+
+def _checkpoint_and_report(plan: WorkerPlan, worker: _Worker, metrics: dict, rank: int, last: bool, queue) -> None:
+    """Rank 0 writes a checkpoint every `checkpoint_every` epochs (and the last); every rank reports."""
+    import ray.train
+
+    epoch = int(metrics["epoch"])
+    os.makedirs(plan.staging_dir, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=plan.staging_dir) as directory:
+        checkpoint = None
+        # With early stopping the best of these checkpoints (by validation ELBO) is the result.
+        if rank == 0 and (epoch % plan.training.checkpoint_every == 0 or last):
+            state = _checkpoint_state(plan, worker.model, worker.optimizer, worker.scheduler, epoch, worker.progress)
+            torch.save(state, os.path.join(directory, CHECKPOINT_FILE))
+            checkpoint = ray.train.Checkpoint.from_directory(directory)
+        if rank == 0 and queue is not None:
+            queue.put(metrics)  # the driver prints it and hands it to on_epoch
+        ray.train.report(metrics, checkpoint=checkpoint)
+
+
 def _train_loop_per_worker(config: dict[str, Any]) -> None:
     """Runs on every Ray Train worker: restore, then per epoch train, validate, checkpoint and report."""
     import ray.train
@@ -254,96 +363,30 @@ def _train_loop_per_worker(config: dict[str, Any]) -> None:
 
     plan: WorkerPlan = config["plan"]
     hooks: WorkerHooks | None = config.get("hooks")
-    progress_queue = config.get("progress")
     training = plan.training
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     device = ray.train.torch.get_device()
-    torch.manual_seed(training.seed)  # identical initial weights everywhere (DDP broadcasts rank 0's anyway)
-    vae_model = build_model(plan.model, plan.data_dim, plan.image_shape).to(device)
-    # A CUDA graph for one GPU worker; DDP's collectives (several workers) and test hooks stay eager.
-    graphed = training.cuda_graph and device.type == "cuda" and world == 1 and hooks is None
-    optimizer = make_optimizer(vae_model.parameters(), training.learning_rate, device, graphed)
-    scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=training.lr_decay)
-    progress = _restore(plan, vae_model, optimizer, scheduler)
-
-    objective = Objective(vae_model, training.objective, training.iwae_k)
-    objective = ray.train.torch.prepare_model(objective) if world > 1 else objective.to(device)
-    stepper = Stepper(objective, optimizer, max_value=plan.max_value, binarize=plan.binarize, device=device,
-                      graph=graphed, precision=training.precision)
-    train_shard = ray.train.get_dataset_shard("train")
-    validation_shard = ray.train.get_dataset_shard("validation")
-    if plan.resident:
-        train_data, validation_data = _load_shard(train_shard, device), _load_shard(validation_shard, device)
-        steps_per_epoch = max(1, train_data.shape[0] // training.batch_size)
-    else:
-        steps_per_epoch = max(1, plan.train_rows // (training.batch_size * world))
-
-    for epoch in range(progress.first_epoch, training.epochs + 1):
+    worker = _set_up(plan, device, world, hooks)
+    shards = _Shards(plan, device, world)
+    for epoch in range(worker.progress.first_epoch, training.epochs + 1):
         # Noise depends only on (seed, rank, epoch): a resumed epoch draws what it would have drawn.
         torch.manual_seed(training.seed + 1009 * rank + 7919 * epoch)
         if hooks is not None:
             hooks.epoch_started(epoch, rank)
         started = time.perf_counter()
-        objective.train()
-        shuffle_seed = training.seed + 1009 * rank + epoch
-        if plan.resident:
-            generator = torch.Generator(device=device).manual_seed(shuffle_seed)
-            batches = resident_minibatches(train_data, training.batch_size, generator, stepper.drop_last)
-        else:
-            batches = _streamed_minibatches(train_shard, training.batch_size, shuffle_seed, device)
-        _train_one_epoch(plan, stepper, batches, epoch, rank, steps_per_epoch, hooks)
-        scheduler.step()
+        worker.objective.train()
+        batches = shards.train_batches(training.seed + 1009 * rank + epoch, worker.stepper.drop_last)
+        _train_one_epoch(plan, worker.stepper, batches, epoch, rank, shards.steps_per_epoch, hooks)
+        worker.scheduler.step()
         train_seconds = time.perf_counter() - started
         if hooks is not None:
             hooks.epoch_finished(epoch, rank)
-
-        objective.eval()
-        if plan.resident:
-            validation_batches = (validation_data[i : i + training.batch_size]
-                                  for i in range(0, validation_data.shape[0], training.batch_size))
-        else:
-            validation_batches = (batch["image"] for batch in validation_shard.iter_torch_batches(
-                batch_size=training.batch_size, device=device))
-        validation = _validate(plan, vae_model, validation_batches, device)
-        seconds = torch.tensor([train_seconds, time.perf_counter() - started], dtype=torch.float64, device=device)
-        # One collective per epoch, on the worker's device: metric sums, validation sums, timings.
-        totals = all_reduce_sums(torch.cat([stepper.sums, validation, seconds])).tolist()
-        objective_sum, elbo_sum, recon_sum, kl_sum, count, val_sum, val_count, train_time, epoch_time = totals
-        metrics = {
-            "epoch": epoch,
-            "train_objective": objective_sum / max(count, 1),
-            "train_elbo": elbo_sum / max(count, 1),
-            "train_reconstruction": recon_sum / max(count, 1),
-            "train_kl": kl_sum / max(count, 1),
-            "validation_elbo": val_sum / val_count if val_count else float("nan"),
-            "samples_per_second": count / max(train_time / world, 1e-9),
-            "epoch_seconds": time.perf_counter() - started,
-            "learning_rate": scheduler.get_last_lr()[0],
-            "cuda_graph": 1.0 if stepper.graph is not None else 0.0,  # 0 on CPU, or eager after a failed capture
-        }
-        metrics = {key: float(value) if isinstance(value, torch.Tensor) else value for key, value in metrics.items()}
-        progress.history.append(metrics)
-        # Identical on every rank (all-reduced), so every worker stops at the same epoch.
-        improved = metrics["validation_elbo"] > progress.best
-        progress.best, progress.stale = (metrics["validation_elbo"], 0) if improved else (progress.best, progress.stale + 1)
-        progress.trained_seconds += epoch_time / world
-        metrics["training_minutes"] = progress.trained_seconds / 60
-        stop = training.early_stopping_patience is not None and progress.stale >= training.early_stopping_patience
-        stop = stop or (training.max_minutes is not None and progress.trained_seconds >= 60 * training.max_minutes)
-        last = epoch == training.epochs or stop
-
-        os.makedirs(plan.staging_dir, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=plan.staging_dir) as directory:
-            checkpoint = None
-            # With early stopping the best of these checkpoints (by validation ELBO) is the result.
-            if rank == 0 and (epoch % training.checkpoint_every == 0 or last):
-                state = _checkpoint_state(plan, vae_model, optimizer, scheduler, epoch, progress)
-                torch.save(state, os.path.join(directory, CHECKPOINT_FILE))
-                checkpoint = ray.train.Checkpoint.from_directory(directory)
-            if rank == 0 and progress_queue is not None:
-                progress_queue.put(metrics)  # the driver prints it and hands it to on_epoch
-            ray.train.report(metrics, checkpoint=checkpoint)
+        worker.objective.eval()
+        validation = _validate(plan, worker.model, shards.validation_batches(), device)
+        metrics = _epoch_metrics(worker, validation, epoch, world, [train_seconds, time.perf_counter() - started])
+        stop = _should_stop(training, worker.progress, metrics)
+        _checkpoint_and_report(plan, worker, metrics, rank, epoch == training.epochs or stop, config.get("progress"))
         if stop:
             break
 
@@ -397,6 +440,69 @@ def shard_bytes(manifest: dict[str, Any], workers: int) -> int:
     return math.ceil(rows / workers) * int(math.prod(manifest["shape"])) * itemsize
 
 
+def _plan(config: PipelineConfig, dataset: DatasetRef, workers: int, staging: Path, resume_from: str | None) -> WorkerPlan:
+    manifest = read_manifest(dataset.path)
+    return WorkerPlan(
+        model=config.model,
+        training=config.training,
+        data_dim=int(math.prod(manifest["shape"])),
+        image_shape=tuple(manifest["shape"]),
+        max_value=float(manifest["value_range"][1]),
+        binarize=config.dataset.binarize,
+        train_rows=int(manifest["rows"]["train"]),
+        resident=shard_bytes(manifest, workers) <= config.training.device_data_mb * 2**20,
+        staging_dir=str(staging),
+        resume_from=str(resume_from) if resume_from else None,
+    )
+
+
+def _trainer(plan: WorkerPlan, dataset: DatasetRef, name: str, storage: Path, workers: int, use_gpu: bool,
+             loop_config: dict[str, Any]):
+    """A TorchTrainer over the train and validation splits, with checkpoint retention and failure policy."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    training = plan.training
+    # With early stopping, keep the best by validation ELBO (Ray always keeps the latest).
+    best = ({"checkpoint_score_attribute": "validation_elbo", "checkpoint_score_order": "max"}
+            if training.early_stopping_patience else {})
+    return TorchTrainer(
+        _train_loop_per_worker,
+        train_loop_config=loop_config,
+        scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu, resources_per_worker={
+            "CPU": training.cpus_per_worker, **({"GPU": 1} if use_gpu else {})}),
+        run_config=RunConfig(name=name, storage_path=str(storage),
+                             failure_config=FailureConfig(max_failures=training.max_failures),
+                             checkpoint_config=CheckpointConfig(num_to_keep=training.checkpoints_to_keep, **best)),
+        datasets={"train": _dataset(split_path(dataset.path, "train"), shuffle=True),
+                  "validation": _dataset(split_path(dataset.path, "validation"))},
+    )
+
+
+def _fit(trainer, progress, epochs: int, echo, on_epoch, staging: Path):
+    """trainer.fit() with the progress thread; a diverged run becomes one TrainingDivergedError line."""
+    import ray
+
+    stop = threading.Event()
+    follower = None
+    if progress is not None:
+        follower = threading.Thread(target=_follow_progress, args=(progress, epochs, stop, echo, on_epoch), daemon=True)
+        follower.start()
+    try:
+        return trainer.fit()
+    except Exception as exc:  # Ray wraps worker errors; surface ours as one line
+        match = _DIVERGED.search(str(exc)) or _DIVERGED.search(repr(exc.__cause__))
+        if match:
+            raise TrainingDivergedError(f"training diverged: {match.group(0)}") from None
+        raise
+    finally:
+        if follower is not None:
+            stop.set()  # the thread drains what is queued, then ends
+            follower.join(timeout=60)
+            ray.kill(progress.actor)
+        shutil.rmtree(staging, ignore_errors=True)  # what a killed worker left half-written
+
+
 def train(
     config: PipelineConfig,
     dataset: DatasetRef,
@@ -421,8 +527,6 @@ def train(
     import ray
     import ray.data
     from ray.util.queue import Queue
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
 
     training = config.training
     storage = Path(storage_path or checkpoints_dir())
@@ -439,66 +543,14 @@ def train(
     use_gpu = wants_gpu and ray.cluster_resources().get("GPU", 0) > 0
     if wants_gpu and not use_gpu and echo:
         echo("training.use_gpu is set but the Ray cluster has no GPU: training on CPU workers")
-    manifest = read_manifest(dataset.path)
     name = f"{config.name}-{run_id or time.strftime('%Y%m%d-%H%M%S')}"
-    staging = inside(storage, ".staging", name)  # names come from a file: the path must stay under storage
-    inside(storage, name)
-    plan = WorkerPlan(
-        model=config.model,
-        training=training,
-        data_dim=int(math.prod(manifest["shape"])),
-        image_shape=tuple(manifest["shape"]),
-        max_value=float(manifest["value_range"][1]),
-        binarize=config.dataset.binarize,
-        train_rows=int(manifest["rows"]["train"]),
-        resident=shard_bytes(manifest, num_workers) <= training.device_data_mb * 2**20,
-        staging_dir=str(staging),
-        resume_from=str(resume_from) if resume_from else None,
-    )
+    inside(storage, name)  # names come from a file: every path must stay under storage
+    staging = inside(storage, ".staging", name)
+    plan = _plan(config, dataset, num_workers, staging, resume_from)
     progress = Queue(actor_options={"num_cpus": 0}) if echo or on_epoch else None
-    trainer = TorchTrainer(
-        _train_loop_per_worker,
-        train_loop_config={"plan": plan, "progress": progress, "hooks": hooks},
-        scaling_config=ScalingConfig(
-            num_workers=num_workers,
-            use_gpu=use_gpu,
-            resources_per_worker={"CPU": training.cpus_per_worker, **({"GPU": 1} if use_gpu else {})},
-        ),
-        run_config=RunConfig(
-            name=name,
-            storage_path=str(storage),
-            failure_config=FailureConfig(max_failures=training.max_failures),
-            checkpoint_config=CheckpointConfig(
-                num_to_keep=training.checkpoints_to_keep,
-                # With early stopping, keep the best by validation ELBO (Ray always keeps the latest).
-                **({"checkpoint_score_attribute": "validation_elbo", "checkpoint_score_order": "max"}
-                   if training.early_stopping_patience else {}),
-            ),
-        ),
-        datasets={
-            "train": _dataset(split_path(dataset.path, "train"), shuffle=True),
-            "validation": _dataset(split_path(dataset.path, "validation")),
-        },
-    )
-    stop = threading.Event()
-    follower = None
-    if progress is not None:
-        follower = threading.Thread(target=_follow_progress, args=(progress, training.epochs, stop, echo, on_epoch),
-                                    daemon=True)
-        follower.start()
-    try:
-        result = trainer.fit()
-    except Exception as exc:  # Ray wraps worker errors; surface ours as one line
-        match = _DIVERGED.search(str(exc)) or _DIVERGED.search(repr(exc.__cause__))
-        if match:
-            raise TrainingDivergedError(f"training diverged: {match.group(0)}") from None
-        raise
-    finally:
-        if follower is not None:
-            stop.set()  # the thread drains what is queued, then ends
-            follower.join(timeout=60)
-            ray.kill(progress.actor)
-        shutil.rmtree(staging, ignore_errors=True)  # what a killed worker left half-written
+    trainer = _trainer(plan, dataset, name, storage, num_workers, use_gpu,
+                       {"plan": plan, "progress": progress, "hooks": hooks})
+    result = _fit(trainer, progress, training.epochs, echo, on_epoch, staging)
     if result.checkpoint is None:
         raise VAEError(f"training run '{name}' finished without a checkpoint")
     _, state = load_checkpoint(result.checkpoint.path)
