@@ -65,7 +65,7 @@ def test_bad_inputs_are_one_line_with_nonzero_exit(tmp_path, digits_checkpoint):
         "error: model 'models:/no-such@champion': Registered Model with name=no-such not found"
     )
     assert _error(_vae("evaluate", digits_checkpoint, "--dataset", "digits", "--k", "0", cwd=tmp_path)) == (
-        "error: --k 0: expected k >= 1 importance samples per image"
+        "error: --k 0: expected >= 1"
     )
     # A 4x4 dataset for a model of 8x8 images: both shapes named.
     small = write_dataset(SourceArrays(np.zeros((20, 4, 4), np.uint8), None, "zeros", "z" * 64, 16.0),

@@ -36,7 +36,7 @@ def _one_error_line(arguments: list[str]) -> str:
 # --k 10**9 would take hours: each of these must fail before the estimate starts.
 @pytest.mark.parametrize("extra, expected", [
     (["--binarize", "bogus"], "--binarize 'bogus': expected threshold, dynamic or none"),
-    (["--split", "train"], "--split 'train': expected test or validation"),
+    (["--split", "train"], "--split 'train': expected 'test' or 'validation'"),
     (["--output", "{tmp}"], "is a directory"),
     (["--output", "/dev/null/sub/x.parquet"], "not writable"),
 ])

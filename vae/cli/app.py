@@ -10,7 +10,7 @@ import logging
 import os
 import re
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -34,6 +34,32 @@ def fail(message: str, code: int = 1) -> None:
 
 
 BINARIZE_MODES = ("threshold", "dynamic", "none")
+
+
+def build_config(kind, options: dict[str, tuple[str, Any]]):
+    """A config object from command-line options {flag: (field, value)}, validated exactly as in
+    pipelines.yaml; a value the schema refuses is one line naming the option."""
+    from pydantic import ValidationError
+
+    from vae.config import describe_error
+
+    try:
+        return kind(**{field: value for field, value in options.values()})
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        field = str(error["loc"][0]) if error["loc"] else ""
+        flag = next((flag for flag, (name, _) in options.items() if name == field), field or "options")
+        message = error["msg"]
+        if message.startswith("Input should be "):
+            message = "expected " + message[len("Input should be "):]
+            for words, sign in (("greater than or equal to ", ">= "), ("less than or equal to ", "<= "),
+                                ("greater than ", "> "), ("less than ", "< ")):
+                message = message.replace(words, sign)
+        elif message.startswith("Value error, "):
+            message = message[len("Value error, "):]
+        else:
+            message = describe_error(error)
+        fail(f"{flag} {error['input']!r}: {message}")
 
 
 def check_binarize(binarize: str) -> None:

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from vae.cli.app import app, check_binarize, check_output_file, fail, quiet_logs
+from vae.cli.app import app, build_config, check_binarize, check_output_file, fail, quiet_logs
 from vae.errors import VAEError
 
 
@@ -33,48 +33,56 @@ def evaluate(
     """Estimate held-out log p(x) of a model by importance sampling, with a standard error."""
     quiet_logs(verbose)
     from vae.config import EvaluationConfig
-    from vae.paths import vae_home
 
-    if k < 1:
-        fail(f"--k {k}: expected k >= 1 importance samples per image")
-    if split not in ("test", "validation"):
-        fail(f"--split {split!r}: expected test or validation (held-out data)")
-    if workers < 1 or max_memory < 1:
-        fail("--workers and --max-memory must be >= 1")
     check_binarize(binarize)
+    config = build_config(EvaluationConfig, {"--k": ("k", k), "--split": ("split", split),
+                                             "--max-memory": ("max_memory_mb", max_memory), "--workers": ("workers", workers),
+                                             "--seed": ("seed", seed), "--gpu": ("use_gpu", gpu), "--tf32": ("tf32", tf32)})
     if output is not None:
         check_output_file(output, "--output")
     try:
-        from vae import evaluation
-
-        dataset_path = evaluation.resolve_dataset(dataset)
-        if (Path(model) / "checkpoint.pt").exists():
-            checkpoint, mode = Path(model), binarize
-        else:
-            from vae import registry
-
-            checkpoint, metadata = registry.download_model(model)
-            mode = metadata["binarize"]
-        config = EvaluationConfig(k=k, split=split, max_memory_mb=max_memory, workers=workers, seed=seed,
-                                  use_gpu=gpu, tf32=tf32)
-        scored = evaluation.score_checkpoint(checkpoint, dataset_path, config, mode)
-        slug = "".join(c if c.isalnum() or c in "-_." else "_" for c in model.split("://")[-1].strip("/"))
-        target = output or vae_home() / "evaluations" / f"{slug}-{Path(dataset_path).parent.name}-{split}-k{k}.parquet"
-        if output is None:
-            check_output_file(target, "per-example output")
-        per_example = evaluation.write_per_example(scored, target)
-        cross_check = evaluation.ais_cross_check(checkpoint, dataset_path, config, mode, scored, ais, ais_steps) if ais else None
+        summary = _evaluate(model, dataset, config, binarize, output, ais, ais_steps)
     except VAEError as exc:
         fail(str(exc))
-    summary = {**scored.summary, "iwae_bound": -scored.summary["nll"], "model": model,
-               "dataset": dataset_path, "per_example": str(per_example)}
-    if cross_check:
-        summary["ais"] = cross_check
     if as_json:
         typer.echo(json.dumps(summary))
-        return
+    else:
+        _print_summary(summary)
+
+
+def _checkpoint_of(model: str, binarize: str) -> tuple[Path, str]:
+    """A checkpoint directory as given, or a registered model downloaded; with its binarisation."""
+    if (Path(model) / "checkpoint.pt").exists():
+        return Path(model), binarize
+    from vae import registry
+
+    checkpoint, metadata = registry.download_model(model)
+    return checkpoint, metadata["binarize"]
+
+
+def _evaluate(model: str, dataset: str, config, binarize: str, output: Path | None, ais: int, ais_steps: int) -> dict:
+    from vae import evaluation
+    from vae.paths import vae_home
+
+    dataset_path = evaluation.resolve_dataset(dataset)
+    checkpoint, mode = _checkpoint_of(model, binarize)
+    slug = "".join(c if c.isalnum() or c in "-_." else "_" for c in model.split("://")[-1].strip("/"))
+    target = output or vae_home() / "evaluations" / f"{slug}-{Path(dataset_path).parent.name}-{config.split}-k{config.k}.parquet"
+    if output is None:
+        check_output_file(target, "per-example output")
+    scored = evaluation.score_checkpoint(checkpoint, dataset_path, config, mode)
+    per_example = evaluation.write_per_example(scored, target)
+    summary = {**scored.summary, "iwae_bound": -scored.summary["nll"], "model": model,
+               "dataset": dataset_path, "per_example": str(per_example)}
+    if ais:
+        summary["ais"] = evaluation.ais_cross_check(checkpoint, dataset_path, config, mode, scored, ais, ais_steps)
+    return summary
+
+
+def _print_summary(summary: dict) -> None:
+    k, cross_check = summary["k"], summary.get("ais")
     typer.echo(f"NLL           {summary['nll']:.3f} ± {summary['nll_stderr']:.3f} nats "
-               f"({summary['bits_per_dim']:.4f} bits/dim; {summary['n']} {split} images)")
+               f"({summary['bits_per_dim']:.4f} bits/dim; {summary['n']} {summary['split']} images)")
     typer.echo(f"IWAE-{k} bound {summary['iwae_bound']:.3f} nats  (= mean log p̂(x))")
     typer.echo(f"ELBO          {summary['elbo']:.3f} nats")
     typer.echo(f"ELBO gap      {summary['elbo_gap']:.3f} nats  (log p̂(x) − ELBO ≈ KL(q(z|x) ‖ p(z|x)))")
@@ -83,4 +91,4 @@ def evaluate(
         typer.echo(f"AIS check     log p̂(x) on {cross_check['n']} images: AIS {cross_check['ais_log_px']:.3f}, "
                    f"IS {cross_check['is_log_px']:.3f}, difference {cross_check['difference']:.3f} ± "
                    f"{cross_check['difference_stderr']:.3f} nats")
-    typer.echo(f"per-example   {per_example}")
+    typer.echo(f"per-example   {summary['per_example']}")
