@@ -30,8 +30,14 @@ def cold_run(pipeline: str) -> dict[str, float]:
     env.update(VAE_HOME=str(home / "vae"), PREFECT_HOME=str(home / "prefect"))
     try:
         started = time.perf_counter()
-        out = subprocess.run([sys.executable, "-m", "vae", "run", pipeline, "--json"], cwd=REPO, env=env,
-                             capture_output=True, text=True, check=True)
+        out = subprocess.run(
+            [sys.executable, "-m", "vae", "run", pipeline, "--json"],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         wall = time.perf_counter() - started
         result = json.loads(out.stdout.strip().splitlines()[-1])
         from mlflow import MlflowClient

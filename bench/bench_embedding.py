@@ -54,18 +54,30 @@ def main() -> None:
     state = {"model": model.state_dict(), "model_config": config.model_dump(mode="json"), "data_dim": 784}
     ensure_ray(2)
     torch.set_num_threads(1)
-    variants = {"plain loop": {"plain": True}, "Ray Data, 1 actor": {"workers": 1},
-                "Ray Data, 2 actors": {"workers": 2}}
+    variants = {
+        "plain loop": {"plain": True},
+        "Ray Data, 1 actor": {"workers": 1},
+        "Ray Data, 2 actors": {"workers": 2},
+    }
     rates: dict[str, list[float]] = {name: [] for name in variants}
     rows = 0
     for round_ in range(args.rounds):
         for name, options in variants.items():
-            result = embedding.embed_dataset(state, dataset_path, work / "out.parquet", model_uri="bench",
-                                             batch_size=args.batch_size, overwrite=True, **options)
+            result = embedding.embed_dataset(
+                state,
+                dataset_path,
+                work / "out.parquet",
+                model_uri="bench",
+                batch_size=args.batch_size,
+                overwrite=True,
+                **options,
+            )
             rows = result.rows
             rates[name].append(result.rows / result.seconds)
-            print(f"round {round_ + 1}  {name:20} {result.rows / result.seconds:12,.0f} rows/s  ({result.seconds:.1f} s)",
-                  flush=True)
+            print(
+                f"round {round_ + 1}  {name:20} {result.rows / result.seconds:12,.0f} rows/s  ({result.seconds:.1f} s)",
+                flush=True,
+            )
     medians = {name: statistics.median(values) for name, values in rates.items()}
     print(f"\n{rows:,} rows of 784 pixels, batch {args.batch_size}; medians of {args.rounds} interleaved rounds:")
     for name, value in medians.items():

@@ -45,8 +45,11 @@ def naive_log_px(model, x: torch.Tensor, k: int) -> torch.Tensor:
         xs = xi.expand(k, -1)  # (K, D): k copies of one image
         mean, logvar = model.encode(xs)  # (K, L): the encoder runs k times on the same x
         z = mean + torch.exp(0.5 * logvar) * torch.randn_like(mean)
-        log_w = (bernoulli_log_likelihood(xs, model.decode(z)) - 0.5 * (z**2).sum(-1)
-                 + 0.5 * (((z - mean) ** 2) * torch.exp(-logvar) + logvar).sum(-1))  # (K,) up to constants
+        log_w = (
+            bernoulli_log_likelihood(xs, model.decode(z))
+            - 0.5 * (z**2).sum(-1)
+            + 0.5 * (((z - mean) ** 2) * torch.exp(-logvar) + logvar).sum(-1)
+        )  # (K,) up to constants
         out.append(torch.logsumexp(log_w.double(), 0) - math.log(k))
     return torch.stack(out)
 
@@ -73,10 +76,14 @@ def main() -> None:
         naive_log_px(model, x[: args.naive_images], args.k)
         results["naive"].append(args.naive_images / (time.perf_counter() - started))
     median = {key: statistics.median(values) for key, values in results.items()}
-    print(f"k={args.k}, 784-512-50 Bernoulli MLP, {torch.get_num_threads()} torch threads, "
-          f"{args.rounds} interleaved rounds (medians)")
-    print(f"matmul roofline      {median['roofline']:8.2f} images/s  "
-          f"({median['roofline'] * flops / 1e9:.1f} GFLOPS, {flops / 1e9:.2f} GFLOP/image)")
+    print(
+        f"k={args.k}, 784-512-50 Bernoulli MLP, {torch.get_num_threads()} torch threads, "
+        f"{args.rounds} interleaved rounds (medians)"
+    )
+    print(
+        f"matmul roofline      {median['roofline']:8.2f} images/s  "
+        f"({median['roofline'] * flops / 1e9:.1f} GFLOPS, {flops / 1e9:.2f} GFLOP/image)"
+    )
     print(f"estimator            {median['estimator']:8.2f} images/s")
     print(f"naive per-image loop {median['naive']:8.2f} images/s")
     print(f"\nestimator / roofline = {median['estimator'] / median['roofline']:.2f}   (goal >= 0.80)")

@@ -23,14 +23,17 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
-def curve(run_dir: Path, dataset_path: str, images: int, k: int, points_wanted: int) -> list[tuple[float, int, float, float]]:
+def curve(
+    run_dir: Path, dataset_path: str, images: int, k: int, points_wanted: int
+) -> list[tuple[float, int, float, float]]:
     from vae.estimators import estimate_log_likelihood
     from vae.model import load_checkpoint
     from vae.evaluation import load_inputs
 
     points = []
-    checkpoints = sorted((p for p in run_dir.glob("checkpoint_*") if (p / "checkpoint.pt").is_file()),
-                         key=lambda p: p.stat().st_mtime)  # not Ray's checkpoint_manager_snapshot.json
+    checkpoints = sorted(
+        (p for p in run_dir.glob("checkpoint_*") if (p / "checkpoint.pt").is_file()), key=lambda p: p.stat().st_mtime
+    )  # not Ray's checkpoint_manager_snapshot.json
     if len(checkpoints) > points_wanted:  # evenly spaced, always including the last
         step = (len(checkpoints) - 1) / (points_wanted - 1)
         checkpoints = [checkpoints[round(i * step)] for i in range(points_wanted)]
@@ -40,8 +43,10 @@ def curve(run_dir: Path, dataset_path: str, images: int, k: int, points_wanted: 
         estimate = estimate_log_likelihood(model, x[:images], k, seed=0)
         minutes = float(state["history"][-1].get("training_minutes", float("nan")))
         points.append((minutes, int(state["epoch"]), estimate.nll, estimate.stderr))
-        print(f"  {minutes:6.1f} min  epoch {int(state['epoch']):4d}  NLL {estimate.nll:8.2f} ± {estimate.stderr:.2f}",
-              flush=True)
+        print(
+            f"  {minutes:6.1f} min  epoch {int(state['epoch']):4d}  NLL {estimate.nll:8.2f} ± {estimate.stderr:.2f}",
+            flush=True,
+        )
     return points
 
 
@@ -59,15 +64,22 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     if args.curve_only is None:
         started = time.perf_counter()
-        run = subprocess.run([sys.executable, "-m", "vae", "run", args.pipeline, "--file", args.file, "--json"], cwd=REPO,
-                             capture_output=True, text=True, env=dict(os.environ))
+        run = subprocess.run(
+            [sys.executable, "-m", "vae", "run", args.pipeline, "--file", args.file, "--json"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            env=dict(os.environ),
+        )
         if run.returncode != 0:
             sys.exit(f"vae run failed: {run.stderr[-2000:]}")
         result = json.loads(run.stdout.strip().splitlines()[-1])
         evaluation = result["evaluation"]
         print(f"`vae run {args.pipeline}`: {time.perf_counter() - started:.0f} s wall, {result['epochs']} epochs")
-        print(f"test NLL (k={evaluation['k']}, {evaluation['n']} images) = {evaluation['nll']:.2f} ± "
-              f"{evaluation['nll_stderr']:.2f} nats; goal <= 233.5 on CPU within 60 min of training")
+        print(
+            f"test NLL (k={evaluation['k']}, {evaluation['n']} images) = {evaluation['nll']:.2f} ± "
+            f"{evaluation['nll_stderr']:.2f} nats; goal <= 233.5 on CPU within 60 min of training"
+        )
         (out / "fashion_quality.json").write_text(json.dumps(result, indent=2, default=str))
         run_dir, dataset_path = Path(result["checkpoint"]).parent, result["dataset"]["path"]
     else:
@@ -77,7 +89,8 @@ def main() -> None:
     print(f"NLL against training time (first {args.curve_images} test images, k={args.curve_k}):")
     points = curve(run_dir, dataset_path, args.curve_images, args.curve_k, args.curve_points)
     (out / "fashion_quality.csv").write_text(
-        "training_minutes,epoch,nll,nll_stderr\n" + "".join(f"{m:.2f},{e},{n:.4f},{s:.4f}\n" for m, e, n, s in points))
+        "training_minutes,epoch,nll,nll_stderr\n" + "".join(f"{m:.2f},{e},{n:.4f},{s:.4f}\n" for m, e, n, s in points)
+    )
     import matplotlib
 
     matplotlib.use("Agg")

@@ -57,16 +57,27 @@ def random_dataset(rows: int, root: Path) -> DatasetRef:
 
     path = root / "random.npy"
     np.save(path, np.random.default_rng(0).integers(0, 256, (rows, 28, 28), dtype=np.uint8))
-    return ingest(DatasetConfig(name="random", source=str(path), split="random", test_fraction=0.1,
-                                validation_fraction=0.1, binarize="dynamic"), root=root)
+    return ingest(
+        DatasetConfig(
+            name="random",
+            source=str(path),
+            split="random",
+            test_fraction=0.1,
+            validation_fraction=0.1,
+            binarize="dynamic",
+        ),
+        root=root,
+    )
 
 
 def fashion_dataset(source: str, root: Path) -> DatasetRef:
     if (Path(source) / "manifest.json").exists():
         manifest = read_manifest(source)
         return DatasetRef(manifest["name"], manifest["version"], source, manifest["content_hash"])
-    return ingest(DatasetConfig(name="fashion-mnist", source=source, split="official", binarize="dynamic",
-                                binarize_test_seed=0), root=root)
+    return ingest(
+        DatasetConfig(name="fashion-mnist", source=source, split="official", binarize="dynamic", binarize_test_seed=0),
+        root=root,
+    )
 
 
 def plain_graphed_loop(dataset: DatasetRef, batch: int, epochs: int, device: torch.device) -> dict:
@@ -78,8 +89,9 @@ def plain_graphed_loop(dataset: DatasetRef, batch: int, epochs: int, device: tor
     model = build_model(BURDA, data.shape[1]).to(device)
     graphed = device.type == "cuda"
     optimizer = make_optimizer(model.parameters(), 1e-3, device, graphed)
-    stepper = Stepper(Objective(model, "elbo", 1), optimizer, max_value=max_value, binarize="dynamic",
-                      device=device, graph=graphed)
+    stepper = Stepper(
+        Objective(model, "elbo", 1), optimizer, max_value=max_value, binarize="dynamic", device=device, graph=graphed
+    )
     from vae.training import resident_minibatches
 
     rates = []
@@ -91,8 +103,11 @@ def plain_graphed_loop(dataset: DatasetRef, batch: int, epochs: int, device: tor
             stepper.step(images_batch, 1.0)
         stepper.first_bad_step()  # the epoch's sync, as in the worker loop
         rates.append(stepper.sums[4].item() / (time.perf_counter() - started))
-    return {"samples_per_second": statistics.median(rates[1:] or rates), "cuda_graph": stepper.graph is not None,
-            "graph_error": stepper.graph_error}
+    return {
+        "samples_per_second": statistics.median(rates[1:] or rates),
+        "cuda_graph": stepper.graph is not None,
+        "graph_error": stepper.graph_error,
+    }
 
 
 def ray_train(dataset: DatasetRef, batch: int, epochs: int, use_gpu: bool, storage: Path, **training) -> dict:
@@ -102,16 +117,28 @@ def ray_train(dataset: DatasetRef, batch: int, epochs: int, use_gpu: bool, stora
         name=f"bench-gpu-b{batch}",
         dataset=DatasetConfig(name=dataset.name, source="sklearn:digits", binarize="dynamic"),
         model=BURDA,
-        training=TrainingConfig(**{"epochs": epochs, "batch_size": batch, "workers": 1, "cpus_per_worker": 2,
-                                   "use_gpu": use_gpu, "checkpoint_every": epochs, "checkpoints_to_keep": 1,
-                                   **training}),
+        training=TrainingConfig(
+            **{
+                "epochs": epochs,
+                "batch_size": batch,
+                "workers": 1,
+                "cpus_per_worker": 2,
+                "use_gpu": use_gpu,
+                "checkpoint_every": epochs,
+                "checkpoints_to_keep": 1,
+                **training,
+            }
+        ),
         registry=RegistryConfig(model_name="bench-gpu"),
     )
     result = vae_training.train(config, dataset, storage_path=storage, echo=None)
     rates = [h["samples_per_second"] for h in result.history]
-    return {"samples_per_second": statistics.median(rates[1:] or rates),
-            "cuda_graph": bool(result.history[-1].get("cuda_graph")), "checkpoint": result.checkpoint,
-            "epochs": result.epochs}
+    return {
+        "samples_per_second": statistics.median(rates[1:] or rates),
+        "cuda_graph": bool(result.history[-1].get("cuda_graph")),
+        "checkpoint": result.checkpoint,
+        "epochs": result.epochs,
+    }
 
 
 def evaluation_seconds(checkpoint: str | None, dataset: DatasetRef, k: int, images: int, device: torch.device) -> dict:
@@ -135,8 +162,9 @@ def evaluation_seconds(checkpoint: str | None, dataset: DatasetRef, k: int, imag
     return out
 
 
-def short_training(source: str, root: Path, minutes: float, k: int, storage: Path, pipelines: str,
-                   use_gpu: bool) -> dict:
+def short_training(
+    source: str, root: Path, minutes: float, k: int, storage: Path, pipelines: str, use_gpu: bool
+) -> dict:
     """fashion-mnist-gpu from pipelines.yaml, trained for `minutes`, evaluated at k on all test images."""
     from vae import training as vae_training
     from vae.config import load_pipeline
@@ -145,8 +173,9 @@ def short_training(source: str, root: Path, minutes: float, k: int, storage: Pat
     settings = load_pipeline("fashion-mnist-gpu", pipelines)
     dataset = fashion_dataset(source, root)
     # The LR decays 10x over the epochs a GPU fits in the budget (issue 11: 1e-3 -> 1e-4 over ~770).
-    training = settings.training.model_copy(update={"max_minutes": minutes, "use_gpu": use_gpu,
-                                                    "lr_decay": 0.997, "checkpoint_every": 50})
+    training = settings.training.model_copy(
+        update={"max_minutes": minutes, "use_gpu": use_gpu, "lr_decay": 0.997, "checkpoint_every": 50}
+    )
     settings = settings.model_copy(update={"training": training})
     started = time.perf_counter()
     result = vae_training.train(settings, dataset, storage_path=storage, echo=log)
@@ -154,9 +183,16 @@ def short_training(source: str, root: Path, minutes: float, k: int, storage: Pat
     evaluation = settings.evaluation.model_copy(update={"k": k, "use_gpu": use_gpu})
     started = time.perf_counter()
     scored = score_checkpoint(result.checkpoint, dataset.path, evaluation, settings.dataset.binarize)
-    return {"train_wall_seconds": trained, "epochs": result.epochs, "test_nll": scored.summary["nll"],
-            "test_nll_stderr": scored.summary["nll_stderr"], "n": scored.summary["n"], "k": k,
-            "evaluation_seconds": time.perf_counter() - started, "checkpoint": result.checkpoint}
+    return {
+        "train_wall_seconds": trained,
+        "epochs": result.epochs,
+        "test_nll": scored.summary["nll"],
+        "test_nll_stderr": scored.summary["nll_stderr"],
+        "n": scored.summary["n"],
+        "k": k,
+        "evaluation_seconds": time.perf_counter() - started,
+        "checkpoint": result.checkpoint,
+    }
 
 
 def embedding_rate(checkpoint: str | None, dataset: DatasetRef, work: Path, use_gpu: bool, batch: int) -> dict:
@@ -170,8 +206,16 @@ def embedding_rate(checkpoint: str | None, dataset: DatasetRef, work: Path, use_
         state = {"model": model.state_dict(), "model_config": BURDA.model_dump(mode="json"), "data_dim": 784}
     out = {}
     for name, options in (("ray_data_1_actor", {"workers": 1, "use_gpu": use_gpu}), ("plain", {"plain": True})):
-        result = embedding.embed_dataset(state, dataset.path, work / "embedded.parquet", model_uri="bench",
-                                         batch_size=batch, overwrite=True, binarize="dynamic", **options)
+        result = embedding.embed_dataset(
+            state,
+            dataset.path,
+            work / "embedded.parquet",
+            model_uri="bench",
+            batch_size=batch,
+            overwrite=True,
+            binarize="dynamic",
+            **options,
+        )
         out[name] = {"rows": result.rows, "seconds": result.seconds, "rows_per_second": result.rows / result.seconds}
     return out
 
@@ -197,10 +241,15 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-gpu-"))
     os.environ.setdefault("VAE_HOME", str(work / "home"))
     storage = work / "runs"
-    report: dict = {"device": torch.cuda.get_device_name(0) if use_gpu else "cpu", "torch": torch.__version__,
-                    "cpus": os.cpu_count(), "smoke": args.smoke}
-    throughput_data = fashion_dataset(args.data, work) if args.data else random_dataset(
-        2000 if args.smoke else 70000, work)
+    report: dict = {
+        "device": torch.cuda.get_device_name(0) if use_gpu else "cpu",
+        "torch": torch.__version__,
+        "cpus": os.cpu_count(),
+        "smoke": args.smoke,
+    }
+    throughput_data = (
+        fashion_dataset(args.data, work) if args.data else random_dataset(2000 if args.smoke else 70000, work)
+    )
     from vae.cluster import ensure_ray
 
     ensure_ray(2)
@@ -212,7 +261,8 @@ def main() -> None:
         plain = plain_graphed_loop(throughput_data, batch, args.epochs, device)
         ray_run = ray_train(throughput_data, batch, args.epochs, use_gpu, storage)
         report["training"][f"batch_{batch}"] = {
-            "plain_graphed": plain, "ray_train_1_worker": {k: v for k, v in ray_run.items() if k != "checkpoint"},
+            "plain_graphed": plain,
+            "ray_train_1_worker": {k: v for k, v in ray_run.items() if k != "checkpoint"},
             "ray_over_plain": ray_run["samples_per_second"] / plain["samples_per_second"],
         }
         log(f"    plain {plain['samples_per_second']:,.0f}/s, Ray {ray_run['samples_per_second']:,.0f}/s")
@@ -220,8 +270,9 @@ def main() -> None:
     checkpoint = None
     if args.data:
         log(f"(c) fashion-mnist-gpu for {args.train_minutes} min, then test NLL at k={args.k}")
-        report["fashion_mnist_gpu"] = short_training(args.data, work, args.train_minutes, args.k, storage,
-                                                     args.pipelines, use_gpu)
+        report["fashion_mnist_gpu"] = short_training(
+            args.data, work, args.train_minutes, args.k, storage, args.pipelines, use_gpu
+        )
         checkpoint = report["fashion_mnist_gpu"]["checkpoint"]
     else:
         report["fashion_mnist_gpu"] = "skipped: pass --data with Fashion-MNIST"

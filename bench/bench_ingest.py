@@ -71,8 +71,10 @@ def main() -> None:
         ours, base, grouped, ours_rss, base_rss = [], [], [], [], []
         for i in range(args.repeat):
             home = work / f"home-{i}"  # a fresh VAE_HOME: a real conversion, not the idempotent skip
-            wall, rss = timed([sys.executable, "-m", "vae", "ingest", args.source, "--name", "fashion-mnist"],
-                              {**env, "VAE_HOME": str(home)})
+            wall, rss = timed(
+                [sys.executable, "-m", "vae", "ingest", args.source, "--name", "fashion-mnist"],
+                {**env, "VAE_HOME": str(home)},
+            )
             ours.append(wall)
             ours_rss.append(rss)
             wall, rss = timed([sys.executable, "-c", BASELINE, args.source, str(work / f"baseline-{i}.parquet")], env)
@@ -82,28 +84,39 @@ def main() -> None:
             wall, _rss = timed([sys.executable, "-c", BASELINE, args.source, grouped_out, "1024"], env)
             grouped.append(wall)
             shutil.rmtree(home)
-            print(f"run {i + 1}/{args.repeat}: vae ingest {ours[-1]:.2f} s, baseline {base[-1]:.2f} s, "
-                  f"baseline with 1024-row groups {grouped[-1]:.2f} s", flush=True)
+            print(
+                f"run {i + 1}/{args.repeat}: vae ingest {ours[-1]:.2f} s, baseline {base[-1]:.2f} s, "
+                f"baseline with 1024-row groups {grouped[-1]:.2f} s",
+                flush=True,
+            )
         for _ in range(2):  # the second finds its version present and skips the conversion
-            again_skip, _rss = timed([sys.executable, "-m", "vae", "ingest", args.source, "--name", "fashion-mnist"],
-                                     {**env, "VAE_HOME": str(work / "home-0")})
+            again_skip, _rss = timed(
+                [sys.executable, "-m", "vae", "ingest", args.source, "--name", "fashion-mnist"],
+                {**env, "VAE_HOME": str(work / "home-0")},
+            )
         mo, mb, mg = statistics.median(ours), statistics.median(base), statistics.median(grouped)
         print(f"\nFashion-MNIST (70k 28x28), median of {args.repeat} fresh subprocesses, {os.cpu_count()} CPUs")
         print(f"baseline (gunzip + numpy + one write_table)  {mb:6.2f} s   peak RSS {max(base_rss) / 2**20:5.0f} MiB")
         print(f"baseline, 1024-row groups                    {mg:6.2f} s")
         print(f"vae ingest                                   {mo:6.2f} s   peak RSS {max(ours_rss) / 2**20:5.0f} MiB")
         print(f"vae ingest, version already present           {again_skip:6.2f} s")
-        print(f"ratio vae ingest / baseline = {mo / mb:.2f}   (goal <= 1.5);  / baseline with 1024-row groups = "
-              f"{mo / mg:.2f}")
+        print(
+            f"ratio vae ingest / baseline = {mo / mb:.2f}   (goal <= 1.5);  / baseline with 1024-row groups = "
+            f"{mo / mg:.2f}"
+        )
         if args.big_rows:
             folder = work / "big"
             folder.mkdir()
             size = write_big_idx(folder, args.big_rows)
-            wall, rss = timed([sys.executable, "-m", "vae", "ingest", str(folder), "--name", "big"],
-                              {**env, "VAE_HOME": str(work / "home-big")})
+            wall, rss = timed(
+                [sys.executable, "-m", "vae", "ingest", str(folder), "--name", "big"],
+                {**env, "VAE_HOME": str(work / "home-big")},
+            )
             print(f"\nsynthetic IDX: {args.big_rows} images, {size / 2**30:.2f} GiB uncompressed")
-            print(f"vae ingest  {wall:6.1f} s ({size / 2**20 / wall:.0f} MiB/s)   peak RSS {rss / 2**20:.0f} MiB "
-                  f"({rss / size:.3f} of the file; goal well under 1 GiB)")
+            print(
+                f"vae ingest  {wall:6.1f} s ({size / 2**20 / wall:.0f} MiB/s)   peak RSS {rss / 2**20:.0f} MiB "
+                f"({rss / size:.3f} of the file; goal well under 1 GiB)"
+            )
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -79,13 +79,16 @@ def main() -> None:
     model_config = ModelConfig(latent_dim=50, hidden=(200, 200), activation="tanh")
     results: dict[str, list[float]] = {"plain": [], "ray-1": [], "ray-2": []}
     for _ in range(args.rounds):
-        results["plain"].append(plain_loop(images, manifest["value_range"][1], model_config, args.batch_size,
-                                           args.epochs))
+        results["plain"].append(
+            plain_loop(images, manifest["value_range"][1], model_config, args.batch_size, args.epochs)
+        )
         results["ray-1"].append(ray_loop(dataset, model_config, args.batch_size, args.epochs, 1))
         results["ray-2"].append(ray_loop(dataset, model_config, args.batch_size, args.epochs, 2))
     median = {key: statistics.median(values) for key, values in results.items()}
-    print(f"{args.dataset}: {images.shape[0]} train rows of {data_dim} pixels, batch {args.batch_size}, "
-          f"Burda MLP, {args.rounds} interleaved rounds of {args.epochs} epochs ({os.cpu_count()} CPUs)")
+    print(
+        f"{args.dataset}: {images.shape[0]} train rows of {data_dim} pixels, batch {args.batch_size}, "
+        f"Burda MLP, {args.rounds} interleaved rounds of {args.epochs} epochs ({os.cpu_count()} CPUs)"
+    )
     for key in results:
         print(f"{key:8} {median[key]:9.0f} samples/s   rounds: {', '.join(f'{v:.0f}' for v in results[key])}")
     print(f"\nRay Train 1 worker / plain loop = {median['ray-1'] / median['plain']:.2f}   (goal >= 0.90)")

@@ -15,8 +15,10 @@ def publish_artifacts(pipeline: str, result: dict) -> None:
     key = re.sub(r"[^a-z0-9-]+", "-", pipeline.lower()).strip("-") or "pipeline"
     evaluation, registration = result["evaluation"], result["registration"]
     rows = [
-        {"quantity": f"test NLL (k={evaluation['k']}, {evaluation['n']} {evaluation['split']} images)",
-         "value": f"{evaluation['nll']:.3f} ± {evaluation['nll_stderr']:.3f} nats"},
+        {
+            "quantity": f"test NLL (k={evaluation['k']}, {evaluation['n']} {evaluation['split']} images)",
+            "value": f"{evaluation['nll']:.3f} ± {evaluation['nll_stderr']:.3f} nats",
+        },
         {"quantity": "bits/dim", "value": f"{evaluation['bits_per_dim']:.4f}"},
         {"quantity": "ELBO", "value": f"{evaluation['elbo']:.3f} nats"},
         {"quantity": "ELBO gap ≈ KL(q(z|x) ‖ p(z|x))", "value": f"{evaluation['elbo_gap']:.3f} nats"},
@@ -24,10 +26,15 @@ def publish_artifacts(pipeline: str, result: dict) -> None:
         {"quantity": "dataset", "value": f"{result['dataset']['name']}@{result['dataset']['version']}"},
         {"quantity": "model", "value": registration["model_uri"]},
         {"quantity": "champion", "value": "yes" if registration["champion"] else "no (gate kept the champion)"},
-        {"quantity": "training", "value": "reused (data and settings unchanged)" if result["reused"]
-         else f"{result['epochs']} epochs"},
+        {
+            "quantity": "training",
+            "value": "reused (data and settings unchanged)" if result["reused"] else f"{result['epochs']} epochs",
+        },
     ]
     create_table_artifact(key=f"{key}-evaluation", table=rows, description=f"Evaluation of {registration['model_uri']}")
-    create_link_artifact(key=f"{key}-mlflow-run", link=registry.run_link(result["run_id"]),
-                         link_text=f"MLflow run {result['run_id']}",
-                         description=f"Tracking store: {result['tracking_uri']}")
+    create_link_artifact(
+        key=f"{key}-mlflow-run",
+        link=registry.run_link(result["run_id"]),
+        link_text=f"MLflow run {result['run_id']}",
+        description=f"Tracking store: {result['tracking_uri']}",
+    )

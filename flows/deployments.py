@@ -29,8 +29,10 @@ from vae import config
 from vae.errors import ConfigError, VAEError
 
 SCHEDULE_SLUG = "pipelines-yaml"
-ENTRYPOINTS = {"pipeline": ("flows.pipeline:pipeline_flow", pipeline_flow),
-               "embed": ("flows.embed:embed_flow", embed_flow)}
+ENTRYPOINTS = {
+    "pipeline": ("flows.pipeline:pipeline_flow", pipeline_flow),
+    "embed": ("flows.embed:embed_flow", embed_flow),
+}
 
 
 @dataclass
@@ -52,8 +54,9 @@ class Change:
 def _describe_schedule(schedule: config.ScheduleConfig | None) -> str:
     if schedule is None:
         return "none"
-    what = (f"cron '{schedule.cron}' ({schedule.timezone})" if schedule.cron
-            else f"every {schedule.interval_minutes:g} min")
+    what = (
+        f"cron '{schedule.cron}' ({schedule.timezone})" if schedule.cron else f"every {schedule.interval_minutes:g} min"
+    )
     return what if schedule.active else f"{what}, paused"
 
 
@@ -67,8 +70,9 @@ def _prefect_schedule(pipeline: str, section: str, schedule: config.ScheduleConf
         # A fixed anchor (midnight, 2000-01-01, in the schedule's zone): runs land on the same
         # times whenever `vae deploy` runs, and a redeploy of the same file changes nothing.
         anchor = datetime(2000, 1, 1, tzinfo=ZoneInfo(schedule.timezone))
-        return IntervalSchedule(interval=timedelta(minutes=schedule.interval_minutes), anchor_date=anchor,
-                                timezone=schedule.timezone)
+        return IntervalSchedule(
+            interval=timedelta(minutes=schedule.interval_minutes), anchor_date=anchor, timezone=schedule.timezone
+        )
     except ValueError as exc:
         reason = str(exc).splitlines()[-1].strip()
         raise ConfigError(f"{path}: pipeline '{pipeline}': field '{section}.schedule': {reason}") from None
@@ -87,22 +91,28 @@ def desired(pipelines_file: str | Path, only: list[str] | None = None) -> list[C
         if only and name not in only:
             continue
         jobs = {
-            "pipeline": (settings.deployment.schedule, "deployment",
-                         {"pipeline": name, "pipelines_file": str(path), **settings.deployment.parameters}),
+            "pipeline": (
+                settings.deployment.schedule,
+                "deployment",
+                {"pipeline": name, "pipelines_file": str(path), **settings.deployment.parameters},
+            ),
             "embed": (settings.embedding.schedule, "embedding", {"pipeline": name, "pipelines_file": str(path)}),
         }
         for flow_name, (schedule, section, parameters) in jobs.items():
             entrypoint, flow = ENTRYPOINTS[flow_name]
             prefect_schedule = _prefect_schedule(name, section, schedule, path)
             spec = {
-                "name": name, "flow_name": flow.name, "entrypoint": entrypoint,
+                "name": name,
+                "flow_name": flow.name,
+                "entrypoint": entrypoint,
                 "work_pool_name": settings.deployment.work_pool,
                 "pull_steps": [{"prefect.deployments.steps.set_working_directory": {"directory": workdir}}],
                 "parameters": parameters,
                 "parameter_openapi_schema": parameter_schema(flow).model_dump_for_openapi(),
                 "tags": sorted({"vae", *settings.deployment.tags}),
-                "schedules": [] if prefect_schedule is None else [DeploymentScheduleCreate(
-                    schedule=prefect_schedule, slug=SCHEDULE_SLUG, active=schedule.active)],
+                "schedules": []
+                if prefect_schedule is None
+                else [DeploymentScheduleCreate(schedule=prefect_schedule, slug=SCHEDULE_SLUG, active=schedule.active)],
                 "description": f"{flow.description or flow.name} ({name}, from {path.name})",
             }
             changes.append(Change(name=f"{flow.name}/{name}", action="create", spec=spec, schedule=schedule))
@@ -115,9 +125,13 @@ def _schedule_key(schedules) -> list[tuple]:
 
 def _differences(current, spec: dict[str, Any]) -> list[str]:
     found = []
-    for key, now in (("entrypoint", current.entrypoint), ("work_pool_name", current.work_pool_name),
-                     ("parameters", current.parameters), ("pull_steps", current.pull_steps),
-                     ("tags", sorted(current.tags))):
+    for key, now in (
+        ("entrypoint", current.entrypoint),
+        ("work_pool_name", current.work_pool_name),
+        ("parameters", current.parameters),
+        ("pull_steps", current.pull_steps),
+        ("tags", sorted(current.tags)),
+    ):
         if now != spec[key]:
             found.append(f"{key}: {now!r} → {spec[key]!r}")
     if _schedule_key(current.schedules) != _schedule_key(spec["schedules"]):
@@ -134,8 +148,10 @@ def api_url() -> str | None:
 def _api_error(exc: Exception) -> VAEError:
     url = api_url()
     if isinstance(exc, PrefectHTTPStatusError) and exc.response.status_code == 401:
-        return VAEError(f"Prefect API {url}: 401 Unauthorized (set PREFECT_API_AUTH_STRING to the server's "
-                        "PREFECT_SERVER_API_AUTH_STRING)")
+        return VAEError(
+            f"Prefect API {url}: 401 Unauthorized (set PREFECT_API_AUTH_STRING to the server's "
+            "PREFECT_SERVER_API_AUTH_STRING)"
+        )
     return VAEError(f"Prefect API {url}: {str(exc).splitlines()[0]}")
 
 
@@ -180,8 +196,10 @@ async def _apply(changes: list[Change]) -> None:
 def apply(changes: list[Change]) -> None:
     """Create missing process work pools, then upsert every changed deployment."""
     if api_url() is None:
-        raise VAEError("PREFECT_API_URL is not set: `vae deploy` needs a Prefect server "
-                       "(`prefect server start`, then export PREFECT_API_URL=http://127.0.0.1:4200/api)")
+        raise VAEError(
+            "PREFECT_API_URL is not set: `vae deploy` needs a Prefect server "
+            "(`prefect server start`, then export PREFECT_API_URL=http://127.0.0.1:4200/api)"
+        )
     try:
         asyncio.run(_apply(changes))
     except (PrefectHTTPStatusError, httpx.HTTPError, OSError, RuntimeError) as exc:

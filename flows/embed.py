@@ -19,16 +19,25 @@ def resolve_task(model_uri: str) -> tuple[str | None, str | None]:
 
 
 @task(name="embed")
-def embed_task(model_uri: str, dataset_path: str, out: str, settings: config.EmbeddingConfig,
-               overwrite: bool) -> dict:
-    return embedding.embed(model_uri, dataset_path, out, splits=settings.splits, workers=settings.workers,
-                           batch_size=settings.batch_size, overwrite=overwrite).to_dict()
+def embed_task(model_uri: str, dataset_path: str, out: str, settings: config.EmbeddingConfig, overwrite: bool) -> dict:
+    return embedding.embed(
+        model_uri,
+        dataset_path,
+        out,
+        splits=settings.splits,
+        workers=settings.workers,
+        batch_size=settings.batch_size,
+        overwrite=overwrite,
+    ).to_dict()
 
 
 @flow(name="embed")
 def embed_flow(
-    pipeline: str, pipelines_file: str = config.DEFAULT_PIPELINES_FILE, model_uri: str | None = None,
-    out: str | None = None, overwrite: bool = False,
+    pipeline: str,
+    pipelines_file: str = config.DEFAULT_PIPELINES_FILE,
+    model_uri: str | None = None,
+    out: str | None = None,
+    overwrite: bool = False,
 ) -> dict:
     """Embed the pipeline's (freshly ingested) dataset; returns the output path and what was encoded.
 
@@ -44,14 +53,17 @@ def embed_flow(
         folder.mkdir(parents=True, exist_ok=True)
         out = str(folder / f"{name or 'model'}-v{version or 'x'}-{dataset['version']}.parquet")
         if Path(out).exists() and not overwrite:
-            message = (f"{model_uri} (version {version}) has already embedded {dataset['name']}@{dataset['version']}: "
-                       f"{out}")
+            message = (
+                f"{model_uri} (version {version}) has already embedded {dataset['name']}@{dataset['version']}: {out}"
+            )
             print(message, flush=True)
             get_run_logger().info(message)
             return {"path": out, "model_uri": model_uri, "model_version": version, "skipped": True}
     result = embed_task(model_uri, dataset["path"], out, settings.embedding, overwrite)
-    message = (f"embedded {result['rows']} rows of {dataset['name']}@{dataset['version']} with {model_uri} "
-               f"(version {version}) → {result['path']}")
+    message = (
+        f"embedded {result['rows']} rows of {dataset['name']}@{dataset['version']} with {model_uri} "
+        f"(version {version}) → {result['path']}"
+    )
     print(message, flush=True)
     get_run_logger().info(message)
     return {**result, "skipped": False}

@@ -15,8 +15,12 @@ from vae.datasets import DatasetRef
 def evaluation_key(context, parameters: dict) -> str:
     """A checkpoint evaluated with the same settings on the same data gives the same numbers."""
     settings: PipelineConfig = parameters["settings"]
-    identity = {"checkpoint": parameters["checkpoint"], "dataset": parameters["dataset_path"],
-                "evaluation": settings.evaluation.model_dump(mode="json"), "binarize": settings.dataset.binarize}
+    identity = {
+        "checkpoint": parameters["checkpoint"],
+        "dataset": parameters["dataset_path"],
+        "evaluation": settings.evaluation.model_dump(mode="json"),
+        "binarize": settings.dataset.binarize,
+    }
     return "evaluate-" + hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:32]
 
 
@@ -30,8 +34,12 @@ def evaluate_task(checkpoint: str, dataset_path: str, settings: PipelineConfig) 
 @flow(name="evaluate")
 def evaluate_flow(settings: PipelineConfig, checkpoint: str, dataset: DatasetRef) -> evaluation.EvaluationSummary:
     """Estimate log p(x) on the configured split: NLL ± s.e., bits/dim, ELBO, gap, ESS."""
-    print(f"evaluating log p(x) on the {settings.evaluation.split} split with k={settings.evaluation.k} "
-          "importance samples per image", flush=True)
-    summary, _ = run_cached(evaluate_task, checkpoint, dataset.path, settings,
-                            still_valid=lambda done: Path(done["per_example"]).exists())
+    print(
+        f"evaluating log p(x) on the {settings.evaluation.split} split with k={settings.evaluation.k} "
+        "importance samples per image",
+        flush=True,
+    )
+    summary, _ = run_cached(
+        evaluate_task, checkpoint, dataset.path, settings, still_valid=lambda done: Path(done["per_example"]).exists()
+    )
     return evaluation.EvaluationSummary(**summary)

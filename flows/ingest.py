@@ -19,8 +19,13 @@ def _transient_download_failure(task, task_run, state) -> bool:
     return isinstance(state.data, DownloadError) and state.data.transient
 
 
-@task(name="ingest", **cached(_source_content), retries=2, retry_delay_seconds=[2, 10],
-      retry_condition_fn=_transient_download_failure)
+@task(
+    name="ingest",
+    **cached(_source_content),
+    retries=2,
+    retry_delay_seconds=[2, 10],
+    retry_condition_fn=_transient_download_failure,
+)
 def ingest_task(dataset: DatasetConfig) -> dict[str, str]:
     return ingest(dataset).to_dict()
 

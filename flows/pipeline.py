@@ -14,8 +14,12 @@ from vae import config, paths
 
 @flow(name="pipeline")
 def pipeline_flow(
-    pipeline: str, pipelines_file: str = config.DEFAULT_PIPELINES_FILE, workers: int | None = None,
-    gpu: bool | None = None, resume: bool = False, force: bool = False,
+    pipeline: str,
+    pipelines_file: str = config.DEFAULT_PIPELINES_FILE,
+    workers: int | None = None,
+    gpu: bool | None = None,
+    resume: bool = False,
+    force: bool = False,
 ) -> dict:
     """Run every stage; each passes references (paths, run ids, URIs) to the next.
 
@@ -41,9 +45,15 @@ def pipeline_flow(
     registration = register_flow(settings, trained, summary, dataset)
     lap("register")
     result = {
-        "pipeline": pipeline, "dataset": dataset.to_dict(), "run_id": trained.run_id,
-        "tracking_uri": paths.tracking_uri(), "checkpoint": trained.checkpoint, "epochs": trained.epochs,
-        "reused": trained.reused, "evaluation": summary.to_dict(), "registration": registration.to_dict(),
+        "pipeline": pipeline,
+        "dataset": dataset.to_dict(),
+        "run_id": trained.run_id,
+        "tracking_uri": paths.tracking_uri(),
+        "checkpoint": trained.checkpoint,
+        "epochs": trained.epochs,
+        "reused": trained.reused,
+        "evaluation": summary.to_dict(),
+        "registration": registration.to_dict(),
         "stage_seconds": seconds,
     }
     publish_artifacts(pipeline, result)

@@ -17,17 +17,29 @@ def _transient_registry_failure(task, task_run, state) -> bool:
     return registry.is_transient(state.result(raise_on_failure=False))
 
 
-@task(name="register", retries=3, retry_delay_seconds=exponential_backoff(2),
-      retry_condition_fn=_transient_registry_failure)
-def register_task(settings: PipelineConfig, run_id: str, checkpoint: str, evaluation: dict,
-                  dataset: dict[str, str], history: list[dict]) -> dict:
+@task(
+    name="register",
+    retries=3,
+    retry_delay_seconds=exponential_backoff(2),
+    retry_condition_fn=_transient_registry_failure,
+)
+def register_task(
+    settings: PipelineConfig,
+    run_id: str,
+    checkpoint: str,
+    evaluation: dict,
+    dataset: dict[str, str],
+    history: list[dict],
+) -> dict:
     return registration.register_run(settings, run_id, checkpoint, evaluation, dataset, history).to_dict()
 
 
 @flow(name="register")
-def register_flow(settings: PipelineConfig, trained: TrainingRun, summary: EvaluationSummary,
-                  dataset: DatasetRef) -> registry.Registration:
+def register_flow(
+    settings: PipelineConfig, trained: TrainingRun, summary: EvaluationSummary, dataset: DatasetRef
+) -> registry.Registration:
     """Register the trained model; `champion` moves only if its held-out NLL is better."""
-    done = register_task(settings, trained.run_id, trained.checkpoint, summary.to_dict(), dataset.to_dict(),
-                         trained.history)
+    done = register_task(
+        settings, trained.run_id, trained.checkpoint, summary.to_dict(), dataset.to_dict(), trained.history
+    )
     return registry.Registration(**done)

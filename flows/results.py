@@ -26,8 +26,12 @@ def is_trusted_record(content: bytes) -> bool:
     """A result record of ours: JSON whose metadata names exactly the plain JSON serializer."""
     try:
         record = json.loads(content)
-        return (isinstance(record, dict) and isinstance(record.get("metadata"), dict)
-                and record["metadata"].get("serializer") == _EXPECTED and isinstance(record.get("result"), str))
+        return (
+            isinstance(record, dict)
+            and isinstance(record.get("metadata"), dict)
+            and record["metadata"].get("serializer") == _EXPECTED
+            and isinstance(record.get("result"), str)
+        )
     except (ValueError, UnicodeDecodeError):
         return False
 
@@ -44,8 +48,11 @@ def _drop_untrusted(context, key: str) -> None:
     except IsADirectoryError:
         content = b""
     if not is_trusted_record(content):
-        print(f"warning: {path}: not a plain JSON result record of ours; ignored and recomputed", file=sys.stderr,
-              flush=True)
+        print(
+            f"warning: {path}: not a plain JSON result record of ours; ignored and recomputed",
+            file=sys.stderr,
+            flush=True,
+        )
         if path.is_dir():
             import shutil
 

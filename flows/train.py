@@ -24,9 +24,13 @@ def training_key(context, parameters: dict) -> str:
     """Same data content, same settings, same worker layout → the same training result."""
     settings: PipelineConfig = parameters["settings"]
     identity = {
-        "pipeline": settings.name, "content_hash": parameters["dataset"].content_hash,
-        "model": settings.model.model_dump(mode="json"), "training": settings.training.model_dump(mode="json"),
-        "binarize": settings.dataset.binarize, "workers": parameters.get("workers"), "gpu": parameters.get("gpu"),
+        "pipeline": settings.name,
+        "content_hash": parameters["dataset"].content_hash,
+        "model": settings.model.model_dump(mode="json"),
+        "training": settings.training.model_dump(mode="json"),
+        "binarize": settings.dataset.binarize,
+        "workers": parameters.get("workers"),
+        "gpu": parameters.get("gpu"),
         "run_id": parameters.get("run_id"),
     }
     return "train-" + hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:32]
@@ -38,13 +42,20 @@ def start_run_task(settings: PipelineConfig, dataset: DatasetRef, workers: int |
 
 
 @task(name="train", **cached(training_key))  # no retries: a diverged run must not be silently rerun
-def train_task(settings: PipelineConfig, dataset: DatasetRef, run_id: str, workers: int | None,
-               gpu: bool | None, resume: bool) -> dict:
+def train_task(
+    settings: PipelineConfig, dataset: DatasetRef, run_id: str, workers: int | None, gpu: bool | None, resume: bool
+) -> dict:
     uri = paths.tracking_uri()
     try:
-        result = training.train(settings, dataset, run_id=run_id, workers=workers, use_gpu=gpu, resume=resume,
-                                on_epoch=lambda metrics: registry.log_epoch_metrics(uri, run_id, metrics,
-                                                                                    step=int(metrics["epoch"])))
+        result = training.train(
+            settings,
+            dataset,
+            run_id=run_id,
+            workers=workers,
+            use_gpu=gpu,
+            resume=resume,
+            on_epoch=lambda metrics: registry.log_epoch_metrics(uri, run_id, metrics, step=int(metrics["epoch"])),
+        )
     except Exception:
         registry.end_run(run_id, "FAILED")
         raise
@@ -52,17 +63,36 @@ def train_task(settings: PipelineConfig, dataset: DatasetRef, run_id: str, worke
 
 
 @flow(name="train")
-def train_flow(settings: PipelineConfig, dataset: DatasetRef, workers: int | None = None, gpu: bool | None = None,
-               resume: bool = False, force: bool = False) -> training.TrainingRun:
+def train_flow(
+    settings: PipelineConfig,
+    dataset: DatasetRef,
+    workers: int | None = None,
+    gpu: bool | None = None,
+    resume: bool = False,
+    force: bool = False,
+) -> training.TrainingRun:
     """Train on an ingested dataset; `force` trains again even when the same training exists."""
     fresh = force or resume
-    run_id, _ = run_cached(start_run_task, settings, dataset, workers, gpu, force=fresh, still_valid=registry.run_exists)
+    run_id, _ = run_cached(
+        start_run_task, settings, dataset, workers, gpu, force=fresh, still_valid=registry.run_exists
+    )
     ACTIVE_RUNS.add(run_id)  # `vae run` marks it KILLED if interrupted before it ends
-    trained, reused = run_cached(train_task, settings, dataset, run_id, workers, gpu, resume, force=fresh,
-                                 still_valid=lambda done: training.is_checkpoint(done["checkpoint"]))
+    trained, reused = run_cached(
+        train_task,
+        settings,
+        dataset,
+        run_id,
+        workers,
+        gpu,
+        resume,
+        force=fresh,
+        still_valid=lambda done: training.is_checkpoint(done["checkpoint"]),
+    )
     if reused:
-        message = (f"dataset {dataset.name}@{dataset.version} and settings unchanged: reusing the finished "
-                   f"training of MLflow run {run_id} (pass --force to train again)")
+        message = (
+            f"dataset {dataset.name}@{dataset.version} and settings unchanged: reusing the finished "
+            f"training of MLflow run {run_id} (pass --force to train again)"
+        )
         print(message, flush=True)  # the terminal of `vae run`
         get_run_logger().info(message)  # the flow run's log in Prefect
     return training.TrainingRun(run_id=run_id, reused=reused, **trained)

@@ -21,7 +21,7 @@ os.environ.pop("RAY_ADDRESS", None)
 os.environ.pop("PREFECT_API_URL", None)
 (_STATE / "home").mkdir(parents=True, exist_ok=True)
 
-from vae.paths import quiet_environment
+from vae.paths import quiet_environment  # noqa: E402 (after VAE_HOME and PREFECT_HOME are set)
 
 quiet_environment()
 

@@ -47,11 +47,28 @@ class _Variant:
         return self.label_bytes + PIXEL_BYTES
 
 
-CIFAR10 = _Variant("CIFAR-10", "cifar-10-binary.tar.gz", "cifar-10-batches-bin", 1, (10,),
-                   tuple(f"data_batch_{i}.bin" for i in range(1, 6)), "test_batch.bin", "batches.meta.txt",
-                   "cifar-10-batches-py")
-CIFAR100 = _Variant("CIFAR-100", "cifar-100-binary.tar.gz", "cifar-100-binary", 2, (20, 100),
-                    ("train.bin",), "test.bin", "fine_label_names.txt", "cifar-100-python")
+CIFAR10 = _Variant(
+    "CIFAR-10",
+    "cifar-10-binary.tar.gz",
+    "cifar-10-batches-bin",
+    1,
+    (10,),
+    tuple(f"data_batch_{i}.bin" for i in range(1, 6)),
+    "test_batch.bin",
+    "batches.meta.txt",
+    "cifar-10-batches-py",
+)
+CIFAR100 = _Variant(
+    "CIFAR-100",
+    "cifar-100-binary.tar.gz",
+    "cifar-100-binary",
+    2,
+    (20, 100),
+    ("train.bin",),
+    "test.bin",
+    "fine_label_names.txt",
+    "cifar-100-python",
+)
 VARIANTS = (CIFAR10, CIFAR100)
 
 # Names only the pickled ("python") version uses: batch files without .bin, its meta pickles, its folders.
@@ -116,8 +133,11 @@ def _check_size(size: int, uri: str, variant: _Variant) -> None:
     if size == 0 or size % record:
         whole = size // record
         plural = "s" if whole > 1 else ""
-        options = f"{record} bytes for 1 record" if whole == 0 else (
-            f"{whole * record} bytes for {whole} record{plural} or {(whole + 1) * record} for {whole + 1}")
+        options = (
+            f"{record} bytes for 1 record"
+            if whole == 0
+            else (f"{whole * record} bytes for {whole} record{plural} or {(whole + 1) * record} for {whole + 1}")
+        )
         raise DataError(
             f"{uri}: truncated {variant.name} batch: {size} bytes is not a whole number of {record}-byte records "
             f"({variant.label_bytes} label byte{'s' if variant.label_bytes > 1 else ''} + {PIXEL_BYTES} pixel bytes; "
@@ -233,8 +253,7 @@ def _read_folder(folder: Path, uri: str) -> CifarData:
     if variant is None:
         pickled = sorted(n for n in present if _PYTHON_NAMES.match(n))
         if pickled or {"meta", "train", "test"} <= present:
-            raise _python_refusal(str(folder / (pickled[0] if pickled else "meta")),
-                                  CIFAR10 if pickled else CIFAR100)
+            raise _python_refusal(str(folder / (pickled[0] if pickled else "meta")), CIFAR10 if pickled else CIFAR100)
         raise DataError(
             f"{folder}: no CIFAR batches (expected {CIFAR10.folder}/ with {', '.join(CIFAR10.train)}, "
             f"{CIFAR10.test}, or {CIFAR100.folder}/ with train.bin, test.bin)"
@@ -244,7 +263,7 @@ def _read_folder(folder: Path, uri: str) -> CifarData:
         raise error
     paths = {name: folder / name for name in (*variant.train, variant.test)}
     try:
-        for name, path in paths.items():  # sizes first: a truncated file fails before anything is read
+        for path in paths.values():  # sizes first: a truncated file fails before anything is read
             _check_size(path.stat().st_size, str(path), variant)
         batches = {name: path.read_bytes() for name, path in paths.items()}
         names_path = folder / variant.class_names

@@ -15,7 +15,14 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
-    AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_serializer, model_validator,
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_serializer,
+    model_validator,
 )
 
 from vae.errors import ConfigError
@@ -33,8 +40,10 @@ def name_problem(value: object) -> str | None:
     """Why `value` is not a valid pipeline, dataset, experiment or model name; None if it is."""
     if isinstance(value, str) and NAME_PATTERN.match(value) and ".." not in value:
         return None
-    return (f"expected 1-64 letters, digits, '_', '.' or '-', starting with a letter or digit "
-            f"(no '/' or '..'), got {value!r}")
+    return (
+        f"expected 1-64 letters, digits, '_', '.' or '-', starting with a letter or digit "
+        f"(no '/' or '..'), got {value!r}"
+    )
 
 
 def _check_name(value: str) -> str:
@@ -58,14 +67,22 @@ Int = Annotated[int, _no_bool("an integer")]
 Float = Annotated[float, _no_bool("a number")]  # finite: allow_inf_nan=False below
 
 # Cron fields (a sixth, seconds, is allowed as Prefect reads it) and the names they accept.
-_CRON_FIELDS = (("minute", 0, 59), ("hour", 0, 23), ("day of month", 1, 31), ("month", 1, 12), ("weekday", 0, 7),
-                ("second", 0, 59))
+_CRON_FIELDS = (
+    ("minute", 0, 59),
+    ("hour", 0, 23),
+    ("day of month", 1, 31),
+    ("month", 1, 12),
+    ("weekday", 0, 7),
+    ("second", 0, 59),
+)
 _CRON_NAMES = {
     "month": {m: i + 1 for i, m in enumerate("jan feb mar apr may jun jul aug sep oct nov dec".split())},
     "weekday": {d: i for i, d in enumerate("sun mon tue wed thu fri sat".split())},
 }
-CRON_HELP = ("expected 5 fields 'minute hour day-of-month month weekday' of numbers, ranges (1-5), lists (1,3), "
-             "steps (*/15) or *, e.g. '0 3 * * 1' for Mondays at 03:00")
+CRON_HELP = (
+    "expected 5 fields 'minute hour day-of-month month weekday' of numbers, ranges (1-5), lists (1,3), "
+    "steps (*/15) or *, e.g. '0 3 * * 1' for Mondays at 03:00"
+)
 
 
 def cron_problem(cron: str) -> str | None:
@@ -228,7 +245,9 @@ class ScheduleConfig(_Frozen):
 
             ZoneInfo(self.timezone)
         except (ValueError, KeyError, OSError):
-            raise ValueError(f"timezone {self.timezone!r}: expected an IANA name such as 'UTC' or 'Europe/Berlin'") from None
+            raise ValueError(
+                f"timezone {self.timezone!r}: expected an IANA name such as 'UTC' or 'Europe/Berlin'"
+            ) from None
         return self
 
 
@@ -315,7 +334,9 @@ def _parse_pipeline(path: Path, name: str, body: Any) -> PipelineConfig:
     except ValidationError as exc:
         first = exc.errors()[0]
         if not first["loc"]:  # a check across sections
-            raise ConfigError(f"{path}: pipeline '{name}': {describe_error(first).removeprefix('expected: ')}") from None
+            raise ConfigError(
+                f"{path}: pipeline '{name}': {describe_error(first).removeprefix('expected: ')}"
+            ) from None
         field = ".".join(str(part) for part in first["loc"])
         raise ConfigError(f"{path}: pipeline '{name}': field '{field}': {describe_error(first)}") from None
     except TypeError as exc:  # e.g. a section given twice through ** expansion
@@ -340,8 +361,10 @@ class _StrictLoader(yaml.SafeLoader):
             except TypeError:  # an unhashable key: SafeLoader says so below
                 continue
             if seen:
-                raise _DuplicateKeyError(problem=f"duplicate key {key!r} (first given on line {first[key]}; "
-                                                 "expected each key once)", problem_mark=key_node.start_mark)
+                raise _DuplicateKeyError(
+                    problem=f"duplicate key {key!r} (first given on line {first[key]}; expected each key once)",
+                    problem_mark=key_node.start_mark,
+                )
             first[key] = key_node.start_mark.line + 1
         return super().construct_mapping(node, deep)
 
@@ -352,8 +375,9 @@ def parse_yaml(path: Path, raw: bytes) -> Any:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         line = raw[: exc.start].count(b"\n") + 1
-        raise ConfigError(f"{path}: line {line}: byte 0x{raw[exc.start]:02x} is not UTF-8 "
-                          "(expected a UTF-8 text file)") from None
+        raise ConfigError(
+            f"{path}: line {line}: byte 0x{raw[exc.start]:02x} is not UTF-8 (expected a UTF-8 text file)"
+        ) from None
     try:
         return yaml.load(text, Loader=_StrictLoader)
     except yaml.YAMLError as exc:

@@ -88,7 +88,7 @@ def conv_encoder(
         ToImage((c, h, w), channels_last),  # (B, C, H, W)
         nn.ZeroPad2d((left, right, top, bottom)),  # (B, C, Hp, Wp)
     ]
-    for i, (n_in, n_out) in enumerate(zip([c, *widths[:-1]], widths)):
+    for n_in, n_out in zip([c, *widths[:-1]], widths):
         layers += [nn.Conv2d(n_in, n_out, KERNEL, STRIDE, PADDING), nn.ReLU()]  # (B, w_i, Hp/2^(i+1), Wp/2^(i+1))
     flat = widths[-1] * (hp >> depth) * (wp >> depth)
     layers += [
@@ -114,7 +114,8 @@ def conv_decoder(
     hb, wb = hp >> depth, wp >> depth  # the bottleneck grid
     reverse = list(widths[::-1])  # w_last, ..., w_0
     layers: list[nn.Module] = [
-        nn.Linear(latent_dim, reverse[0] * hb * wb), nn.ReLU(),  # (N, w_last * hb * wb)
+        nn.Linear(latent_dim, reverse[0] * hb * wb),
+        nn.ReLU(),  # (N, w_last * hb * wb)
         nn.Unflatten(1, (reverse[0], hb, wb)),  # (N, w_last, hb, wb)
     ]
     outs = [*reverse[1:], c * out_per_subpixel]

@@ -22,6 +22,8 @@ from vae.paths import datasets_dir, inside
 from vae.urls import redact_url
 
 SPLITS = ("train", "validation", "test")
+
+
 @dataclass(frozen=True)
 class DatasetRef:
     """What ingestion hands to the next stage: where the dataset is and what it contains."""
@@ -114,8 +116,10 @@ def check_pixels(dataset_path: str | Path, manifest: dict, data_dim: int, hint: 
     pixels = int(math.prod(manifest["shape"]))
     if pixels != int(data_dim):
         shape = "x".join(str(s) for s in manifest["shape"])
-        raise DataError(f"{dataset_path}: images are {shape} ({pixels} pixels) but the model expects "
-                        f"{data_dim} pixels per image{hint}")
+        raise DataError(
+            f"{dataset_path}: images are {shape} ({pixels} pixels) but the model expects "
+            f"{data_dim} pixels per image{hint}"
+        )
 
 
 def split_path(dataset_path: str | Path, split: str) -> str:

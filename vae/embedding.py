@@ -97,8 +97,9 @@ def check_inputs(state: dict[str, Any], dataset_path: str | Path, out: str | Pat
     """Everything that can be wrong before any work starts; returns the dataset's manifest."""
     check_output(out, overwrite)
     manifest = read_manifest(dataset_path)
-    check_pixels(dataset_path, manifest, int(state["data_dim"]),
-                 hint=" (embed a dataset of the shape the model was trained on)")
+    check_pixels(
+        dataset_path, manifest, int(state["data_dim"]), hint=" (embed a dataset of the shape the model was trained on)"
+    )
     return manifest
 
 
@@ -137,8 +138,7 @@ def embed_dataset(
     """
     started = time.perf_counter()
     manifest = check_inputs(state, dataset_path, out, overwrite)
-    paths = {split_path(dataset_path, split): split for split in splits
-             if int(manifest["rows"].get(split, 0)) > 0}
+    paths = {split_path(dataset_path, split): split for split in splits if int(manifest["rows"].get(split, 0)) > 0}
     if not paths:
         raise DataError(f"{dataset_path}: splits {', '.join(splits)} hold no rows (expected at least one image)")
     encoder_options = {"max_value": float(manifest["value_range"][1]), "mode": input_mode(binarize)}
@@ -146,15 +146,26 @@ def embed_dataset(
         batches = _encode_in_process(state, list(paths), batch_size, encoder_options)
     else:
         batches = _encode_with_ray_data(state, list(paths), batch_size, encoder_options, workers, use_gpu)
-    constants = {"model_uri": model_uri, "model_name": model_name, "model_version": model_version,
-                 "dataset_hash": manifest["content_hash"]}
+    constants = {
+        "model_uri": model_uri,
+        "model_name": model_name,
+        "model_version": model_version,
+        "dataset_hash": manifest["content_hash"],
+    }
     latent = int(state["model_config"]["latent_dim"])
-    schema = pa.schema([
-        ("split", pa.string()), ("row", pa.int64()), ("label", pa.int64()),
-        ("z_mean", pa.list_(pa.float32(), latent)), ("z_logvar", pa.list_(pa.float32(), latent)),
-        ("model_uri", pa.string()), ("model_name", pa.string()), ("model_version", pa.string()),
-        ("dataset_hash", pa.string()),
-    ])
+    schema = pa.schema(
+        [
+            ("split", pa.string()),
+            ("row", pa.int64()),
+            ("label", pa.int64()),
+            ("z_mean", pa.list_(pa.float32(), latent)),
+            ("z_logvar", pa.list_(pa.float32(), latent)),
+            ("model_uri", pa.string()),
+            ("model_name", pa.string()),
+            ("model_version", pa.string()),
+            ("dataset_hash", pa.string()),
+        ]
+    )
     out = Path(out)
     counts = {split: 0 for split in paths.values()}
     handle, temporary = tempfile.mkstemp(prefix=f".{out.name}-", suffix=".tmp", dir=out.parent)
@@ -168,14 +179,26 @@ def embed_dataset(
         Path(temporary).unlink(missing_ok=True)
         raise
     return EmbeddingResult(
-        path=str(out), rows=sum(counts.values()), splits=counts, model_uri=model_uri, model_name=model_name,
-        model_version=model_version, dataset_hash=manifest["content_hash"], latent_dim=latent,
+        path=str(out),
+        rows=sum(counts.values()),
+        splits=counts,
+        model_uri=model_uri,
+        model_name=model_name,
+        model_version=model_version,
+        dataset_hash=manifest["content_hash"],
+        latent_dim=latent,
         seconds=round(time.perf_counter() - started, 3),
     )
 
 
-def _encode_with_ray_data(state: dict[str, Any], paths: list[str], batch_size: int, encoder_options: dict[str, Any],
-                          workers: int, use_gpu: bool | None) -> Iterator[pa.Table]:
+def _encode_with_ray_data(
+    state: dict[str, Any],
+    paths: list[str],
+    batch_size: int,
+    encoder_options: dict[str, Any],
+    workers: int,
+    use_gpu: bool | None,
+) -> Iterator[pa.Table]:
     """Encoded batches, in file order, from `map_batches` on a pool of `workers` encoder actors."""
     import ray
     import ray.data
@@ -192,14 +215,18 @@ def _encode_with_ray_data(state: dict[str, Any], paths: list[str], batch_size: i
         # The weights go in as a reference nested in a tuple: Ray does not resolve it for the
         # constructor, so a restarted actor fetches them again instead of failing.
         fn_constructor_kwargs={"state": (ray.put(state),), **encoder_options, "use_gpu": gpu},
-        batch_size=batch_size, batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=workers),
-        num_cpus=0 if gpu else 1, num_gpus=1 if gpu else 0,
+        batch_size=batch_size,
+        batch_format="pyarrow",
+        compute=ray.data.ActorPoolStrategy(size=workers),
+        num_cpus=0 if gpu else 1,
+        num_gpus=1 if gpu else 0,
     )
     return encoded.iter_batches(batch_format="pyarrow", batch_size=None)
 
 
-def _encode_in_process(state: dict[str, Any], paths: list[str], batch_size: int,
-                       encoder_options: dict[str, Any]) -> Iterator[pa.Table]:
+def _encode_in_process(
+    state: dict[str, Any], paths: list[str], batch_size: int, encoder_options: dict[str, Any]
+) -> Iterator[pa.Table]:
     """The same encoder over pyarrow batches read straight from the files, in this process."""
     encoder = Encoder(state, **encoder_options)
     for path in paths:
@@ -208,8 +235,9 @@ def _encode_in_process(state: dict[str, Any], paths: list[str], batch_size: int,
             yield encoder(table.append_column("path", pa.array([path] * table.num_rows, pa.string())))
 
 
-def _output_rows(batch: pa.Table, paths: dict[str, str], counts: dict[str, int], constants: dict[str, Any],
-                 schema: pa.Schema) -> pa.Table:
+def _output_rows(
+    batch: pa.Table, paths: dict[str, str], counts: dict[str, int], constants: dict[str, Any], schema: pa.Schema
+) -> pa.Table:
     """Name each row's split and number it within the split (batches arrive in order)."""
     files, which = np.unique(np.asarray(batch.column("path").to_pylist(), dtype=object), return_inverse=True)
     split_of = np.array([paths[_normalise(str(file), paths)] for file in files], dtype=object)[which]  # (B,)
@@ -220,11 +248,17 @@ def _output_rows(batch: pa.Table, paths: dict[str, str], counts: dict[str, int],
         counts[split] += int(mask.sum())
     n = batch.num_rows
     labels = batch.column("label") if "label" in batch.column_names else pa.nulls(n, pa.int64())
-    return pa.table({
-        "split": pa.array(split_of.tolist(), pa.string()), "row": pa.array(rows), "label": labels.cast(pa.int64()),
-        "z_mean": batch.column("z_mean"), "z_logvar": batch.column("z_logvar"),
-        **{name: pa.array([value] * n, pa.string()) for name, value in constants.items()},
-    }, schema=schema)
+    return pa.table(
+        {
+            "split": pa.array(split_of.tolist(), pa.string()),
+            "row": pa.array(rows),
+            "label": labels.cast(pa.int64()),
+            "z_mean": batch.column("z_mean"),
+            "z_logvar": batch.column("z_logvar"),
+            **{name: pa.array([value] * n, pa.string()) for name, value in constants.items()},
+        },
+        schema=schema,
+    )
 
 
 def _normalise(file: str, paths: dict[str, str]) -> str:
@@ -262,5 +296,13 @@ def embed(
         binarize = metadata["binarize"]
         options.pop("binarize", None)
     state = read_checkpoint_state(checkpoint)
-    return embed_dataset(state, dataset_path, out, model_uri=model_uri, model_name=name, model_version=version,
-                         binarize=binarize, **options)
+    return embed_dataset(
+        state,
+        dataset_path,
+        out,
+        model_uri=model_uri,
+        model_name=name,
+        model_version=version,
+        binarize=binarize,
+        **options,
+    )

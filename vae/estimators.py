@@ -83,8 +83,9 @@ def device_memory_budget(device: torch.device, default: int, fraction: float = 0
     return int(free * fraction)
 
 
-def block_noise(k: int, latent_dim: int, first: int, count: int, seed: int,
-                device: torch.device | str = "cpu") -> torch.Tensor:
+def block_noise(
+    k: int, latent_dim: int, first: int, count: int, seed: int, device: torch.device | str = "cpu"
+) -> torch.Tensor:
     """eps ~ N(0, I) for examples first..first+count-1, drawn on `device`: (K, B, L).
 
     Examples come in fixed blocks of NOISE_BLOCK, each block drawn from a generator seeded by
@@ -170,7 +171,9 @@ def estimate_log_likelihood(
                 z = torch.addcmul(mean, torch.exp(0.5 * logvar), e)  # (Kc, B, L)
                 log_w = (
                     model.log_likelihood(xb, z, x_projected)  # (Kc, B)
-                    - 0.5 * (z * z).sum(-1) + 0.5 * (e * e).sum(-1) + half_log_det
+                    - 0.5 * (z * z).sum(-1)
+                    + 0.5 * (e * e).sum(-1)
+                    + half_log_det
                 ).double()
                 lse = torch.logaddexp(lse, torch.logsumexp(log_w, dim=0))
                 lse2 = torch.logaddexp(lse2, torch.logsumexp(2.0 * log_w, dim=0))
@@ -207,6 +210,29 @@ def sigmoid_schedule(steps: int, rad: float = 4.0) -> torch.Tensor:
     """Inverse temperatures 0 = b_0 < ... < b_T = 1, dense near both ends (Grosse et al. 2015)."""
     s = torch.sigmoid(torch.linspace(-rad, rad, steps + 1, dtype=torch.float64))
     return (s - s[0]) / (s[-1] - s[0])  # (T+1,)
+
+
+def _hmc_transition(
+    z: torch.Tensor, beta: float, eps: torch.Tensor, energy_and_grad, leapfrog_steps: int, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One HMC transition leaving f_beta invariant: leapfrog, then Metropolis-Hastings (Neal 2011).
+
+    z: (C, N, L) → new z (C, N, L) and the acceptances (C, N).
+    """
+    momentum = torch.randn(z.shape, generator=generator, device=z.device)  # (C, N, L)
+    energy, grad = energy_and_grad(z, beta)
+    h_start = energy + 0.5 * (momentum**2).sum(-1)  # (C, N)
+    z_new, p_new = z.clone(), momentum - 0.5 * eps * grad
+    for i in range(leapfrog_steps):
+        z_new = z_new + eps * p_new
+        energy_new, grad_new = energy_and_grad(z_new, beta)
+        if i < leapfrog_steps - 1:
+            p_new = p_new - eps * grad_new
+    p_new = p_new - 0.5 * eps * grad_new
+    h_end = energy_new + 0.5 * (p_new**2).sum(-1)  # (C, N)
+    log_u = torch.log(torch.rand(h_end.shape, generator=generator, device=z.device))
+    accept = (log_u < (h_start - h_end)) & torch.isfinite(h_end)  # (C, N)
+    return torch.where(accept[..., None], z_new, z), accept
 
 
 def annealed_importance_sampling(
@@ -249,22 +275,7 @@ def annealed_importance_sampling(
         current_ll = log_lik(z)
     for t in range(1, steps + 1):
         log_w += (betas[t] - betas[t - 1]) * current_ll.double()
-        beta = betas[t]
-        # One HMC transition leaving f_t invariant: leapfrog, then Metropolis-Hastings.
-        momentum = torch.randn(z.shape, generator=generator, device=x.device)  # (C, N, L)
-        energy, grad = energy_and_grad(z, beta)
-        h_start = energy + 0.5 * (momentum**2).sum(-1)  # (C, N)
-        z_new, p_new = z.clone(), momentum - 0.5 * eps * grad
-        for i in range(leapfrog_steps):
-            z_new = z_new + eps * p_new
-            energy_new, grad_new = energy_and_grad(z_new, beta)
-            if i < leapfrog_steps - 1:
-                p_new = p_new - eps * grad_new
-        p_new = p_new - 0.5 * eps * grad_new
-        h_end = energy_new + 0.5 * (p_new**2).sum(-1)  # (C, N)
-        log_u = torch.log(torch.rand(h_end.shape, generator=generator, device=x.device))
-        accept = (log_u < (h_start - h_end)) & torch.isfinite(h_end)  # (C, N)
-        z = torch.where(accept[..., None], z_new, z)
+        z, accept = _hmc_transition(z, betas[t], eps, energy_and_grad, leapfrog_steps, generator)
         with torch.no_grad():
             current_ll = log_lik(z)
         rate = accept.double().mean(0)  # (N,) acceptance over chains

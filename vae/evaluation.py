@@ -71,14 +71,21 @@ def evaluation_device(config: EvaluationConfig) -> torch.device:
     return torch.device("cuda") if config.use_gpu and torch.cuda.is_available() else torch.device("cpu")
 
 
-def estimate_on_device(model: VAE, x: torch.Tensor, config: EvaluationConfig, first_index: int = 0,
-                       device: torch.device | None = None) -> LogLikelihoodEstimate:
+def estimate_on_device(
+    model: VAE, x: torch.Tensor, config: EvaluationConfig, first_index: int = 0, device: torch.device | None = None
+) -> LogLikelihoodEstimate:
     """Estimate on `device`: on a GPU the batch and decoder chunks are sized from its free memory."""
     device = device or evaluation_device(config)
     budget = device_memory_budget(device, config.max_memory_mb * 2**20)
     return estimate_log_likelihood(
-        model.to(device), x.to(device), config.k, batch_size=None if device.type == "cuda" else config.batch_size,
-        max_memory_bytes=budget, seed=config.seed, first_index=first_index, tf32=config.tf32 and device.type == "cuda",
+        model.to(device),
+        x.to(device),
+        config.k,
+        batch_size=None if device.type == "cuda" else config.batch_size,
+        max_memory_bytes=budget,
+        seed=config.seed,
+        first_index=first_index,
+        tf32=config.tf32 and device.type == "cuda",
     )
 
 
@@ -88,8 +95,9 @@ def _estimate_shard(state: dict[str, Any], x: torch.Tensor, config: EvaluationCo
     return estimate.log_px, estimate.elbo, estimate.ess
 
 
-def estimate_across_workers(model: VAE, state: dict[str, Any], x: torch.Tensor, config: EvaluationConfig
-                            ) -> LogLikelihoodEstimate:
+def estimate_across_workers(
+    model: VAE, state: dict[str, Any], x: torch.Tensor, config: EvaluationConfig
+) -> LogLikelihoodEstimate:
     """Split x into contiguous shards, one Ray task each (a GPU each when asked), and concatenate in order."""
     import ray
 
@@ -98,23 +106,28 @@ def estimate_across_workers(model: VAE, state: dict[str, Any], x: torch.Tensor, 
     ensure_ray(config.workers)
     gpus = 1 if config.use_gpu and ray.cluster_resources().get("GPU", 0) > 0 else 0
     remote = ray.remote(num_cpus=1, num_gpus=gpus)(_estimate_shard)
-    state_ref = ray.put({"model": model.state_dict(), "model_config": state["model_config"],
-                         "data_dim": state["data_dim"], "image_shape": state.get("image_shape")})
+    state_ref = ray.put(
+        {
+            "model": model.state_dict(),
+            "model_config": state["model_config"],
+            "data_dim": state["data_dim"],
+            "image_shape": state.get("image_shape"),
+        }
+    )
     bounds = np.linspace(0, x.shape[0], config.workers + 1).astype(int)
     futures = [
-        remote.remote(state_ref, x[lo:hi], config, int(lo))
-        for lo, hi in zip(bounds[:-1], bounds[1:]) if hi > lo
+        remote.remote(state_ref, x[lo:hi], config, int(lo)) for lo, hi in zip(bounds[:-1], bounds[1:]) if hi > lo
     ]
     parts = ray.get(futures)
     return LogLikelihoodEstimate(
-        log_px=torch.cat([p[0] for p in parts]), elbo=torch.cat([p[1] for p in parts]),
-        ess=torch.cat([p[2] for p in parts]), k=config.k,
+        log_px=torch.cat([p[0] for p in parts]),
+        elbo=torch.cat([p[1] for p in parts]),
+        ess=torch.cat([p[2] for p in parts]),
+        k=config.k,
     )
 
 
-def score_checkpoint(
-    checkpoint_dir: str | Path, dataset_path: str, config: EvaluationConfig, binarize: str
-) -> Scored:
+def score_checkpoint(checkpoint_dir: str | Path, dataset_path: str, config: EvaluationConfig, binarize: str) -> Scored:
     """Estimate log p(x) on the configured split with k importance samples per image."""
     if config.k < 1:
         raise DataError(f"k = {config.k}: expected k >= 1 importance samples")
@@ -126,8 +139,11 @@ def score_checkpoint(
     else:
         device = evaluation_device(config)
         estimate = estimate_on_device(model, x, config, device=device)
-    summary = {**estimate.summary(model.data_dim), "split": config.split,
-               "device": torch.cuda.get_device_name(device) if str(device).startswith("cuda") else str(device)}
+    summary = {
+        **estimate.summary(model.data_dim),
+        "split": config.split,
+        "device": torch.cuda.get_device_name(device) if str(device).startswith("cuda") else str(device),
+    }
     return Scored(summary=summary, estimate=estimate, labels=labels)
 
 
@@ -157,7 +173,6 @@ def write_per_example(scored: Scored, path: str | Path) -> Path:
     return path
 
 
-
 def resolve_dataset(name_or_path: str, root: Path | None = None) -> str:
     """A dataset directory: a path holding manifest.json, or the newest version of a named dataset."""
     import json
@@ -171,8 +186,10 @@ def resolve_dataset(name_or_path: str, root: Path | None = None) -> str:
         base = (root or datasets_dir()) / name_or_path
         versions = sorted(base.glob("*/manifest.json")) if base.is_dir() else []
         if not versions:
-            raise DataError(f"dataset '{name_or_path}': not found under {base.parent} (run `vae ingest` first, "
-                            "or pass a dataset directory)")
+            raise DataError(
+                f"dataset '{name_or_path}': not found under {base.parent} (run `vae ingest` first, "
+                "or pass a dataset directory)"
+            )
         found = max(versions, key=lambda m: (json.loads(m.read_text()).get("created_at", ""), m.stat().st_mtime)).parent
     problem = dataset_problem(found)
     if problem:
@@ -181,8 +198,13 @@ def resolve_dataset(name_or_path: str, root: Path | None = None) -> str:
 
 
 def ais_cross_check(
-    checkpoint_dir: str | Path, dataset_path: str, config: EvaluationConfig, binarize: str, scored: Scored,
-    images: int, steps: int,
+    checkpoint_dir: str | Path,
+    dataset_path: str,
+    config: EvaluationConfig,
+    binarize: str,
+    scored: Scored,
+    images: int,
+    steps: int,
 ) -> dict[str, float]:
     """AIS (HMC) on the first `images` examples against the IS estimates of the same examples."""
     from vae.estimators import annealed_importance_sampling
@@ -193,7 +215,10 @@ def ais_cross_check(
     ais = annealed_importance_sampling(model, x[:n], steps=steps, seed=config.seed)
     difference = ais.log_px - scored.estimate.log_px[:n]
     return {
-        "n": n, "steps": steps, "ais_log_px": ais.mean_log_px, "is_log_px": float(scored.estimate.log_px[:n].mean()),
+        "n": n,
+        "steps": steps,
+        "ais_log_px": ais.mean_log_px,
+        "is_log_px": float(scored.estimate.log_px[:n].mean()),
         "difference": float(difference.mean()),
         "difference_stderr": float(difference.std() / n**0.5) if n > 1 else float("nan"),
         "hmc_acceptance": ais.acceptance,

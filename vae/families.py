@@ -156,8 +156,9 @@ class LatentFamily(nn.Module):
 
     # --- objectives --------------------------------------------------------------------------------
 
-    def draw_noise(self, x: torch.Tensor, k: int, generator: torch.Generator | None,
-                   noise: torch.Tensor | None) -> torch.Tensor:
+    def draw_noise(
+        self, x: torch.Tensor, k: int, generator: torch.Generator | None, noise: torch.Tensor | None
+    ) -> torch.Tensor:
         """eps ~ N(0, I) for k posterior samples per image, or the given noise checked. → (K, B, noise_dim)"""
         shape = (k, x.shape[0], self.noise_dim)
         if noise is None:
@@ -166,8 +167,9 @@ class LatentFamily(nn.Module):
             raise ValueError(f"noise must have shape {shape}, got {tuple(noise.shape)}")
         return noise.to(x)
 
-    def log_weights(self, x: torch.Tensor, k: int, generator: torch.Generator | None = None,
-                    noise: torch.Tensor | None = None) -> torch.Tensor:
+    def log_weights(
+        self, x: torch.Tensor, k: int, generator: torch.Generator | None = None, noise: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """log w = log p(x, s) - log q(s|x), s ~ q(s|x) reparameterised (differentiable).
 
         x: (B, D); noise (optional, (K, B, noise_dim)) replaces the draw → (K, B)
@@ -200,10 +202,20 @@ class OneLevelVAE(LatentFamily):
     for Gaussian (Tomczak & Welling 2018, Eq. 9 and their code); elbo_terms' KL is a single-sample estimate.
     """
 
-    def __init__(self, data_dim: int, latent_dim: int, hidden: tuple[int, ...] = (300, 300), *,
-                 body: Body = "mlp", activation: str = "relu", prior: Literal["standard", "vamp"] = "standard",
-                 pseudo_inputs: int = 500, likelihood: Likelihood = "bernoulli", gaussian_std: float | None = None,
-                 pseudo_input_init: tuple[float, float] = PSEUDO_INPUT_INIT):
+    def __init__(
+        self,
+        data_dim: int,
+        latent_dim: int,
+        hidden: tuple[int, ...] = (300, 300),
+        *,
+        body: Body = "mlp",
+        activation: str = "relu",
+        prior: Literal["standard", "vamp"] = "standard",
+        pseudo_inputs: int = 500,
+        likelihood: Likelihood = "bernoulli",
+        gaussian_std: float | None = None,
+        pseudo_input_init: tuple[float, float] = PSEUDO_INPUT_INIT,
+    ):
         super().__init__(data_dim, likelihood, gaussian_std)
         if prior not in ("standard", "vamp"):
             raise VAEError(f"model prior '{prior}' is not one of: standard, vamp")
@@ -293,9 +305,18 @@ class TwoLevelVAE(LatentFamily):
     used latent_dims (100, 50), hidden (200, 200), latent_hidden (100, 100), tanh).
     """
 
-    def __init__(self, data_dim: int, latent_dims: tuple[int, int] = (100, 50), hidden: tuple[int, ...] = (200, 200),
-                 latent_hidden: tuple[int, ...] = (100, 100), *, body: Body = "mlp", activation: str = "tanh",
-                 likelihood: Likelihood = "bernoulli", gaussian_std: float | None = None):
+    def __init__(
+        self,
+        data_dim: int,
+        latent_dims: tuple[int, int] = (100, 50),
+        hidden: tuple[int, ...] = (200, 200),
+        latent_hidden: tuple[int, ...] = (100, 100),
+        *,
+        body: Body = "mlp",
+        activation: str = "tanh",
+        likelihood: Likelihood = "bernoulli",
+        gaussian_std: float | None = None,
+    ):
         super().__init__(data_dim, likelihood, gaussian_std)
         l1, l2 = latent_dims
         self.latent_dims = (l1, l2)
@@ -314,7 +335,7 @@ class TwoLevelVAE(LatentFamily):
 
     def split(self, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(..., L1 + L2) → z1 (..., L1), z2 (..., L2)"""
-        return state[..., : self.latent_dims[0]], state[..., self.latent_dims[0]:]
+        return state[..., : self.latent_dims[0]], state[..., self.latent_dims[0] :]
 
     def decoder_latent(self, state: torch.Tensor) -> torch.Tensor:
         return self.split(state)[0]
@@ -354,7 +375,8 @@ def family_elbo(model: LatentFamily, x: torch.Tensor, generator: torch.Generator
     return model.elbo_terms(x, generator)
 
 
-def family_iwae_bound(model: LatentFamily, x: torch.Tensor, k: int,
-                      generator: torch.Generator | None = None) -> torch.Tensor:
+def family_iwae_bound(
+    model: LatentFamily, x: torch.Tensor, k: int, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """L_k(x) = log 1/k sum_i w_i for any family (Burda et al. 2016, Eq. 8). x: (B, D) → (B,)"""
     return model.iwae_bound(x, k, generator)

@@ -20,8 +20,15 @@ from vae.families import LatentFamily
 
 @torch.no_grad()
 def estimate_family_log_likelihood(
-    model: LatentFamily, x: torch.Tensor, k: int, *, batch_size: int = 64, chunk_size: int = 256,
-    seed: int = 0, first_index: int = 0, max_memory_bytes: int = 256 * 2**20,
+    model: LatentFamily,
+    x: torch.Tensor,
+    k: int,
+    *,
+    batch_size: int = 64,
+    chunk_size: int = 256,
+    seed: int = 0,
+    first_index: int = 0,
+    max_memory_bytes: int = 256 * 2**20,
 ) -> LogLikelihoodEstimate:
     """log p̂(x) = logsumexp_i log w_i - log k per example, with the Monte Carlo ELBO and the ESS.
 
@@ -47,13 +54,21 @@ def estimate_family_log_likelihood(
         log_px.append(lse - math.log(k))
         elbos.append(total / k)
         ess.append(torch.exp(2.0 * lse - lse2))  # (sum w)^2 / sum w^2
-    return LogLikelihoodEstimate(log_px=torch.cat(log_px).cpu(), elbo=torch.cat(elbos).cpu(),
-                                 ess=torch.cat(ess).cpu(), k=k)
+    return LogLikelihoodEstimate(
+        log_px=torch.cat(log_px).cpu(), elbo=torch.cat(elbos).cpu(), ess=torch.cat(ess).cpu(), k=k
+    )
 
 
 def family_annealed_importance_sampling(
-    model: LatentFamily, x: torch.Tensor, *, steps: int = 500, chains: int = 16, leapfrog_steps: int = 10,
-    step_size: float = 0.05, target_acceptance: float = 0.65, seed: int = 0,
+    model: LatentFamily,
+    x: torch.Tensor,
+    *,
+    steps: int = 500,
+    chains: int = 16,
+    leapfrog_steps: int = 10,
+    step_size: float = 0.05,
+    target_acceptance: float = 0.65,
+    seed: int = 0,
 ) -> AISEstimate:
     """log p(x) by AIS from p(s) to p(s|x) along f_t(s) = p(s) p(x|s)^b_t, over the full latent state s.
 

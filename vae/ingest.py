@@ -93,8 +93,10 @@ def _storage_error(exc: OSError, final: Path) -> StorageError:
     # A folder that could not be made (VAE_HOME/datasets/NAME) is named; a file or temporary folder
     # that is gone again is not: the version is.
     where = exc.filename if exc.filename and final.is_relative_to(exc.filename) else final
-    return StorageError(f"{where}: cannot write the dataset: {reason} "
-                        f"(expected a writable VAE_HOME with free space; nothing was written)")
+    return StorageError(
+        f"{where}: cannot write the dataset: {reason} "
+        f"(expected a writable VAE_HOME with free space; nothing was written)"
+    )
 
 
 def split_indices(n: int, config: DatasetConfig) -> dict[str, np.ndarray]:
@@ -338,8 +340,11 @@ def _convert(source: Source, config: DatasetConfig, ref: DatasetRef, *, damaged:
         files = {}
         for split in SPLITS:
             written = staging / f"{split}.parquet"
-            files[written.name] = {"rows": rows[split], "bytes": written.stat().st_size,
-                                   "sha256": sources.hash_file(written)}
+            files[written.name] = {
+                "rows": rows[split],
+                "bytes": written.stat().st_size,
+                "sha256": sources.hash_file(written),
+            }
         manifest = {
             "name": config.name,
             "version": ref.version,
@@ -457,6 +462,7 @@ def write_dataset(source: SourceArrays, config: DatasetConfig, root: Path | None
             f"{source.source_uri}: {source.images.shape[0]} images but {source.labels.shape[0]} labels "
             "(expected one label per image)"
         )
-    streamed = sources.from_arrays(source.images, source.labels, source.source_uri, source.content_hash,
-                                   source.max_value)
+    streamed = sources.from_arrays(
+        source.images, source.labels, source.source_uri, source.content_hash, source.max_value
+    )
     return _write(streamed, config, Path(root) if root else datasets_dir())[0]

@@ -75,13 +75,19 @@ def conv_nets(image_shape: tuple[int, int], latent_dim: int, channels: tuple[int
     flat = c2 * (h // 4) * (w // 4)
     encoder = nn.Sequential(
         Unflatten((1, h, w)),  # (B, 1, H, W)
-        nn.Conv2d(1, c1, 4, stride=2, padding=1), nn.ReLU(),  # (B, c1, H/2, W/2)
-        nn.Conv2d(c1, c2, 4, stride=2, padding=1), nn.ReLU(),  # (B, c2, H/4, W/4)
-        nn.Flatten(), nn.Linear(flat, 2 * latent_dim),  # (B, 2L)
+        nn.Conv2d(1, c1, 4, stride=2, padding=1),
+        nn.ReLU(),  # (B, c1, H/2, W/2)
+        nn.Conv2d(c1, c2, 4, stride=2, padding=1),
+        nn.ReLU(),  # (B, c2, H/4, W/4)
+        nn.Flatten(),
+        nn.Linear(flat, 2 * latent_dim),  # (B, 2L)
     )
     decoder = nn.Sequential(
-        nn.Linear(latent_dim, flat), nn.ReLU(), Unflatten((c2, h // 4, w // 4)),  # (N, c2, H/4, W/4)
-        nn.ConvTranspose2d(c2, c1, 4, stride=2, padding=1), nn.ReLU(),  # (N, c1, H/2, W/2)
+        nn.Linear(latent_dim, flat),
+        nn.ReLU(),
+        Unflatten((c2, h // 4, w // 4)),  # (N, c2, H/4, W/4)
+        nn.ConvTranspose2d(c2, c1, 4, stride=2, padding=1),
+        nn.ReLU(),  # (N, c1, H/2, W/2)
         nn.ConvTranspose2d(c1, 1, 4, stride=2, padding=1),  # (N, 1, H, W)
         nn.Flatten(),  # (N, H*W)
     )
@@ -98,7 +104,9 @@ class VAE(nn.Module):
         if config.architecture == "conv":
             shape = tuple(image_shape or ())[-2:]
             if len(shape) != 2 or shape[0] % 4 or shape[1] % 4 or shape[0] * shape[1] != data_dim:
-                raise VAEError(f"model.architecture 'conv' needs images whose sides divide by 4, got shape {image_shape}")
+                raise VAEError(
+                    f"model.architecture 'conv' needs images whose sides divide by 4, got shape {image_shape}"
+                )
             self.encoder, self.decoder = conv_nets(shape, config.latent_dim, config.channels)
         else:
             hidden = list(config.hidden)

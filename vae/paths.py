@@ -28,8 +28,10 @@ def inside(root: str | Path, *parts: str) -> Path:
     path = os.path.normpath(os.path.join(base, *(str(p) for p in parts)))
     if not parts or path == base or os.path.commonpath([base, path]) != base:
         spelled = "/".join(str(p) for p in parts)
-        raise ConfigError(f"{base}: {spelled!r} leads to {path}, not inside it "
-                          "(expected names of letters, digits, '_', '.' or '-', without '/' or '..')")
+        raise ConfigError(
+            f"{base}: {spelled!r} leads to {path}, not inside it "
+            "(expected names of letters, digits, '_', '.' or '-', without '/' or '..')"
+        )
     return Path(path)
 
 

@@ -56,8 +56,9 @@ def plot_image_grids(originals, reconstructions, samples, shape: tuple[int, int]
         ("reconstructions.png", pairs, "test images (top) and reconstructions E[x|z=mu(x)] (bottom)"),
         ("samples.png", samples, "samples: decoder mean at z ~ N(0, I)"),
     ):
-        figure, axes = plt.subplots(figsize=(8, 8 * (2 if name == "reconstructions.png" else 4) / columns + 0.6),
-                                    dpi=100)
+        figure, axes = plt.subplots(
+            figsize=(8, 8 * (2 if name == "reconstructions.png" else 4) / columns + 0.6), dpi=100
+        )
         axes.imshow(_grid(images, shape, columns), cmap="gray", vmin=0, vmax=1)
         axes.set_axis_off()
         axes.set_title(title, fontsize=9)
@@ -86,8 +87,9 @@ def plot_latent_scatter(means, labels, path: str | Path) -> Path:
     elif points.shape[1] == 1:
         points = np.concatenate([points, np.zeros_like(points)], axis=1)
     figure, axes = plt.subplots(figsize=(6, 5), dpi=100)
-    scatter = axes.scatter(points[:, 0], points[:, 1], c=labels if labels is not None else None, cmap="tab10",
-                           s=6, alpha=0.8)
+    scatter = axes.scatter(
+        points[:, 0], points[:, 1], c=labels if labels is not None else None, cmap="tab10", s=6, alpha=0.8
+    )
     if labels is not None:
         figure.colorbar(scatter, ax=axes, label="label")
     axes.set_xlabel(axis_names[0])

@@ -45,12 +45,16 @@ def register_run(
     """Log the evaluation summary, manifest and plots to the run, then register through the gate."""
     manifest = read_manifest(dataset["path"])
     split = summary["split"]
-    registry.log_metrics(run_id, {f"{split}_{k}": v for k, v in summary.items()
-                                  if isinstance(v, (int, float)) and not isinstance(v, bool)}, uri)
+    registry.log_metrics(
+        run_id,
+        {f"{split}_{k}": v for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)},
+        uri,
+    )
     images, labels = load_split(dataset["path"], split)
     model, _ = load_checkpoint(checkpoint_dir)
-    x, _ = evaluation.load_inputs(dataset["path"], split, model.data_dim, config.dataset.binarize,
-                                  config.evaluation.seed)
+    x, _ = evaluation.load_inputs(
+        dataset["path"], split, model.data_dim, config.dataset.binarize, config.evaluation.seed
+    )
     with tempfile.TemporaryDirectory() as staging:
         staged = Path(staging)
         (staged / "manifest.json").write_text(json.dumps(manifest, indent=2))
@@ -67,7 +71,16 @@ def register_run(
         scored = evaluation.score_checkpoint(directory, dataset["path"], config.evaluation, metadata["binarize"])
         return scored.summary["nll"]
 
-    registration = registry.register_model(config, run_id, checkpoint_dir, summary, dataset, manifest, images[:4],
-                                           uri=uri, evaluate_champion=evaluate_champion)
+    registration = registry.register_model(
+        config,
+        run_id,
+        checkpoint_dir,
+        summary,
+        dataset,
+        manifest,
+        images[:4],
+        uri=uri,
+        evaluate_champion=evaluate_champion,
+    )
     registry.end_run(run_id, "FINISHED", uri)
     return registration

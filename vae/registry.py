@@ -72,8 +72,12 @@ def code_version() -> str:
     """The library version, plus the git commit when running from a checkout."""
     try:
         sha = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
-            text=True, timeout=5, check=True,
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
         ).stdout.strip()
         return f"{vae.__version__}+g{sha}"
     except (OSError, subprocess.SubprocessError):
@@ -111,8 +115,12 @@ def start_run(config: PipelineConfig, dataset: dict[str, str], uri: str | None =
     run = mlflow_client.create_run(
         experiment_id,
         run_name=f"{config.name}-{dataset['version']}",
-        tags={"pipeline": config.name, "dataset_hash": dataset["content_hash"],
-              "dataset_version": dataset["version"], "code_version": code_version()},
+        tags={
+            "pipeline": config.name,
+            "dataset_hash": dataset["content_hash"],
+            "dataset_version": dataset["version"],
+            "code_version": code_version(),
+        },
     )
     mlflow_client.log_batch(run.info.run_id, params=[Param(k, v[:6000]) for k, v in sorted(params.items())])
     return run.info.run_id
@@ -206,7 +214,7 @@ def _gate_lock(uri: str):
         return
     import fcntl
 
-    with open(uri[len("sqlite:///"):] + ".gate.lock", "w") as handle:
+    with open(uri[len("sqlite:///") :] + ".gate.lock", "w") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
@@ -221,8 +229,9 @@ def _champion(mlflow_client, name: str):
         return None
 
 
-def _nll_on(mlflow_client, name: str, version, dataset_version: str,
-            evaluate: Callable[[str], float] | None) -> float | None:
+def _nll_on(
+    mlflow_client, name: str, version, dataset_version: str, evaluate: Callable[[str], float] | None
+) -> float | None:
     """A version's test NLL on `dataset_version`: its own tag, a cached re-evaluation, or a new one."""
     if version.tags.get("dataset_version") == dataset_version:
         return float(version.tags["test_nll"])
@@ -242,8 +251,14 @@ def _nll_key(nll: float) -> float:
 
 
 def promote_if_better(
-    mlflow_client, name: str, number: int, nll: float, dataset_version: str, margin: float,
-    evaluate: Callable[[str], float] | None = None, settle_seconds: float = 0.2,
+    mlflow_client,
+    name: str,
+    number: int,
+    nll: float,
+    dataset_version: str,
+    margin: float,
+    evaluate: Callable[[str], float] | None = None,
+    settle_seconds: float = 0.2,
 ) -> tuple[bool, float | None]:
     """Move `champion` to version `number` iff its NLL beats the champion's on the same data by > margin.
 
@@ -269,7 +284,7 @@ def promote_if_better(
         try:
             mlflow_client.set_registered_model_alias(name, CHAMPION, str(number))
         except MlflowException:  # a concurrent gate created the alias first (a unique key on the
-            pass                  # server's database): read it back and decide again
+            pass  # server's database): read it back and decide again
         time.sleep(settle_seconds * (1 + random.random()))
     current = _champion(mlflow_client, name)
     return current is not None and int(current.version) == number, previous
@@ -304,8 +319,16 @@ def _ensure_registered_model(mlflow_client, name: str) -> None:
         raise RegistryError(f"registry.model_name '{name}': {str(exc).splitlines()[0]}") from None
 
 
-def _log_and_create_version(mlflow_client, name: str, run_id: str, checkpoint_dir: str, binarize: str,
-                            manifest: dict[str, Any], dataset: dict[str, str], example: np.ndarray):
+def _log_and_create_version(
+    mlflow_client,
+    name: str,
+    run_id: str,
+    checkpoint_dir: str,
+    binarize: str,
+    manifest: dict[str, Any],
+    dataset: dict[str, str],
+    example: np.ndarray,
+):
     """Log the pyfunc (models from code: checkpoint + metadata as artifacts) and register it."""
     import torch
 
@@ -316,11 +339,17 @@ def _log_and_create_version(mlflow_client, name: str, run_id: str, checkpoint_di
         checkpoint = Path(staging) / CHECKPOINT_FILE
         shutil.copy(Path(checkpoint_dir) / CHECKPOINT_FILE, checkpoint)
         metadata = Path(staging) / METADATA_FILE
-        metadata.write_text(json.dumps({
-            "max_value": manifest["value_range"][1], "binarize": binarize,
-            "shape": manifest["shape"], "dataset_hash": dataset["content_hash"],
-            "dataset_version": dataset["version"],
-        }))
+        metadata.write_text(
+            json.dumps(
+                {
+                    "max_value": manifest["value_range"][1],
+                    "binarize": binarize,
+                    "shape": manifest["shape"],
+                    "dataset_hash": dataset["content_hash"],
+                    "dataset_version": dataset["version"],
+                }
+            )
+        )
         with mlflow.start_run(run_id=run_id, log_system_metrics=False), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             info = mlflow.pyfunc.log_model(
@@ -330,8 +359,12 @@ def _log_and_create_version(mlflow_client, name: str, run_id: str, checkpoint_di
                 signature=serving_signature(),
                 input_example=example.astype(np.float32),
                 code_paths=[str(Path(__file__).parent)],
-                pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"numpy=={np.__version__}",
-                                  f"mlflow=={mlflow.__version__}", "pydantic>=2"],
+                pip_requirements=[
+                    f"torch=={torch.__version__.split('+')[0]}",
+                    f"numpy=={np.__version__}",
+                    f"mlflow=={mlflow.__version__}",
+                    "pydantic>=2",
+                ],
             )
     version = mlflow_client.create_model_version(name, source=info.model_uri, run_id=run_id, model_id=info.model_id)
     return version
@@ -356,8 +389,9 @@ def register_model(
     if existing is not None:  # a rerun of a flow that crashed after registering: register once
         version = existing
     else:
-        version = _log_and_create_version(mlflow_client, name, run_id, checkpoint_dir, config.dataset.binarize,
-                                          manifest, dataset, example)
+        version = _log_and_create_version(
+            mlflow_client, name, run_id, checkpoint_dir, config.dataset.binarize, manifest, dataset, example
+        )
     number = int(version.version)
     tags = {
         "dataset_hash": dataset["content_hash"],
@@ -373,8 +407,13 @@ def register_model(
     mlflow_client.set_registered_model_alias(name, CHALLENGER, str(number))
     with _gate_lock(uri):
         promoted, previous = promote_if_better(
-            mlflow_client, name, number, float(evaluation["nll"]), dataset["version"],
-            config.registry.promote_margin, evaluate_champion,
+            mlflow_client,
+            name,
+            number,
+            float(evaluation["nll"]),
+            dataset["version"],
+            config.registry.promote_margin,
+            evaluate_champion,
         )
     mlflow_client.set_model_version_tag(name, str(number), "gate", "promoted" if promoted else "not promoted")
     mlflow_client.set_tag(run_id, "model_uri", f"models:/{name}/{number}")
@@ -411,7 +450,7 @@ def resolve_model_version(model_uri: str, uri: str | None = None) -> tuple[str |
     """
     if not model_uri.startswith("models:/"):
         return None, None
-    path = model_uri[len("models:/"):].strip("/")
+    path = model_uri[len("models:/") :].strip("/")
     mlflow_client = client(uri)
     try:
         if "@" in path:

@@ -54,11 +54,15 @@ class RequestError(MlflowException):
 
 def signature() -> ModelSignature:
     """No input schema (images come as (N, D) or (N, *shape), latents as (N, L)); the method is a param."""
-    return ModelSignature(params=ParamSchema([
-        ParamSpec("method", "string", "encode"),
-        ParamSpec("k", "long", 1000),
-        ParamSpec("seed", "long", 0),
-    ]))
+    return ModelSignature(
+        params=ParamSchema(
+            [
+                ParamSpec("method", "string", "encode"),
+                ParamSpec("k", "long", 1000),
+                ParamSpec("seed", "long", 0),
+            ]
+        )
+    )
 
 
 class VAEModel(mlflow.pyfunc.PythonModel):
@@ -92,8 +96,10 @@ class VAEModel(mlflow.pyfunc.PythonModel):
         array = self._array(model_input)
         if array.ndim < 2 or math.prod(array.shape[1:]) != self.data_dim:
             shape = ", ".join(str(s) for s in self.shape)
-            raise RequestError(f"input of shape {list(array.shape)}: expected images of {self.data_dim} pixels "
-                               f"each, shaped (N, {self.data_dim}) or (N, {shape})")
+            raise RequestError(
+                f"input of shape {list(array.shape)}: expected images of {self.data_dim} pixels "
+                f"each, shaped (N, {self.data_dim}) or (N, {shape})"
+            )
         binarize = "threshold" if self.binarize == "threshold" or (density and self.binarize == "dynamic") else "none"
         pixels = torch.from_numpy(array.reshape(array.shape[0], self.data_dim)).to(self.device)
         return prepare_inputs(pixels, self.max_value, binarize)  # (N, D)
@@ -126,8 +132,9 @@ class VAEModel(mlflow.pyfunc.PythonModel):
             if method == "decode":
                 z = torch.from_numpy(self._array(model_input)).to(self.device)
                 if z.ndim != 2 or z.shape[1] != self.model.latent_dim:
-                    raise RequestError(f"input of shape {list(z.shape)}: expected latents shaped "
-                                       f"(N, {self.model.latent_dim})")
+                    raise RequestError(
+                        f"input of shape {list(z.shape)}: expected latents shaped (N, {self.model.latent_dim})"
+                    )
                 return {"x_mean": self._pixels(self.model.mean_image(z))}
             x = self._images(model_input, density=method == "score")  # (N, D)
             if method == "encode":

@@ -48,8 +48,12 @@ _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
 # train-images-idx3-ubyte.gz, t10k-labels.idx1-ubyte, ...
 _IDX_NAME = re.compile(r"^(?P<prefix>.+?)[-_.](?P<kind>images|labels)[-_.]idx\d[-_.]ubyte(?:\.gz)?$", re.IGNORECASE)
 _IDX_TYPES = {
-    0x08: np.dtype(np.uint8), 0x09: np.dtype(np.int8), 0x0B: np.dtype(">i2"),
-    0x0C: np.dtype(">i4"), 0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8"),
+    0x08: np.dtype(np.uint8),
+    0x09: np.dtype(np.int8),
+    0x0B: np.dtype(">i2"),
+    0x0C: np.dtype(">i4"),
+    0x0D: np.dtype(">f4"),
+    0x0E: np.dtype(">f8"),
 }
 
 Chunk = tuple[np.ndarray, "np.ndarray | None"]
@@ -196,8 +200,9 @@ def _guard_io(path: Path | str, action: Callable):
     try:
         return action()
     except OSError as exc:
-        raise DataError(f"{getattr(exc, 'filename', None) or path}: cannot read: "
-                        f"{exc.strerror or _first_line(exc)}") from None
+        raise DataError(
+            f"{getattr(exc, 'filename', None) or path}: cannot read: {exc.strerror or _first_line(exc)}"
+        ) from None
 
 
 def _head(path: Path, n: int) -> bytes:
@@ -314,7 +319,7 @@ def _truncated(array: _ArrayFile, got: int) -> DataError:
 def _stream_rows(images: _ArrayFile, labels: _ArrayFile | None, rows_per_chunk: int) -> Iterator[Chunk]:
     """Chunks of (images (b, *shape), labels (b,)) read from both files side by side."""
     n = images.shape[0]
-    with images.open() as image_stream, (labels.open() if labels else contextlib.nullcontext()) as label_stream:
+    with images.open() as image_stream, labels.open() if labels else contextlib.nullcontext() as label_stream:
         done = 0
         while done < n:
             b = min(rows_per_chunk, n - done)
@@ -394,11 +399,15 @@ def _idx_file(path: Path, role: str, uri: str | None = None) -> _ArrayFile:
     offset = 4 + 4 * ndim
     dtype = _IDX_TYPES[magic[2]]
     if role == "images" and ndim < 2:
-        raise DataError(f"{uri}: wrong magic number 0x{magic.hex()}: {ndim} dimension (expected an IDX images file, "
-                        "0x00000803: count x height x width)")
+        raise DataError(
+            f"{uri}: wrong magic number 0x{magic.hex()}: {ndim} dimension (expected an IDX images file, "
+            "0x00000803: count x height x width)"
+        )
     if role == "labels" and ndim != 1:
-        raise DataError(f"{uri}: wrong magic number 0x{magic.hex()}: {ndim} dimensions (expected an IDX labels file, "
-                        "0x00000801: one label per image)")
+        raise DataError(
+            f"{uri}: wrong magic number 0x{magic.hex()}: {ndim} dimensions (expected an IDX labels file, "
+            "0x00000801: one label per image)"
+        )
     header = f"{dims[0]} images of {_describe_shape(dims[1:])}" if role == "images" else f"{dims[0]} labels"
 
     @contextlib.contextmanager
@@ -441,7 +450,7 @@ def _open_idx_folder(folder: Path, files: list[Path]) -> Source:
         if kind in groups.setdefault(part, {}):
             raise DataError(f"{path}: a second {part} {kind} file next to {groups[part][kind].name} (expected one)")
         groups[part][kind] = path
-    for part, group in groups.items():
+    for group in groups.values():
         if "images" not in group:
             raise DataError(f"{group['labels']}: labels without an images file beside them (expected both)")
     if "train" not in groups:
@@ -552,8 +561,10 @@ def _open_npz(path: Path, uri: str) -> Source:
         if "x_test" in keys:
             test, test_images = part("test", "x_test", "y_test" if "y_test" in keys else None)
             if test_images.shape[1:] != images.shape[1:]:
-                raise DataError(f"{test_images.uri}: images are {_describe_shape(test_images.shape[1:])} but x_train's "
-                                f"are {_describe_shape(images.shape[1:])} (expected the same)")
+                raise DataError(
+                    f"{test_images.uri}: images are {_describe_shape(test_images.shape[1:])} but x_train's "
+                    f"are {_describe_shape(images.shape[1:])} (expected the same)"
+                )
             if ("y_train" in keys) != ("y_test" in keys):
                 raise DataError(f"{uri}: labels for one of x_train and x_test only (expected both or neither)")
             parts.append(test)
@@ -627,8 +638,9 @@ def _open_csv(path: Path, uri: str) -> Source:
         try:
             reader = pacsv.open_csv(
                 str(path),
-                read_options=pacsv.ReadOptions(use_threads=False, block_size=CHUNK_BYTES // 4,
-                                               column_names=None if header else names),
+                read_options=pacsv.ReadOptions(
+                    use_threads=False, block_size=CHUNK_BYTES // 4, column_names=None if header else names
+                ),
                 parse_options=pacsv.ParseOptions(invalid_row_handler=on_invalid),
                 convert_options=pacsv.ConvertOptions(column_types=types),
             )
@@ -746,8 +758,10 @@ def _open_parquet(path: Path, uri: str) -> Source:
             lengths = np.diff(column.offsets.to_numpy())
             if (lengths != width).any():
                 row = int(np.flatnonzero(lengths != width)[0])
-                raise DataError(f"{uri}: ragged rows: image {offset + row} has {lengths[row]} values "
-                                f"(expected {width}, like the first row)")
+                raise DataError(
+                    f"{uri}: ragged rows: image {offset + row} has {lengths[row]} values "
+                    f"(expected {width}, like the first row)"
+                )
         values = column.flatten()
         if values.null_count:
             row = int(np.flatnonzero(values.is_null().to_numpy(zero_copy_only=False))[0]) // width
@@ -796,8 +810,10 @@ def _open_image_folder(folder: Path, files: list[Path]) -> Source:
                     image.load()
                     return image.copy()
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-            raise DataError(f"{path}: image too large: {_first_line(exc)} "
-                            f"(expected at most {Image.MAX_IMAGE_PIXELS} pixels per image)") from None
+            raise DataError(
+                f"{path}: image too large: {_first_line(exc)} "
+                f"(expected at most {Image.MAX_IMAGE_PIXELS} pixels per image)"
+            ) from None
         except (UnidentifiedImageError, OSError, ValueError) as exc:
             raise DataError(f"{path}: cannot read image: {_first_line(exc)}") from None
 
@@ -825,15 +841,29 @@ def _open_image_folder(folder: Path, files: list[Path]) -> Source:
             yield images, labels
 
     part = Part("all", str(folder), len(files), read)
-    return Source(str(folder), "images", "", shape, np.dtype(np.uint8), bool(nested), (part,),
-                  classes=tuple(classes) if nested else None)
+    return Source(
+        str(folder),
+        "images",
+        "",
+        shape,
+        np.dtype(np.uint8),
+        bool(nested),
+        (part,),
+        classes=tuple(classes) if nested else None,
+    )
 
 
 # -- In-memory arrays: sklearn's digits, and arrays handed over by callers.
 
 
-def from_arrays(images: np.ndarray, labels: np.ndarray | None, uri: str, digest: str,
-                max_value: float | None = None, format: str = "arrays") -> Source:
+def from_arrays(
+    images: np.ndarray,
+    labels: np.ndarray | None,
+    uri: str,
+    digest: str,
+    max_value: float | None = None,
+    format: str = "arrays",
+) -> Source:
     """A source over arrays already in memory: images (N, *shape), labels (N,) or None."""
 
     def read(rows_per_chunk: int) -> Iterator[Chunk]:
@@ -882,10 +912,13 @@ def download(url: str, directory: Path, *, timeout: float = DOWNLOAD_TIMEOUT) ->
                 received += len(block)
     except urllib.error.HTTPError as exc:
         transient = exc.code >= 500 or exc.code in (408, 429)
-        raise DownloadError(f"{shown}: HTTP {exc.code} {redact_text(str(exc.reason), url)} (expected 200 OK)",
-                            transient) from None
+        raise DownloadError(
+            f"{shown}: HTTP {exc.code} {redact_text(str(exc.reason), url)} (expected 200 OK)", transient
+        ) from None
     except (TimeoutError, socket.timeout):
-        raise DownloadError(f"{shown}: timed out after {timeout:g} s without data (expected a response)", True) from None
+        raise DownloadError(
+            f"{shown}: timed out after {timeout:g} s without data (expected a response)", True
+        ) from None
     except http.client.IncompleteRead as exc:
         got = received + len(exc.partial)
         expected = got + (exc.expected or 0)
@@ -900,8 +933,11 @@ def download(url: str, directory: Path, *, timeout: float = DOWNLOAD_TIMEOUT) ->
         raise DownloadError(f"{shown}: cannot download: {redact_text(_first_line(exc), url)}", True) from None
     except OSError as exc:
         if exc.errno in _WRITE_ERRNOS:
-            raise StorageError(f"{exc.filename or target}: cannot write the download of {shown}: "
-                               f"{os.strerror(exc.errno)} (expected a writable temporary folder with free space)") from None
-        raise DownloadError(f"{shown}: cannot download: {redact_text(exc.strerror or _first_line(exc), url)}",
-                            True) from None
+            raise StorageError(
+                f"{exc.filename or target}: cannot write the download of {shown}: "
+                f"{os.strerror(exc.errno)} (expected a writable temporary folder with free space)"
+            ) from None
+        raise DownloadError(
+            f"{shown}: cannot download: {redact_text(exc.strerror or _first_line(exc), url)}", True
+        ) from None
     return target, digest.hexdigest()

@@ -62,7 +62,9 @@ def restore_optimizer(optimizer: torch.optim.Optimizer, state: dict) -> None:
 
     A checkpoint from a CUDA-graph run (capturable, tensor LR) resumes on CPU and the reverse.
     """
-    own = [{key: group.get(key) for key in ("lr", "capturable", "fused", "foreach")} for group in optimizer.param_groups]
+    own = [
+        {key: group.get(key) for key in ("lr", "capturable", "fused", "foreach")} for group in optimizer.param_groups
+    ]
     optimizer.load_state_dict(state)
     for group, settings in zip(optimizer.param_groups, own):
         learning_rate = float(group["lr"])
@@ -85,8 +87,17 @@ class Stepper:
     `start_epoch()` before an epoch and `first_bad_step()` (one host sync) after it.
     """
 
-    def __init__(self, objective: nn.Module, optimizer: torch.optim.Optimizer, *, max_value: float,
-                 binarize: str, device: torch.device, graph: bool = False, precision: str = "fp32"):
+    def __init__(
+        self,
+        objective: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        *,
+        max_value: float,
+        binarize: str,
+        device: torch.device,
+        graph: bool = False,
+        precision: str = "fp32",
+    ):
         self.objective, self.optimizer = objective, optimizer
         self.max_value, self.binarize, self.device = float(max_value), binarize, device
         self.sums = torch.zeros(len(METRICS), dtype=torch.float64, device=device)
@@ -118,9 +129,15 @@ class Stepper:
         self.bad_loss.copy_(torch.where(first, loss.detach(), self.bad_loss))
         loss.backward()
         self.optimizer.step()
-        batch = torch.stack([target.detach().double().sum(), elbo_terms.detach().double().sum(),
-                             reconstruction.detach().double().sum(), kl.detach().double().sum(),
-                             torch.ones((), dtype=torch.float64, device=x.device).mul(x.shape[0])])  # (5,)
+        batch = torch.stack(
+            [
+                target.detach().double().sum(),
+                elbo_terms.detach().double().sum(),
+                reconstruction.detach().double().sum(),
+                kl.detach().double().sum(),
+                torch.ones((), dtype=torch.float64, device=x.device).mul(x.shape[0]),
+            ]
+        )  # (5,)
         self.sums += batch
 
     def _eager(self, images: torch.Tensor) -> None:
@@ -147,7 +164,9 @@ class Stepper:
                 self._eager(images)
                 return
         if images.shape != self.static_images.shape:
-            raise ValueError(f"a CUDA-graph step needs batches of {tuple(self.static_images.shape)}, got {tuple(images.shape)}")
+            raise ValueError(
+                f"a CUDA-graph step needs batches of {tuple(self.static_images.shape)}, got {tuple(images.shape)}"
+            )
         self.static_images.copy_(images)
         self.graph.replay()
 

@@ -165,9 +165,13 @@ def _restore(plan: WorkerPlan, model: VAE, optimizer, scheduler) -> Progress:
     restore_optimizer(optimizer, state["optimizer"])
     if "scheduler" in state:
         scheduler.load_state_dict(state["scheduler"])
-    return Progress(first_epoch=int(state["epoch"]) + 1, history=list(state["history"]),
-                    best=float(state.get("best_validation_elbo", -math.inf)), stale=int(state.get("stale_epochs", 0)),
-                    trained_seconds=float(state.get("trained_seconds", 0.0)))
+    return Progress(
+        first_epoch=int(state["epoch"]) + 1,
+        history=list(state["history"]),
+        best=float(state.get("best_validation_elbo", -math.inf)),
+        stale=int(state.get("stale_epochs", 0)),
+        trained_seconds=float(state.get("trained_seconds", 0.0)),
+    )
 
 
 def _load_shard(shard, device: torch.device) -> torch.Tensor:
@@ -200,8 +204,9 @@ def _streamed_minibatches(shard, batch_size: int, seed: int, device: torch.devic
             yield images[order[start : start + batch_size]].to(device, non_blocking=True)  # (B, D)
 
 
-def _train_one_epoch(plan: WorkerPlan, stepper: Stepper, batches, epoch: int, rank: int, steps_per_epoch: int,
-                     hooks: WorkerHooks | None) -> None:
+def _train_one_epoch(
+    plan: WorkerPlan, stepper: Stepper, batches, epoch: int, rank: int, steps_per_epoch: int, hooks: WorkerHooks | None
+) -> None:
     """One pass over the shard; raises NonFiniteLossError after it if a step's loss was not finite."""
     stepper.start_epoch()
     for step, images in enumerate(batches, start=1):
@@ -273,8 +278,15 @@ def _set_up(plan: WorkerPlan, device: torch.device, world: int, hooks: WorkerHoo
     progress = _restore(plan, model, optimizer, scheduler)
     objective = Objective(model, training.objective, training.iwae_k)
     objective = ray.train.torch.prepare_model(objective) if world > 1 else objective.to(device)
-    stepper = Stepper(objective, optimizer, max_value=plan.max_value, binarize=plan.binarize, device=device,
-                      graph=graphed, precision=training.precision)
+    stepper = Stepper(
+        objective,
+        optimizer,
+        max_value=plan.max_value,
+        binarize=plan.binarize,
+        device=device,
+        graph=graphed,
+        precision=training.precision,
+    )
     return _Worker(model, optimizer, scheduler, objective, stepper, progress)
 
 
@@ -400,8 +412,13 @@ def format_epoch(metrics: dict[str, float], epochs: int) -> str:
     )
 
 
-def _follow_progress(queue, epochs: int, stop: threading.Event, echo: Callable[[str], None] | None,
-                     on_epoch: Callable[[dict[str, float]], None] | None) -> None:
+def _follow_progress(
+    queue,
+    epochs: int,
+    stop: threading.Event,
+    echo: Callable[[str], None] | None,
+    on_epoch: Callable[[dict[str, float]], None] | None,
+) -> None:
     """Driver-side thread: for each epoch rank 0 reports, print its line and call `on_epoch`.
 
     The driver is the one place metrics arrive (e.g. one writer on a sqlite MLflow store).
@@ -440,7 +457,9 @@ def shard_bytes(manifest: dict[str, Any], workers: int) -> int:
     return math.ceil(rows / workers) * int(math.prod(manifest["shape"])) * itemsize
 
 
-def _plan(config: PipelineConfig, dataset: DatasetRef, workers: int, staging: Path, resume_from: str | None) -> WorkerPlan:
+def _plan(
+    config: PipelineConfig, dataset: DatasetRef, workers: int, staging: Path, resume_from: str | None
+) -> WorkerPlan:
     manifest = read_manifest(dataset.path)
     return WorkerPlan(
         model=config.model,
@@ -456,26 +475,44 @@ def _plan(config: PipelineConfig, dataset: DatasetRef, workers: int, staging: Pa
     )
 
 
-def _trainer(plan: WorkerPlan, dataset: DatasetRef, name: str, storage: Path, workers: int, use_gpu: bool,
-             loop_config: dict[str, Any]):
+def _trainer(
+    plan: WorkerPlan,
+    dataset: DatasetRef,
+    name: str,
+    storage: Path,
+    workers: int,
+    use_gpu: bool,
+    loop_config: dict[str, Any],
+):
     """A TorchTrainer over the train and validation splits, with checkpoint retention and failure policy."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     training = plan.training
     # With early stopping, keep the best by validation ELBO (Ray always keeps the latest).
-    best = ({"checkpoint_score_attribute": "validation_elbo", "checkpoint_score_order": "max"}
-            if training.early_stopping_patience else {})
+    best = (
+        {"checkpoint_score_attribute": "validation_elbo", "checkpoint_score_order": "max"}
+        if training.early_stopping_patience
+        else {}
+    )
     return TorchTrainer(
         _train_loop_per_worker,
         train_loop_config=loop_config,
-        scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu, resources_per_worker={
-            "CPU": training.cpus_per_worker, **({"GPU": 1} if use_gpu else {})}),
-        run_config=RunConfig(name=name, storage_path=str(storage),
-                             failure_config=FailureConfig(max_failures=training.max_failures),
-                             checkpoint_config=CheckpointConfig(num_to_keep=training.checkpoints_to_keep, **best)),
-        datasets={"train": _dataset(split_path(dataset.path, "train"), shuffle=True),
-                  "validation": _dataset(split_path(dataset.path, "validation"))},
+        scaling_config=ScalingConfig(
+            num_workers=workers,
+            use_gpu=use_gpu,
+            resources_per_worker={"CPU": training.cpus_per_worker, **({"GPU": 1} if use_gpu else {})},
+        ),
+        run_config=RunConfig(
+            name=name,
+            storage_path=str(storage),
+            failure_config=FailureConfig(max_failures=training.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=training.checkpoints_to_keep, **best),
+        ),
+        datasets={
+            "train": _dataset(split_path(dataset.path, "train"), shuffle=True),
+            "validation": _dataset(split_path(dataset.path, "validation")),
+        },
     )
 
 
@@ -548,8 +585,9 @@ def train(
     staging = inside(storage, ".staging", name)
     plan = _plan(config, dataset, num_workers, staging, resume_from)
     progress = Queue(actor_options={"num_cpus": 0}) if echo or on_epoch else None
-    trainer = _trainer(plan, dataset, name, storage, num_workers, use_gpu,
-                       {"plan": plan, "progress": progress, "hooks": hooks})
+    trainer = _trainer(
+        plan, dataset, name, storage, num_workers, use_gpu, {"plan": plan, "progress": progress, "hooks": hooks}
+    )
     result = _fit(trainer, progress, training.epochs, echo, on_epoch, staging)
     if result.checkpoint is None:
         raise VAEError(f"training run '{name}' finished without a checkpoint")

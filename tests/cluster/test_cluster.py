@@ -31,10 +31,13 @@ from services import postgres
 pytestmark = pytest.mark.integration
 
 
-def _request(url: str, *, method: str = "GET", body: dict | None = None, headers: dict | None = None) -> tuple[int, str]:
+def _request(
+    url: str, *, method: str = "GET", body: dict | None = None, headers: dict | None = None
+) -> tuple[int, str]:
     data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(url, data=data, method=method,
-                                     headers={"Content-Type": "application/json", **(headers or {})})
+    request = urllib.request.Request(
+        url, data=data, method=method, headers={"Content-Type": "application/json", **(headers or {})}
+    )
     try:
         with urllib.request.urlopen(request, timeout=60) as response:
             return response.status, response.read().decode()
@@ -60,25 +63,33 @@ def cluster():
     services = None
     with postgres() as database_url:
         try:
-            config = compose_config({
-                **credentials,
-                "VAE_HOME": str(workdir / "vae"),
-                "VAE_APP_DIR": str(REPO),
-                "VAE_PREFECT_API_URL": f"http://127.0.0.1:{prefect_port}/api",
-                "VAE_PREFECT_HOST": "127.0.0.1", "VAE_PREFECT_PORT": str(prefect_port),
-                "VAE_PREFECT_SERVER_HOME": str(workdir / "prefect-server"),
-                "VAE_MLFLOW_TRACKING_URI": f"http://127.0.0.1:{mlflow_port}",
-                "VAE_MLFLOW_HOST": "127.0.0.1", "VAE_MLFLOW_PORT": str(mlflow_port),
-                "VAE_MLFLOW_BACKEND_STORE_URI": database_url,
-                "VAE_MLFLOW_ARTIFACTS": str(workdir / "mlartifacts"),
-                "VAE_MLFLOW_AUTH_DIR": str(workdir / "mlflow-auth"),
-                "VAE_MLFLOW_AUTH_CONFIG": str(REPO / "deploy" / "mlflow-auth.ini"),
-                "VAE_RAY_ADDRESS": f"127.0.0.1:{ray_port}", "VAE_RAY_PORT": str(ray_port),
-                "VAE_RAY_DASHBOARD_HOST": "127.0.0.1", "VAE_RAY_DASHBOARD_PORT": str(dashboard_port),
-                "VAE_RAY_HEAD_AGENT_PORT": str(head_agent), "VAE_RAY_WORKER_AGENT_PORT": str(worker_agent),
-                "VAE_RAY_CLIENT_PORT": str(client_port), "VAE_RAY_CPUS_PER_NODE": "2",
-                "VAE_RAY_TEMP_DIR": str(workdir / "ray"),
-            })
+            config = compose_config(
+                {
+                    **credentials,
+                    "VAE_HOME": str(workdir / "vae"),
+                    "VAE_APP_DIR": str(REPO),
+                    "VAE_PREFECT_API_URL": f"http://127.0.0.1:{prefect_port}/api",
+                    "VAE_PREFECT_HOST": "127.0.0.1",
+                    "VAE_PREFECT_PORT": str(prefect_port),
+                    "VAE_PREFECT_SERVER_HOME": str(workdir / "prefect-server"),
+                    "VAE_MLFLOW_TRACKING_URI": f"http://127.0.0.1:{mlflow_port}",
+                    "VAE_MLFLOW_HOST": "127.0.0.1",
+                    "VAE_MLFLOW_PORT": str(mlflow_port),
+                    "VAE_MLFLOW_BACKEND_STORE_URI": database_url,
+                    "VAE_MLFLOW_ARTIFACTS": str(workdir / "mlartifacts"),
+                    "VAE_MLFLOW_AUTH_DIR": str(workdir / "mlflow-auth"),
+                    "VAE_MLFLOW_AUTH_CONFIG": str(REPO / "deploy" / "mlflow-auth.ini"),
+                    "VAE_RAY_ADDRESS": f"127.0.0.1:{ray_port}",
+                    "VAE_RAY_PORT": str(ray_port),
+                    "VAE_RAY_DASHBOARD_HOST": "127.0.0.1",
+                    "VAE_RAY_DASHBOARD_PORT": str(dashboard_port),
+                    "VAE_RAY_HEAD_AGENT_PORT": str(head_agent),
+                    "VAE_RAY_WORKER_AGENT_PORT": str(worker_agent),
+                    "VAE_RAY_CLIENT_PORT": str(client_port),
+                    "VAE_RAY_CPUS_PER_NODE": "2",
+                    "VAE_RAY_TEMP_DIR": str(workdir / "ray"),
+                }
+            )
             services = Services(workdir, config)
             prefect_server = services.start("prefect-server")
             mlflow = services.start("mlflow")
@@ -89,8 +100,11 @@ def cluster():
             services.start("prefect-worker")
             wait_for_http(f"http://127.0.0.1:{mlflow_port}/health", 240, mlflow, workdir / "mlflow.log")
             yield {
-                "services": services, "credentials": credentials, "workdir": workdir,
-                "prefect_api": prefect_api, "mlflow": f"http://127.0.0.1:{mlflow_port}",
+                "services": services,
+                "credentials": credentials,
+                "workdir": workdir,
+                "prefect_api": prefect_api,
+                "mlflow": f"http://127.0.0.1:{mlflow_port}",
                 "dashboard": f"http://127.0.0.1:{dashboard_port}",
             }
         finally:
@@ -113,8 +127,10 @@ def _wait_for_ray_nodes(cluster, count: int, timeout: float = 180) -> list[dict]
             if len(nodes) >= count:
                 return nodes
         if time.time() > deadline:
-            raise AssertionError(f"Ray cluster: {count} alive nodes not seen in {timeout} s "
-                                 f"(last: {status} {body[:300]}); head log: {cluster['services'].log('ray-head')}")
+            raise AssertionError(
+                f"Ray cluster: {count} alive nodes not seen in {timeout} s "
+                f"(last: {status} {body[:300]}); head log: {cluster['services'].log('ray-head')}"
+            )
         time.sleep(1)
 
 
@@ -131,16 +147,47 @@ def test_clients_without_credentials_are_refused(cluster):
     assert _request(search, headers=admin)[0] == 200
     # Ray: job submission without the token is refused; with it, a job runs on both nodes.
     bare = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-    refused = subprocess.run([sys.executable, "-m", "ray.scripts.scripts", "job", "submit", "--address",
-                              cluster["dashboard"], "--", sys.executable, "-c", "print('should not run')"],
-                             env=bare, capture_output=True, text=True, timeout=120)
+    refused = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ray.scripts.scripts",
+            "job",
+            "submit",
+            "--address",
+            cluster["dashboard"],
+            "--",
+            sys.executable,
+            "-c",
+            "print('should not run')",
+        ],
+        env=bare,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert refused.returncode != 0 and "Missing authentication token" in refused.stdout + refused.stderr
     assert _request(f"{cluster['dashboard']}/api/jobs/")[0] == 401
     with_token = {**bare, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": cluster["credentials"]["RAY_AUTH_TOKEN"]}
-    accepted = subprocess.run([sys.executable, "-m", "ray.scripts.scripts", "job", "submit", "--address",
-                               cluster["dashboard"], "--", sys.executable, "-c",
-                               "import ray; ray.init(); print('alive nodes:', sum(n['Alive'] for n in ray.nodes()))"],
-                              env=with_token, capture_output=True, text=True, timeout=180)
+    accepted = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ray.scripts.scripts",
+            "job",
+            "submit",
+            "--address",
+            cluster["dashboard"],
+            "--",
+            sys.executable,
+            "-c",
+            "import ray; ray.init(); print('alive nodes:', sum(n['Alive'] for n in ray.nodes()))",
+        ],
+        env=with_token,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert accepted.returncode == 0, accepted.stdout[-2000:] + accepted.stderr[-2000:]
     assert "alive nodes: 2" in accepted.stdout
 
@@ -152,11 +199,23 @@ def deployed_run(cluster):
     _wait_for_ray_nodes(cluster, 2)
     client_env = services.environment("deploy")
     spec = services.config["services"]["deploy"]
-    deploy = subprocess.run([*spec["command"], "--pipeline", "digits"], cwd=spec["working_dir"], env=client_env,
-                            capture_output=True, text=True, timeout=300)
+    deploy = subprocess.run(
+        [*spec["command"], "--pipeline", "digits"],
+        cwd=spec["working_dir"],
+        env=client_env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert deploy.returncode == 0, deploy.stdout + deploy.stderr
-    run = subprocess.run(["prefect", "deployment", "run", "pipeline/digits", "--watch", "--watch-timeout", "900"],
-                         cwd=spec["working_dir"], env=client_env, capture_output=True, text=True, timeout=960)
+    run = subprocess.run(
+        ["prefect", "deployment", "run", "pipeline/digits", "--watch", "--watch-timeout", "900"],
+        cwd=spec["working_dir"],
+        env=client_env,
+        capture_output=True,
+        text=True,
+        timeout=960,
+    )
     return deploy, run
 
 
@@ -164,7 +223,7 @@ def test_deploy_then_deployment_run_trains_on_ray_and_registers(cluster, deploye
     deploy, run = deployed_run
     services: Services = cluster["services"]
     assert "pipeline/digits" in deploy.stdout and "embed/digits" in deploy.stdout
-    assert run.returncode == 0, (run.stdout[-3000:] + run.stderr[-3000:] + services.log("prefect-worker"))
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:] + services.log("prefect-worker")
 
     # Prefect: one flow run of the deployment, completed.
     auth = _basic(cluster["credentials"]["PREFECT_SERVER_API_AUTH_STRING"])
@@ -172,8 +231,12 @@ def test_deploy_then_deployment_run_trains_on_ray_and_registers(cluster, deploye
     assert status == 200, body
     deployment = json.loads(body)
     assert deployment["work_pool_name"] == "vae"
-    status, body = _request(f"{cluster['prefect_api']}/flow_runs/filter", method="POST", headers=auth,
-                            body={"flow_runs": {"deployment_id": {"any_": [deployment["id"]]}}})
+    status, body = _request(
+        f"{cluster['prefect_api']}/flow_runs/filter",
+        method="POST",
+        headers=auth,
+        body={"flow_runs": {"deployment_id": {"any_": [deployment["id"]]}}},
+    )
     runs = json.loads(body)
     assert [r["state_type"] for r in runs] == ["COMPLETED"]
 
@@ -189,8 +252,11 @@ def test_deploy_then_deployment_run_trains_on_ray_and_registers(cluster, deploye
 
     # MLflow on PostgreSQL: the new version, champion of an empty registry, from a finished run.
     admin = _basic(f"admin:{cluster['credentials']['MLFLOW_AUTH_ADMIN_PASSWORD']}")
-    status, body = _request(f"{cluster['mlflow']}/api/2.0/mlflow/registered-models/alias?"
-                            + urllib.parse.urlencode({"name": "vae-digits", "alias": "champion"}), headers=admin)
+    status, body = _request(
+        f"{cluster['mlflow']}/api/2.0/mlflow/registered-models/alias?"
+        + urllib.parse.urlencode({"name": "vae-digits", "alias": "champion"}),
+        headers=admin,
+    )
     assert status == 200, body
     version = json.loads(body)["model_version"]
     assert version["version"] == "1"

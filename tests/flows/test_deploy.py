@@ -18,8 +18,13 @@ pytestmark = pytest.mark.integration
 runner = CliRunner()
 
 
-def _pipelines(name: str, schedule: str = "{cron: '0 3 * * 1', timezone: Europe/Berlin}", pool: str = "vae-test",
-               embed_schedule: str = "{interval_minutes: 90}", extra: str = "") -> str:
+def _pipelines(
+    name: str,
+    schedule: str = "{cron: '0 3 * * 1', timezone: Europe/Berlin}",
+    pool: str = "vae-test",
+    embed_schedule: str = "{interval_minutes: 90}",
+    extra: str = "",
+) -> str:
     return f"""\
 pipelines:
   {name}:
@@ -41,6 +46,7 @@ def _read(name: str):
                 return await client.read_deployment_by_name(name)
             except ObjectNotFound:
                 return None
+
     return asyncio.run(read())
 
 
@@ -114,5 +120,6 @@ def test_unknown_deployment_parameter_is_refused(prefect_server, tmp_path):
     assert result.exit_code == 1
     assert result.output.strip() == (
         f"error: {path}: pipeline 'params': field 'deployment': deployment parameter 'wrokers' is not a pipeline "
-        "flow parameter (expected some of: force, gpu, workers)")
+        "flow parameter (expected some of: force, gpu, workers)"
+    )
     assert _read("pipeline/params") is None

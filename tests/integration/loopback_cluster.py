@@ -36,10 +36,17 @@ def compose_command() -> list[str] | None:
 def compose_config(variables: dict[str, str]) -> dict:
     """compose.yaml validated and interpolated with `variables` (nothing else from our environment)."""
     command = compose_command()
-    assert command is not None, "neither `docker compose` nor `docker-compose` is installed (apt-get install docker-compose)"
+    assert command is not None, (
+        "neither `docker compose` nor `docker-compose` is installed (apt-get install docker-compose)"
+    )
     env = {"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", "/root"), **variables}
-    result = subprocess.run([*command, "-f", str(REPO / "compose.yaml"), "--profile", "tools", "config"],
-                            cwd=REPO, env=env, capture_output=True, text=True)
+    result = subprocess.run(
+        [*command, "-f", str(REPO / "compose.yaml"), "--profile", "tools", "config"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     if result.returncode != 0:
         raise AssertionError(f"compose config failed: {result.stderr.strip()}")
     return yaml.safe_load(result.stdout)
@@ -82,8 +89,9 @@ class Services:
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
 
     def environment(self, service: str, extra: dict[str, str] | None = None) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items()
-               if not k.startswith(("PREFECT_", "MLFLOW_", "RAY_")) and k != "VAE_HOME"}
+        env = {
+            k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_", "RAY_")) and k != "VAE_HOME"
+        }
         env.update({k: str(v) for k, v in (self.config["services"][service].get("environment") or {}).items()})
         env["PATH"] = f"{BIN}:{env.get('PATH', '')}"
         env.update(extra or {})
@@ -94,9 +102,14 @@ class Services:
         cwd = Path(spec.get("working_dir") or REPO)
         cwd.mkdir(parents=True, exist_ok=True)
         log = open(self.workdir / f"{service}.log", "w")
-        process = subprocess.Popen([str(part) for part in spec["command"]], cwd=cwd,
-                                   env=self.environment(service, extra_env), stdout=log, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
+        process = subprocess.Popen(
+            [str(part) for part in spec["command"]],
+            cwd=cwd,
+            env=self.environment(service, extra_env),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         self.processes[service] = process
         return process
 
@@ -105,7 +118,7 @@ class Services:
         return path.read_text()[-4000:] if path.exists() else ""
 
     def stop(self) -> None:
-        for name, process in reversed(list(self.processes.items())):
+        for _name, process in reversed(list(self.processes.items())):
             _stop_group(process)
         kill_matching(str(self.workdir))  # Ray daemons and workers leave the groups they started in
 
@@ -126,6 +139,7 @@ def _stop_group(process: subprocess.Popen, grace: float = 15) -> None:
 
 def kill_matching(text: str, grace: float = 10) -> None:
     """SIGTERM, then SIGKILL, every process (and its descendants) whose command line contains `text`."""
+
     def matching() -> set[int]:
         table = {}
         for entry in Path("/proc").iterdir():

@@ -26,19 +26,42 @@ def save_checkpoint(directory: Path, model_config: ModelConfig, data_dim: int, s
     directory.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
     model = build_model(model_config, data_dim)
-    torch.save({"model": model.state_dict(), "epoch": 1, "history": [],
-                "model_config": model_config.model_dump(mode="json"), "data_dim": data_dim},
-               directory / CHECKPOINT_FILE)
+    torch.save(
+        {
+            "model": model.state_dict(),
+            "epoch": 1,
+            "history": [],
+            "model_config": model_config.model_dump(mode="json"),
+            "data_dim": data_dim,
+        },
+        directory / CHECKPOINT_FILE,
+    )
     return str(directory)
 
 
-def register(config: PipelineConfig, nll: float, seed: int, workdir: Path, dataset: dict | None = None,
-             evaluate_champion=None, uri: str | None = None) -> registry.Registration:
+def register(
+    config: PipelineConfig,
+    nll: float,
+    seed: int,
+    workdir: Path,
+    dataset: dict | None = None,
+    evaluate_champion=None,
+    uri: str | None = None,
+) -> registry.Registration:
     dataset = dataset or ingest(config.dataset).to_dict()
     manifest = read_manifest(dataset["path"])
     images, _ = load_split(dataset["path"], "test")
     run_id = registry.start_run(config, dataset, uri)
     checkpoint = save_checkpoint(workdir / f"ckpt-{seed}", config.model, 64, seed)
     evaluation = {"nll": nll, "nll_stderr": 0.1, "k": 10, "split": "test"}
-    return registry.register_model(config, run_id, checkpoint, evaluation, dataset, manifest, images[:2],
-                                   uri=uri, evaluate_champion=evaluate_champion)
+    return registry.register_model(
+        config,
+        run_id,
+        checkpoint,
+        evaluation,
+        dataset,
+        manifest,
+        images[:2],
+        uri=uri,
+        evaluate_champion=evaluate_champion,
+    )

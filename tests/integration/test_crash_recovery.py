@@ -36,8 +36,12 @@ REPO = Path(__file__).resolve().parents[2]
 def _vae_run(pipelines: Path, kill_when: str | None = None) -> tuple[int, str]:
     """`vae run crash-digits`; with `kill_when`, SIGKILL its process group when that text is printed."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "vae", "run", "crash-digits", "--file", str(pipelines)], cwd=REPO,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+        [sys.executable, "-m", "vae", "run", "crash-digits", "--file", str(pipelines)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
     )
     lines = []
     try:
@@ -79,4 +83,3 @@ def test_rerun_after_a_crash_reuses_training_and_registers_once(tmp_path):
     runs = client.search_runs([client.get_experiment_by_name("vae-crash").experiment_id])
     assert len(runs) == 1 and runs[0].info.run_id == versions[0].run_id
     assert runs[0].info.status == "FINISHED"
-

@@ -33,8 +33,21 @@ def registered(tmp_path_factory):
 def embedded(ray_session, registered, tmp_path_factory):
     _, dataset, _ = registered
     out = tmp_path_factory.mktemp("embedded") / "digits.parquet"
-    result = runner.invoke(app, ["embed", "models:/vae-embed@champion", "--dataset", dataset["path"],
-                                 "--out", str(out), "--workers", "2", "--batch-size", "100"])
+    result = runner.invoke(
+        app,
+        [
+            "embed",
+            "models:/vae-embed@champion",
+            "--dataset",
+            dataset["path"],
+            "--out",
+            str(out),
+            "--workers",
+            "2",
+            "--batch-size",
+            "100",
+        ],
+    )
     assert result.exit_code == 0, result.output
     return out, pq.read_table(out)
 
@@ -74,8 +87,12 @@ def test_ray_data_output_equals_the_in_process_reference(embedded, registered, t
     assert plain.schema == table.schema and plain.num_rows == table.num_rows
     for column in ("split", "row", "label", "model_version", "dataset_hash"):
         assert plain.column(column).to_pylist() == table.column(column).to_pylist()
-    np.testing.assert_allclose(np.stack(plain.column("z_mean").to_numpy(zero_copy_only=False)),
-                               np.stack(table.column("z_mean").to_numpy(zero_copy_only=False)), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(
+        np.stack(plain.column("z_mean").to_numpy(zero_copy_only=False)),
+        np.stack(table.column("z_mean").to_numpy(zero_copy_only=False)),
+        rtol=1e-6,
+        atol=1e-7,
+    )
 
 
 def test_rows_name_the_model_version_and_dataset_hash(embedded, registered):
@@ -91,14 +108,28 @@ def test_existing_output_is_refused_unless_overwrite(embedded, registered):
     _, dataset, _ = registered
     out, _ = embedded
     before = out.read_bytes()
-    refused = runner.invoke(app, ["embed", "models:/vae-embed@champion", "--dataset", dataset["path"],
-                                  "--out", str(out), "--split", "test"])
+    refused = runner.invoke(
+        app, ["embed", "models:/vae-embed@champion", "--dataset", dataset["path"], "--out", str(out), "--split", "test"]
+    )
     assert refused.exit_code == 1
-    assert refused.output.strip().splitlines() == [f"error: {out}: output exists (expected a new path, or pass "
-                                                   "--overwrite to replace it)"]
+    assert refused.output.strip().splitlines() == [
+        f"error: {out}: output exists (expected a new path, or pass --overwrite to replace it)"
+    ]
     assert out.read_bytes() == before
-    replaced = runner.invoke(app, ["embed", "models:/vae-embed@champion", "--dataset", dataset["path"],
-                                   "--out", str(out), "--split", "test", "--overwrite"])
+    replaced = runner.invoke(
+        app,
+        [
+            "embed",
+            "models:/vae-embed@champion",
+            "--dataset",
+            dataset["path"],
+            "--out",
+            str(out),
+            "--split",
+            "test",
+            "--overwrite",
+        ],
+    )
     assert replaced.exit_code == 0, replaced.output
     assert pq.read_table(out).column("split").to_pylist() == ["test"] * read_manifest(dataset["path"])["rows"]["test"]
 
@@ -106,8 +137,9 @@ def test_existing_output_is_refused_unless_overwrite(embedded, registered):
 def test_alias_that_does_not_exist_is_one_line_and_writes_nothing(registered, tmp_path):
     _, dataset, _ = registered
     out = tmp_path / "none.parquet"
-    result = runner.invoke(app, ["embed", "models:/vae-embed@no-such-alias", "--dataset", dataset["path"],
-                                 "--out", str(out)])
+    result = runner.invoke(
+        app, ["embed", "models:/vae-embed@no-such-alias", "--dataset", dataset["path"], "--out", str(out)]
+    )
     assert result.exit_code == 1
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: model 'models:/vae-embed@no-such-alias':")
@@ -125,7 +157,8 @@ def test_dataset_of_the_wrong_shape_is_one_line_and_writes_nothing(registered, t
     assert result.exit_code == 1
     assert result.output.strip().splitlines() == [
         f"error: {small.path}: images are 4x4 (16 pixels) but the model expects 64 pixels per image "
-        "(embed a dataset of the shape the model was trained on)"]
+        "(embed a dataset of the shape the model was trained on)"
+    ]
     assert not out.exists() and not list(tmp_path.glob("*.tmp")) and not list(tmp_path.glob(".out.parquet*"))
 
 

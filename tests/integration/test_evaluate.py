@@ -22,8 +22,9 @@ pytestmark = pytest.mark.integration
 
 
 def _vae(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "vae", *args], cwd=cwd, env=dict(os.environ),
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "vae", *args], cwd=cwd, env=dict(os.environ), capture_output=True, text=True, timeout=300
+    )
 
 
 @pytest.fixture(scope="module")
@@ -42,8 +43,18 @@ def test_ray_split_evaluation_equals_one_process(ray_session, digits_checkpoint)
 def test_cli_evaluates_a_registered_model_and_writes_per_example_parquet(tmp_path):
     register(gate_config("vae-eval"), 30.0, seed=0, workdir=tmp_path)
     out = tmp_path / "per-example.parquet"
-    result = _vae("evaluate", "models:/vae-eval@champion", "--dataset", "digits", "--k", "50", "--json",
-                  "--output", str(out), cwd=tmp_path)
+    result = _vae(
+        "evaluate",
+        "models:/vae-eval@champion",
+        "--dataset",
+        "digits",
+        "--k",
+        "50",
+        "--json",
+        "--output",
+        str(out),
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
     table = pq.read_table(out).to_pandas()
@@ -68,13 +79,15 @@ def test_bad_inputs_are_one_line_with_nonzero_exit(tmp_path, digits_checkpoint):
         "error: --k 0: expected >= 1"
     )
     # A 4x4 dataset for a model of 8x8 images: both shapes named.
-    small = write_dataset(SourceArrays(np.zeros((20, 4, 4), np.uint8), None, "zeros", "z" * 64, 16.0),
-                          DatasetConfig(name="small", source="zeros", validation_fraction=0.0), root=tmp_path)
+    small = write_dataset(
+        SourceArrays(np.zeros((20, 4, 4), np.uint8), None, "zeros", "z" * 64, 16.0),
+        DatasetConfig(name="small", source="zeros", validation_fraction=0.0),
+        root=tmp_path,
+    )
     assert _error(_vae("evaluate", digits_checkpoint, "--dataset", small.path, cwd=tmp_path)) == (
         f"error: {small.path}: images are 4x4 (16 pixels) but the model expects 64 pixels per image"
     )
-    assert _error(_vae("evaluate", digits_checkpoint, "--dataset", small.path, "--split", "validation",
-                       cwd=tmp_path)) == (
-        f"error: {small.path}: split 'validation' is empty (expected at least one image)"
-    )
+    assert _error(
+        _vae("evaluate", digits_checkpoint, "--dataset", small.path, "--split", "validation", cwd=tmp_path)
+    ) == (f"error: {small.path}: split 'validation' is empty (expected at least one image)")
     assert not list(tmp_path.glob("*.parquet")) and not (tmp_path / "evaluations").exists()

@@ -34,12 +34,15 @@ def _one_error_line(arguments: list[str]) -> str:
 
 
 # --k 10**9 would take hours: each of these must fail before the estimate starts.
-@pytest.mark.parametrize("extra, expected", [
-    (["--binarize", "bogus"], "--binarize 'bogus': expected threshold, dynamic or none"),
-    (["--split", "train"], "--split 'train': expected 'test' or 'validation'"),
-    (["--output", "{tmp}"], "is a directory"),
-    (["--output", "/dev/null/sub/x.parquet"], "not writable"),
-])
+@pytest.mark.parametrize(
+    "extra, expected",
+    [
+        (["--binarize", "bogus"], "--binarize 'bogus': expected threshold, dynamic or none"),
+        (["--split", "train"], "--split 'train': expected 'test' or 'validation'"),
+        (["--output", "{tmp}"], "is a directory"),
+        (["--output", "/dev/null/sub/x.parquet"], "not writable"),
+    ],
+)
 def test_evaluate_refuses_bad_options_before_estimating(checkpoint, tmp_path, extra, expected):
     extra = [item.replace("{tmp}", str(tmp_path)) for item in extra]
     line = _one_error_line(["evaluate", checkpoint, "--dataset", "digits", "--k", str(10**9), *extra])
@@ -47,8 +50,9 @@ def test_evaluate_refuses_bad_options_before_estimating(checkpoint, tmp_path, ex
 
 
 def test_embed_refuses_an_unknown_binarize_mode(checkpoint, tmp_path):
-    line = _one_error_line(["embed", checkpoint, "--dataset", "digits", "--out", str(tmp_path / "e.parquet"),
-                            "--binarize", "bogus"])
+    line = _one_error_line(
+        ["embed", checkpoint, "--dataset", "digits", "--out", str(tmp_path / "e.parquet"), "--binarize", "bogus"]
+    )
     assert "--binarize 'bogus'" in line
 
 
@@ -59,8 +63,14 @@ def _mount_tmpfs(path: Path, options: str) -> None:
 
 
 def _vae(*arguments: str, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "vae", *arguments], cwd=REPO, capture_output=True, text=True,
-                          timeout=120, env={**os.environ, **env})
+    return subprocess.run(
+        [sys.executable, "-m", "vae", *arguments],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **env},
+    )
 
 
 def test_unusable_folders_are_one_line(tmp_path):
@@ -85,7 +95,9 @@ def test_unusable_folders_are_one_line(tmp_path):
             (full / "filler").unlink()  # 8 KiB left: the up-front check passes, the Parquet file does not fit
             subprocess.run(["dd", "if=/dev/zero", f"of={full / 'filler'}", "bs=4k", "count=14"], capture_output=True)
             done = _vae("evaluate", checkpoint, "--dataset", "digits", "--k", "5", "--output", str(full / "x.parquet"))
-            assert done.returncode == 1 and done.stderr.strip().splitlines()[-1].endswith(": no space left on device"), done.stderr
+            assert done.returncode == 1 and done.stderr.strip().splitlines()[-1].endswith(
+                ": no space left on device"
+            ), done.stderr
             assert len(done.stderr.strip().splitlines()) == 1, done.stderr
         finally:
             subprocess.run(["umount", str(readonly)])

@@ -48,9 +48,14 @@ class Pwn:
 
 
 def _start(pipelines: Path, *extra: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "vae", "run", "hard-digits", "--file", str(pipelines), *extra],
-                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "vae", "run", "hard-digits", "--file", str(pipelines), *extra],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
 
 
 def _wait_for(process: subprocess.Popen, text: str) -> str:
@@ -67,8 +72,11 @@ def _listening(pids: list[int]) -> list[tuple[str, str, int]]:
     for pid in pids:
         try:
             process = psutil.Process(pid)
-            found += [(" ".join(process.cmdline())[:80], c.laddr.ip, c.laddr.port)
-                      for c in process.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN]
+            found += [
+                (" ".join(process.cmdline())[:80], c.laddr.ip, c.laddr.port)
+                for c in process.net_connections(kind="inet")
+                if c.status == psutil.CONN_LISTEN
+            ]
         except psutil.Error:
             pass
     return found
@@ -89,8 +97,9 @@ def _gcs_refuses_without_token(port: int, token: str) -> tuple[str, int]:
             refused = "accepted"
         except grpc.RpcError as error:
             refused = error.code().name
-        nodes = stub.GetAllNodeInfo(gcs_service_pb2.GetAllNodeInfoRequest(), timeout=10,
-                                    metadata=[("authorization", f"Bearer {token}")]).node_info_list
+        nodes = stub.GetAllNodeInfo(
+            gcs_service_pb2.GetAllNodeInfoRequest(), timeout=10, metadata=[("authorization", f"Bearer {token}")]
+        ).node_info_list
     return refused, len(nodes)
 
 
@@ -101,9 +110,18 @@ def _plant_pickles(folder: Path, marker: Path) -> list[Path]:
     import cloudpickle
 
     payload = base64.b64encode(cloudpickle.dumps(Pwn(marker))).decode()
-    record = json.dumps({"metadata": {"storage_key": None, "expiration": None, "serializer": {"type": "pickle",
-                         "picklelib": "cloudpickle", "picklelib_version": None}, "prefect_version": "3.9.1",
-                         "storage_block_id": None}, "result": payload})
+    record = json.dumps(
+        {
+            "metadata": {
+                "storage_key": None,
+                "expiration": None,
+                "serializer": {"type": "pickle", "picklelib": "cloudpickle", "picklelib_version": None},
+                "prefect_version": "3.9.1",
+                "storage_block_id": None,
+            },
+            "result": payload,
+        }
+    )
     planted = [path for path in folder.iterdir() if path.is_file()]
     for path in planted:
         path.write_text(record)

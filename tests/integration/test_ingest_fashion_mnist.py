@@ -24,15 +24,19 @@ VERSION = "369f03229ce4"
 
 pytestmark = [
     pytest.mark.integration,
-    pytest.mark.skipif(not FASHION.is_dir(), reason="Debian package dataset-fashion-mnist is not installed "
-                                                    "(.ci/run installs it: apt-get install dataset-fashion-mnist)"),
+    pytest.mark.skipif(
+        not FASHION.is_dir(),
+        reason="Debian package dataset-fashion-mnist is not installed "
+        "(.ci/run installs it: apt-get install dataset-fashion-mnist)",
+    ),
 ]
 
 
 def _vae(home: Path, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "VAE_HOME": str(home)}
-    return subprocess.run([sys.executable, "-m", "vae", *args], env=env, capture_output=True, text=True,
-                          timeout=300, check=True)
+    return subprocess.run(
+        [sys.executable, "-m", "vae", *args], env=env, capture_output=True, text=True, timeout=300, check=True
+    )
 
 
 def _read_idx(path: Path) -> np.ndarray:
@@ -65,8 +69,9 @@ def test_splits_are_the_official_test_file_and_a_partition_of_the_train_file(ing
     assert np.array_equal(test_labels, _read_idx(FASHION / "t10k-labels-idx1-ubyte.gz"))
     train = [load_split(manifest["path"], split) for split in ("train", "validation")]
     ours = sorted_rows(*train[0]) + sorted_rows(*train[1])
-    expected = sorted_rows(_read_idx(FASHION / "train-images-idx3-ubyte.gz"),
-                           _read_idx(FASHION / "train-labels-idx1-ubyte.gz"))
+    expected = sorted_rows(
+        _read_idx(FASHION / "train-images-idx3-ubyte.gz"), _read_idx(FASHION / "train-labels-idx1-ubyte.gz")
+    )
     assert sorted(ours) == expected
 
 
@@ -78,6 +83,15 @@ def test_ingesting_again_changes_nothing_and_datasets_lists_it(ingested):
     assert tree(home) == before
     listing = _vae(home, "datasets").stdout.splitlines()
     assert listing[0].split() == ["NAME", "VERSION", "TRAIN", "VAL", "TEST", "SHAPE", "DTYPE", "HASH", "SOURCE"]
-    assert listing[1].split() == ["fashion-mnist", VERSION, "50000", "10000", "10000", "28x28", "uint8",
-                                  CONTENT_HASH[:12], str(FASHION)]
+    assert listing[1].split() == [
+        "fashion-mnist",
+        VERSION,
+        "50000",
+        "10000",
+        "10000",
+        "28x28",
+        "uint8",
+        CONTENT_HASH[:12],
+        str(FASHION),
+    ]
     assert [m["path"] for m in json.loads(_vae(home, "datasets", "--json").stdout)] == [manifest["path"]]

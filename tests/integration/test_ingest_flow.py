@@ -22,8 +22,10 @@ LABELS = RNG.integers(0, 3, size=30).astype(np.uint8)
 
 def _pipelines(tmp_path, source: str):
     path = tmp_path / "pipelines.yaml"
-    path.write_text(f"pipelines:\n  tiny:\n    dataset: {{name: tiny-{tmp_path.name}, source: '{source}'}}\n"
-                    "    registry: {model_name: vae-tiny}\n")
+    path.write_text(
+        f"pipelines:\n  tiny:\n    dataset: {{name: tiny-{tmp_path.name}, source: '{source}'}}\n"
+        "    registry: {model_name: vae-tiny}\n"
+    )
     return str(path)
 
 

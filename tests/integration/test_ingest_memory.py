@@ -29,8 +29,9 @@ print(json.dumps({"peak": status("VmHWM")}))
 
 def _peak_rss(folder: Path, home: Path) -> int:
     env = {**os.environ, "VAE_HOME": str(home)}
-    result = subprocess.run([sys.executable, "-c", CHILD, str(folder)], env=env, capture_output=True, text=True,
-                            timeout=120, check=True)
+    result = subprocess.run(
+        [sys.executable, "-c", CHILD, str(folder)], env=env, capture_output=True, text=True, timeout=120, check=True
+    )
     return json.loads(result.stdout)["peak"]
 
 

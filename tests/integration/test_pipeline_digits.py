@@ -52,10 +52,17 @@ def test_registry_holds_the_model_with_champion_alias_and_tags(pipeline_result):
     assert float(champion.tags["test_nll"]) == pytest.approx(result["evaluation"]["nll"], abs=1e-5)
     assert champion.tags["k"] == "500" and champion.tags["code_version"]
     assert client.get_run(result["run_id"]).info.status == "FINISHED"
-    logged = {a.path for folder in ("plots", "dataset", "evaluation")
-              for a in client.list_artifacts(result["run_id"], folder)}
-    assert {"plots/elbo_curve.png", "plots/reconstructions.png", "plots/samples.png", "plots/latent_scatter.png",
-            "dataset/manifest.json", "evaluation/evaluation.json"} <= logged
+    logged = {
+        a.path for folder in ("plots", "dataset", "evaluation") for a in client.list_artifacts(result["run_id"], folder)
+    }
+    assert {
+        "plots/elbo_curve.png",
+        "plots/reconstructions.png",
+        "plots/samples.png",
+        "plots/latent_scatter.png",
+        "dataset/manifest.json",
+        "evaluation/evaluation.json",
+    } <= logged
     run = client.get_run(result["run_id"])
     assert run.data.params["training.epochs"] == "5"
     assert run.data.metrics["test_nll"] == pytest.approx(result["evaluation"]["nll"])
@@ -80,7 +87,6 @@ def test_validation_elbo_improves_and_is_logged_per_epoch(pipeline_result):
     assert steps[-1][1] > steps[0][1]
     # The evaluation is a sound bound check: IS estimate of log p(x) lies above the ELBO.
     assert -result["evaluation"]["nll"] > result["evaluation"]["elbo"]
-
 
 
 @pytest.fixture(scope="module")
@@ -119,6 +125,7 @@ def test_flow_run_publishes_evaluation_table_and_mlflow_link(pipeline_result):
     assert table.type == "table" and link.type == "markdown"  # Prefect stores a link as markdown
     rows = {row["quantity"]: row["value"] for row in json.loads(table.data)}
     assert rows["test NLL (k=500, 359 test images)"] == (
-        f"{result['evaluation']['nll']:.3f} ± {result['evaluation']['nll_stderr']:.3f} nats")
+        f"{result['evaluation']['nll']:.3f} ± {result['evaluation']['nll_stderr']:.3f} nats"
+    )
     assert rows["model"] == result["registration"]["model_uri"]
     assert f"/runs/{result['run_id']}" in str(link.data)

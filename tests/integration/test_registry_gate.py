@@ -62,6 +62,7 @@ def test_champion_on_another_dataset_version_is_re_evaluated_on_the_new_one(tmp_
         def evaluate(model_uri: str) -> float:
             seen.append(model_uri)
             return nll
+
         return evaluate
 
     # On the new data the champion scores 28.0: the challenger's 29.0 does not beat it.
@@ -84,8 +85,10 @@ def _race(name: str, uri: str, workdir: Path) -> None:
     MlflowClient(uri).search_experiments()  # ...and the store's schema created (that is not race-safe)
     context = multiprocessing.get_context("spawn")
     start = context.Event()
-    workers = [context.Process(target=_register_in_process, args=(name, nll, seed, str(workdir), uri, start))
-               for nll, seed in ((25.0, 1), (24.0, 2))]
+    workers = [
+        context.Process(target=_register_in_process, args=(name, nll, seed, str(workdir), uri, start))
+        for nll, seed in ((25.0, 1), (24.0, 2))
+    ]
     for worker in workers:
         worker.start()
     start.set()
@@ -113,7 +116,9 @@ def test_two_concurrent_registrations_on_an_mlflow_server_with_postgresql(tmp_pa
         # The sequential gate holds on the server too: a worse model does not take the alias.
         worse = register(gate_config("vae-race-pg"), 26.0, seed=3, workdir=tmp_path, uri=server)
         assert worse.champion is False
-        assert MlflowClient(server, server).get_model_version_by_alias("vae-race-pg", "challenger").version == str(worse.version)
+        assert MlflowClient(server, server).get_model_version_by_alias("vae-race-pg", "challenger").version == str(
+            worse.version
+        )
 
 
 def test_unknown_model_uri_is_one_line():

@@ -54,9 +54,23 @@ def server(tmp_path_factory):
     bin_dir = str(Path(sys.executable).parent)  # `mlflow models serve --env-manager local` execs uvicorn
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ.get('PATH', '')}", "MLFLOW_TRACKING_URI": tracking_uri()}
     process = subprocess.Popen(
-        [f"{bin_dir}/mlflow", "models", "serve", "-m", "models:/vae-serve@champion", "--env-manager", "local",
-         "--host", "127.0.0.1", "--port", str(port)],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        [
+            f"{bin_dir}/mlflow",
+            "models",
+            "serve",
+            "-m",
+            "models:/vae-serve@champion",
+            "--env-manager",
+            "local",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 120
@@ -119,9 +133,12 @@ def test_every_method_equals_the_in_process_model_and_images_may_come_as_n_h_w(s
 def test_bad_requests_are_one_short_4xx_without_the_array(server):
     url, _, _ = server
     big = np.zeros((50, 7))
-    for inputs, params, expected in ((big, {}, "shape"), (np.zeros((2, 64)), {"method": "sample"}, "method"),
-                                     (np.zeros((2, 64)), {"method": "score", "k": 0}, "k"),
-                                     (np.zeros((2, 3)), {"method": "decode"}, "latents")):
+    for inputs, params, expected in (
+        (big, {}, "shape"),
+        (np.zeros((2, 64)), {"method": "sample"}, "method"),
+        (np.zeros((2, 64)), {"method": "score", "k": 0}, "k"),
+        (np.zeros((2, 3)), {"method": "decode"}, "latents"),
+    ):
         status, body = _invoke(url, inputs, **params)
         assert 400 <= status < 500, body
         assert expected in body["message"] and len(body["message"]) < 200 and "\n" not in body["message"]

@@ -58,8 +58,13 @@ def test_resume_continues_at_the_next_epoch_and_shards_partition_the_split(ray_s
     first_audit, second_audit = tmp_path / "first", tmp_path / "second"
     first_audit.mkdir(), second_audit.mkdir()
     lines: list[str] = []
-    first = training.train(_config(epochs=2, use_gpu=True), dataset, storage_path=tmp_path / "runs",
-                           echo=lines.append, hooks=training.RowAudit(str(first_audit)))
+    first = training.train(
+        _config(epochs=2, use_gpu=True),
+        dataset,
+        storage_path=tmp_path / "runs",
+        echo=lines.append,
+        hooks=training.RowAudit(str(first_audit)),
+    )
     assert first.epochs == 2 and _started(first_audit) == [1, 2]
     # use_gpu on a machine without a GPU: one line says so, and CPU workers train.
     assert lines[0] == "training.use_gpu is set but the Ray cluster has no GPU: training on CPU workers"
@@ -73,8 +78,14 @@ def test_resume_continues_at_the_next_epoch_and_shards_partition_the_split(ray_s
     assert abs(sum(seen[0].values()) - sum(seen[1].values())) <= 1
 
     # Stopped after 2 of 4 epochs, restarted with --resume: it trains epochs 3 and 4 only.
-    second = training.train(_config(epochs=4), dataset, storage_path=tmp_path / "runs", echo=None, resume=True,
-                            hooks=training.RowAudit(str(second_audit)))
+    second = training.train(
+        _config(epochs=4),
+        dataset,
+        storage_path=tmp_path / "runs",
+        echo=None,
+        resume=True,
+        hooks=training.RowAudit(str(second_audit)),
+    )
     assert _started(second_audit) == [3, 4]
     assert [int(h["epoch"]) for h in second.history] == [1, 2, 3, 4]
     assert second.history[:2] == first.history
@@ -86,8 +97,13 @@ def test_a_killed_worker_is_replaced_and_training_resumes_from_the_latest_checkp
     audit.mkdir()
     config = _config(epochs=8, batch_size=16, max_failures=2)
     outcome: dict = {}
-    runner = threading.Thread(target=lambda: outcome.update(result=training.train(
-        config, dataset, storage_path=tmp_path / "runs", echo=None, hooks=training.RowAudit(str(audit)))))
+    runner = threading.Thread(
+        target=lambda: outcome.update(
+            result=training.train(
+                config, dataset, storage_path=tmp_path / "runs", echo=None, hooks=training.RowAudit(str(audit))
+            )
+        )
+    )
     runner.start()
     deadline = time.time() + 180
     while 3 not in _started(audit):  # epoch 2's checkpoint exists once epoch 3 starts

@@ -34,8 +34,17 @@ def test_non_finite_weights_fail_with_epoch_and_step(ray_session, tmp_path):
     optimizer = torch.optim.Adam(model.parameters())
     broken = tmp_path / "broken"
     broken.mkdir()
-    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": 1, "history": [],
-                "model_config": config.model.model_dump(mode="json"), "data_dim": 64}, broken / CHECKPOINT_FILE)
+    torch.save(
+        {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "epoch": 1,
+            "history": [],
+            "model_config": config.model.model_dump(mode="json"),
+            "data_dim": 64,
+        },
+        broken / CHECKPOINT_FILE,
+    )
 
     with pytest.raises(TrainingDivergedError) as error:
         training.train(config, dataset, resume_from=str(broken), storage_path=tmp_path / "runs", echo=None)

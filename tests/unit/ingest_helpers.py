@@ -19,8 +19,7 @@ def idx_bytes(array: np.ndarray, magic: int | None = None) -> bytes:
     return struct.pack(">I", magic) + struct.pack(f">{array.ndim}I", *array.shape) + array.astype(np.uint8).tobytes()
 
 
-def write_idx(path: Path, array: np.ndarray, *, gz: bool = False, magic: int | None = None,
-              cut: int = 0) -> Path:
+def write_idx(path: Path, array: np.ndarray, *, gz: bool = False, magic: int | None = None, cut: int = 0) -> Path:
     """Write an IDX file (gzipped if gz), dropping the last `cut` bytes of the uncompressed data."""
     data = idx_bytes(array, magic)
     data = data[: len(data) - cut]
@@ -29,8 +28,9 @@ def write_idx(path: Path, array: np.ndarray, *, gz: bool = False, magic: int | N
     return path
 
 
-def write_idx_folder(folder: Path, train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray] | None,
-                     *, gz: bool = True) -> Path:
+def write_idx_folder(
+    folder: Path, train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray] | None, *, gz: bool = True
+) -> Path:
     """MNIST-style files: train-/t10k- images (N, H, W) and labels (N,)."""
     suffix = ".gz" if gz else ""
     write_idx(folder / f"train-images-idx3-ubyte{suffix}", train[0], gz=gz)
@@ -64,8 +64,10 @@ def tree(root: Path) -> dict[str, tuple[int, int]]:
     """
     if not root.exists():
         return {}
-    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) if p.is_file() else (-1, 0)
-            for p in sorted(root.rglob("*"))}
+    return {
+        str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) if p.is_file() else (-1, 0)
+        for p in sorted(root.rglob("*"))
+    }
 
 
 def sorted_rows(images: np.ndarray, labels: np.ndarray | None = None) -> list[bytes]:

@@ -54,8 +54,9 @@ class LinearGaussian:
         return 0.5 * (trace + maha - L + torch.logdet(Sp) - torch.log(Sq).sum(-1))
 
 
-def make_linear_gaussian(D: int = 6, L: int = 2, sigma: float = 0.5, seed: int = 0,
-                         mean_shift: float = 0.1, var_scale: float = 1.5) -> LinearGaussian:
+def make_linear_gaussian(
+    D: int = 6, L: int = 2, sigma: float = 0.5, seed: int = 0, mean_shift: float = 0.1, var_scale: float = 1.5
+) -> LinearGaussian:
     generator = torch.Generator().manual_seed(seed)
     W = torch.randn((D, L), generator=generator, dtype=torch.float64)
     b = torch.randn((D,), generator=generator, dtype=torch.float64)

@@ -9,7 +9,6 @@ from linear_gaussian import bernoulli_1d_exact, make_bernoulli_1d, make_linear_g
 from vae.estimators import annealed_importance_sampling, estimate_log_likelihood, sigmoid_schedule
 
 
-
 def test_schedule_runs_from_prior_to_posterior():
     betas = sigmoid_schedule(100)
     assert betas[0] == 0.0 and betas[-1] == 1.0 and torch.all(betas[1:] > betas[:-1])

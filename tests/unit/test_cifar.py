@@ -21,8 +21,9 @@ def _batch(n: int, label_bytes: int) -> tuple[np.ndarray, np.ndarray, bytes]:
     images = RNG.integers(0, 256, size=(n, 3, 32, 32), dtype=np.uint8)
     limits = (10,) if label_bytes == 1 else (20, 100)
     labels = np.stack([RNG.integers(0, k, size=n) for k in limits], 1).astype(np.uint8)  # (n, label_bytes)
-    records = b"".join(labels[i].tobytes() + images[i, 0].tobytes() + images[i, 1].tobytes() + images[i, 2].tobytes()
-                       for i in range(n))  # label byte(s), then 1024 R, 1024 G, 1024 B bytes
+    records = b"".join(
+        labels[i].tobytes() + images[i, 0].tobytes() + images[i, 1].tobytes() + images[i, 2].tobytes() for i in range(n)
+    )  # label byte(s), then 1024 R, 1024 G, 1024 B bytes
     return images, labels.astype(np.int64), records
 
 
@@ -72,8 +73,12 @@ def _listing(root):
 def test_cifar10_reads_the_official_split_in_batch_order(tmp_path, form):
     files, (train_x, train_y, test_x, test_y) = _cifar10()
     if form == "tar.gz":  # members out of order: the train batches are still concatenated 1..5
-        path = _write_tar(tmp_path / "cifar-10-binary.tar.gz", "cifar-10-batches-bin", files, order=[
-            "test_batch.bin", "data_batch_5.bin", "batches.meta.txt", *TRAIN_10[:4]])
+        path = _write_tar(
+            tmp_path / "cifar-10-binary.tar.gz",
+            "cifar-10-batches-bin",
+            files,
+            order=["test_batch.bin", "data_batch_5.bin", "batches.meta.txt", *TRAIN_10[:4]],
+        )
     else:
         path = _write_folder(tmp_path, "cifar-10-batches-bin", files)
         path = path if form == "batch folder" else tmp_path
@@ -85,7 +90,9 @@ def test_cifar10_reads_the_official_split_in_batch_order(tmp_path, form):
     np.testing.assert_array_equal(data.train_labels, train_y)
     np.testing.assert_array_equal(data.test_images, test_x)
     np.testing.assert_array_equal(data.test_labels, test_y)
-    assert data.train_coarse_labels is None and data.classes[:2] == ("airplane", "automobile") and len(data.classes) == 10
+    assert (
+        data.train_coarse_labels is None and data.classes[:2] == ("airplane", "automobile") and len(data.classes) == 10
+    )
 
 
 @pytest.mark.parametrize("form", ["tar.gz", "folder"])
@@ -174,9 +181,13 @@ def test_the_pickled_python_version_is_refused_without_unpickling(tmp_path):
         assert "\n" not in message and "'python version'" in message, path
         assert "cifar-10-binary.tar.gz" in message, path
     hundred = {name: payload for name in ["train", "test", "meta"]}
-    for path in [_write_tar(tmp_path / "cifar-100-python.tar.gz", "cifar-100-python", hundred),
-                 _write_folder(tmp_path / "b", "cifar-100-python", hundred)]:
-        with pytest.raises(DataError, match=r"CIFAR-100 'python version'.*\(expected the binary version, cifar-100-binary\.tar\.gz"):
+    for path in [
+        _write_tar(tmp_path / "cifar-100-python.tar.gz", "cifar-100-python", hundred),
+        _write_folder(tmp_path / "b", "cifar-100-python", hundred),
+    ]:
+        with pytest.raises(
+            DataError, match=r"CIFAR-100 'python version'.*\(expected the binary version, cifar-100-binary\.tar\.gz"
+        ):
             read_cifar(path)
     assert not marker.exists()
 
@@ -189,7 +200,9 @@ def test_channels_last_and_channels_first_arrays_become_channels_first():
     gray = RNG.integers(0, 256, size=(2, 28, 28, 1), dtype=np.uint8)
     assert to_channels_first(gray, "g.npz").shape == (2, 1, 28, 28)
     square = RNG.integers(0, 256, size=(2, 4, 4, 3), dtype=np.uint8)  # 4x4 RGB or 4 channels of 4x3?
-    with pytest.raises(DataError, match=r"a\.npz: array of shape \(2, 4, 4, 3\) could be .*expected the layout to be named"):
+    with pytest.raises(
+        DataError, match=r"a\.npz: array of shape \(2, 4, 4, 3\) could be .*expected the layout to be named"
+    ):
         to_channels_first(square, "a.npz")
     np.testing.assert_array_equal(to_channels_first(square, "a.npz", layout="NHWC"), square.transpose(0, 3, 1, 2))
     with pytest.raises(DataError, match=r"has no channel axis \(expected 1, 3, 4 channels"):

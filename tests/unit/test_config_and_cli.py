@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from vae.config import load_pipeline, load_pipelines
 from vae.errors import ConfigError
@@ -34,8 +35,9 @@ def _write(tmp_path: Path, text: str) -> Path:
 
 def _vae(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "VAE_HOME": str(cwd / ".vae")}
-    return subprocess.run([sys.executable, "-m", "vae", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "vae", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120
+    )
 
 
 def test_the_repository_pipelines_file_is_valid():
@@ -47,7 +49,7 @@ def test_the_repository_pipelines_file_is_valid():
 def test_defaults_fill_in_and_configs_are_frozen(tmp_path):
     config = load_pipeline("other", _write(tmp_path, GOOD))
     assert config.training.epochs == 3 and config.evaluation.k == 5000
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError):
         config.training.epochs = 4  # frozen
 
 
@@ -55,13 +57,19 @@ def test_defaults_fill_in_and_configs_are_frozen(tmp_path):
     ("edit", "message"),
     [
         ("training: {epochs: 3}", None),
-        ("training: {epochs: -3}",
-         "pipeline 'other': field 'training.epochs': expected: input should be greater than or equal to 1, got -3"),
-        ("training: {epochz: 3}",
-         "pipeline 'other': field 'training.epochz': unknown field (check the spelling; unknown keys are rejected)"),
-        ("training: {epochs: many}",
-         "pipeline 'other': field 'training.epochs': expected: input should be a valid integer, "
-         "unable to parse string as an integer, got 'many'"),
+        (
+            "training: {epochs: -3}",
+            "pipeline 'other': field 'training.epochs': expected: input should be greater than or equal to 1, got -3",
+        ),
+        (
+            "training: {epochz: 3}",
+            "pipeline 'other': field 'training.epochz': unknown field (check the spelling; unknown keys are rejected)",
+        ),
+        (
+            "training: {epochs: many}",
+            "pipeline 'other': field 'training.epochs': expected: input should be a valid integer, "
+            "unable to parse string as an integer, got 'many'",
+        ),
     ],
 )
 def test_invalid_fields_name_file_pipeline_field_and_expectation(tmp_path, edit, message):
@@ -75,7 +83,12 @@ def test_invalid_fields_name_file_pipeline_field_and_expectation(tmp_path, edit,
 
 
 def test_cross_section_check_names_the_fields(tmp_path):
-    path = _write(tmp_path, GOOD.replace('source: "sklearn:digits"}\n    training', 'source: "sklearn:digits", binarize: none}\n    training'))
+    path = _write(
+        tmp_path,
+        GOOD.replace(
+            'source: "sklearn:digits"}\n    training', 'source: "sklearn:digits", binarize: none}\n    training'
+        ),
+    )
     with pytest.raises(ConfigError) as error:
         load_pipelines(path)
     assert str(error.value) == (

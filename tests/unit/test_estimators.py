@@ -13,7 +13,6 @@ from vae.model import diagonal_normal_log_density, standard_normal_log_density
 from vae.objectives import elbo, gaussian_kl, iwae_bound, sample_latents
 
 
-
 @pytest.fixture(scope="module")
 def lg():
     return make_linear_gaussian()

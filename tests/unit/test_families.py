@@ -46,8 +46,10 @@ def binary_data(n: int, seed: int) -> torch.Tensor:
 
 # --- a tiny VampPrior: 1-D z, three pseudo-inputs, linear encoder and decoder ------------------------
 
-PSEUDO = torch.tensor([[0.1, 0.9, 0.3, 0.7, 0.5, 0.2], [0.8, 0.1, 0.6, 0.4, 0.9, 0.7], [0.5, 0.5, 0.0, 1.0, 0.2, 0.6]],
-                      dtype=torch.float64)  # (C, D)
+PSEUDO = torch.tensor(
+    [[0.1, 0.9, 0.3, 0.7, 0.5, 0.2], [0.8, 0.1, 0.6, 0.4, 0.9, 0.7], [0.5, 0.5, 0.0, 1.0, 0.2, 0.6]],
+    dtype=torch.float64,
+)  # (C, D)
 ENC_MEAN_W = torch.tensor([1.5, -1.0, 0.8, 0.6, -0.7, 1.2], dtype=torch.float64)  # mean = w·x + b
 ENC_LOGVAR_W = torch.tensor([0.3, -0.2, 0.1, -0.3, 0.2, 0.1], dtype=torch.float64)
 ENC_MEAN_B, ENC_LOGVAR_B = -0.4, -0.2
@@ -132,8 +134,9 @@ def test_gated_dense_is_the_gated_linear_unit_computed_by_hand():
     # A gated body is gated layers then a linear head, with no activation in between.
     net = dense_net([4, 3, 2], "gated").double()
     head = net[1]
-    np.testing.assert_allclose(net(x).detach().numpy(),
-                               (net[0](x) @ head.weight.T + head.bias).detach().numpy(), rtol=1e-12)
+    np.testing.assert_allclose(
+        net(x).detach().numpy(), (net[0](x) @ head.weight.T + head.bias).detach().numpy(), rtol=1e-12
+    )
     assert [type(m) for m in net] == [GatedDense, torch.nn.Linear]
 
 
@@ -149,8 +152,10 @@ def test_vamp_prior_is_the_brute_force_mixture_of_its_components():
     brute = np.empty((7, 2))
     for i in range(7):
         for j in range(2):
-            components = [stats.multivariate_normal(means[c], np.diag(np.exp(logvars[c]))).logpdf(z[i, j].numpy())
-                          for c in range(4)]
+            components = [
+                stats.multivariate_normal(means[c], np.diag(np.exp(logvars[c]))).logpdf(z[i, j].numpy())
+                for c in range(4)
+            ]
             brute[i, j] = special.logsumexp(components) - math.log(4)
     np.testing.assert_allclose(model.log_prior(z).detach().numpy(), brute, rtol=1e-10, atol=1e-10)
 
@@ -241,7 +246,7 @@ def test_prior_samples_have_the_priors_moments():
     generator = torch.Generator().manual_seed(7)
     n = 200_000
     vamp = make_tiny_vamp()
-    means = (PSEUDO @ ENC_MEAN_W + ENC_MEAN_B)  # (C,)
+    means = PSEUDO @ ENC_MEAN_W + ENC_MEAN_B  # (C,)
     variances = torch.exp(PSEUDO @ ENC_LOGVAR_W + ENC_LOGVAR_B)
     mixture_mean = float(means.mean())
     mixture_var = float((variances + means**2).mean()) - mixture_mean**2
@@ -275,8 +280,9 @@ FAMILIES = {
     "mlp-standard": lambda: OneLevelVAE(D, 3, (8, 8)),
     "gated-standard": lambda: OneLevelVAE(D, 3, (8, 8), body="gated"),
     "mlp-vamp": lambda: OneLevelVAE(D, 3, (8,), prior="vamp", pseudo_inputs=4),
-    "gated-vamp-gaussian": lambda: OneLevelVAE(D, 3, (8,), body="gated", prior="vamp", pseudo_inputs=4,
-                                               likelihood="gaussian"),
+    "gated-vamp-gaussian": lambda: OneLevelVAE(
+        D, 3, (8,), body="gated", prior="vamp", pseudo_inputs=4, likelihood="gaussian"
+    ),
     "hvae-mlp": lambda: TwoLevelVAE(D, (3, 2), (8,), (5,)),
     "hvae-gated": lambda: TwoLevelVAE(D, (3, 2), (8, 8), (5, 5), body="gated"),
 }

@@ -31,8 +31,10 @@ def _reduce_worker(rank: int, world: int, init_file: str, results: str) -> None:
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     values = torch.tensor([1.0 + rank, 10.0 * (rank + 1)], dtype=torch.float64)
     reduced = all_reduce_sums(values)
-    torch.save({"values": reduced, "device": str(reduced.device), "same": reduced is values},
-               os.path.join(results, f"rank{rank}.pt"))
+    torch.save(
+        {"values": reduced, "device": str(reduced.device), "same": reduced is values},
+        os.path.join(results, f"rank{rank}.pt"),
+    )
     dist.destroy_process_group()
 
 
@@ -77,8 +79,16 @@ def test_stepper_matches_a_plain_loop_and_asks_for_no_graph_on_cpu():
         plain.zero_grad()
         (-target.mean()).backward()
         plain.step()
-        sums += torch.tensor([target.sum().item(), terms.elbo.sum().item(), terms.reconstruction.sum().item(),
-                              terms.kl.sum().item(), x.shape[0]], dtype=torch.float64)
+        sums += torch.tensor(
+            [
+                target.sum().item(),
+                terms.elbo.sum().item(),
+                terms.reconstruction.sum().item(),
+                terms.kl.sum().item(),
+                x.shape[0],
+            ],
+            dtype=torch.float64,
+        )
     assert torch.allclose(stepper.sums, sums, rtol=1e-6, atol=1e-6)
     assert stepper.sums[4].item() == 40
     for ours, theirs in zip(model.parameters(), reference.parameters()):

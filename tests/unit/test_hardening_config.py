@@ -49,12 +49,21 @@ def _refusal(path: Path) -> str:
     ("old", "new", "message"),
     [
         ("  other:", "  ../../../x:", f"pipeline '../../../x': pipeline name: {NAME_RULE}, got '../../../x'"),
-        ("{model_name: vae-other}", "{model_name: vae-other, experiment: ../../../../x}",
-         f"pipeline 'other': field 'registry.experiment': {NAME_RULE}, got '../../../../x'"),
-        ("{model_name: vae-other}", "{model_name: team/vae}",
-         f"pipeline 'other': field 'registry.model_name': {NAME_RULE}, got 'team/vae'"),
-        ('{name: digits, source: "sklearn:digits"}\n    training', '{name: a..b, source: "sklearn:digits"}\n    training',
-         f"pipeline 'other': field 'dataset.name': {NAME_RULE}, got 'a..b'"),
+        (
+            "{model_name: vae-other}",
+            "{model_name: vae-other, experiment: ../../../../x}",
+            f"pipeline 'other': field 'registry.experiment': {NAME_RULE}, got '../../../../x'",
+        ),
+        (
+            "{model_name: vae-other}",
+            "{model_name: team/vae}",
+            f"pipeline 'other': field 'registry.model_name': {NAME_RULE}, got 'team/vae'",
+        ),
+        (
+            '{name: digits, source: "sklearn:digits"}\n    training',
+            '{name: a..b, source: "sklearn:digits"}\n    training',
+            f"pipeline 'other': field 'dataset.name': {NAME_RULE}, got 'a..b'",
+        ),
     ],
 )
 def test_names_that_would_leave_their_root_are_refused_when_the_file_is_loaded(tmp_path, old, new, message):
@@ -98,12 +107,20 @@ def test_path_helpers_refuse_names_that_escape(tmp_path, monkeypatch):
     ("edit", "message"),
     [
         ("training: {epochs: true}", "field 'training.epochs': expected an integer, got true (a boolean)"),
-        ("training: {learning_rate: false}", "field 'training.learning_rate': expected a number, got false (a boolean)"),
-        ("training: {early_stopping_patience: true}",
-         "field 'training.early_stopping_patience': expected an integer, got true (a boolean)"),
+        (
+            "training: {learning_rate: false}",
+            "field 'training.learning_rate': expected a number, got false (a boolean)",
+        ),
+        (
+            "training: {early_stopping_patience: true}",
+            "field 'training.early_stopping_patience': expected an integer, got true (a boolean)",
+        ),
         ("model: {hidden: [true, 8]}", "field 'model.hidden.0': expected an integer, got true (a boolean)"),
         ("evaluation: {k: true}", "field 'evaluation.k': expected an integer, got true (a boolean)"),
-        ("training: {max_minutes: .nan}", "field 'training.max_minutes': expected: input should be a finite number, got nan"),
+        (
+            "training: {max_minutes: .nan}",
+            "field 'training.max_minutes': expected: input should be a finite number, got nan",
+        ),
         ("training: {beta: .inf}", "field 'training.beta': expected: input should be a finite number, got inf"),
     ],
 )
@@ -114,11 +131,14 @@ def test_booleans_are_not_numbers_and_numbers_are_finite(tmp_path, edit, message
 
 def test_infinite_promote_margin_and_interval_are_refused(tmp_path):
     path = _write(tmp_path, GOOD.replace("{model_name: vae-other}", "{model_name: vae-other, promote_margin: .inf}"))
-    assert _refusal(path) == (f"{path}: pipeline 'other': field 'registry.promote_margin': "
-                              "expected: input should be a finite number, got inf")
+    assert _refusal(path) == (
+        f"{path}: pipeline 'other': field 'registry.promote_margin': expected: input should be a finite number, got inf"
+    )
     path = _write(tmp_path, GOOD.replace("training: {epochs: 3}", "deployment: {schedule: {interval_minutes: .inf}}"))
-    assert _refusal(path) == (f"{path}: pipeline 'other': field 'deployment.schedule.interval_minutes': "
-                              "expected: input should be a finite number, got inf")
+    assert _refusal(path) == (
+        f"{path}: pipeline 'other': field 'deployment.schedule.interval_minutes': "
+        "expected: input should be a finite number, got inf"
+    )
 
 
 def test_whole_numbers_still_fill_float_fields(tmp_path):
@@ -132,9 +152,16 @@ def test_whole_numbers_still_fill_float_fields(tmp_path):
     ("old", "new", "message"),
     [
         ("  other:", "  tiny:", "line 5: duplicate key 'tiny' (first given on line 2; expected each key once)"),
-        ("{epochs: 3}", "{epochs: 3, epochs: 4}", "line 7: duplicate key 'epochs' (first given on line 7; expected each key once)"),
-        ("    training: {epochs: 3}\n", "    training: {epochs: 3}\n    training: {epochs: 9}\n",
-         "line 8: duplicate key 'training' (first given on line 7; expected each key once)"),
+        (
+            "{epochs: 3}",
+            "{epochs: 3, epochs: 4}",
+            "line 7: duplicate key 'epochs' (first given on line 7; expected each key once)",
+        ),
+        (
+            "    training: {epochs: 3}\n",
+            "    training: {epochs: 3}\n    training: {epochs: 9}\n",
+            "line 8: duplicate key 'training' (first given on line 7; expected each key once)",
+        ),
     ],
 )
 def test_duplicate_keys_are_refused_with_their_line(tmp_path, old, new, message):
@@ -144,7 +171,8 @@ def test_duplicate_keys_are_refused_with_their_line(tmp_path, old, new, message)
 
 def test_merge_keys_may_still_override(tmp_path):
     text = GOOD.replace("training: {epochs: 3}", "training: {<<: *t, epochs: 4}").replace(
-        "  tiny:\n", "  tiny:\n    training: &t {epochs: 3, seed: 1}\n")
+        "  tiny:\n", "  tiny:\n    training: &t {epochs: 3, seed: 1}\n"
+    )
     pipelines = load_pipelines(_write(tmp_path, text))
     assert (pipelines["tiny"].training.epochs, pipelines["other"].training.epochs) == (3, 4)
     assert pipelines["other"].training.seed == 1
@@ -176,8 +204,9 @@ BAD_CRONS = {
 @pytest.mark.parametrize("cron", list(BAD_CRONS))
 def test_invalid_cron_says_what_a_cron_looks_like(tmp_path, cron):
     path = _write(tmp_path, GOOD.replace("training: {epochs: 3}", f"deployment: {{schedule: {{cron: '{cron}'}}}}"))
-    assert _refusal(path) == (f"{path}: pipeline 'other': field 'deployment.schedule': "
-                              f"cron '{cron}': {BAD_CRONS[cron]} ({CRON_HELP})")
+    assert _refusal(path) == (
+        f"{path}: pipeline 'other': field 'deployment.schedule': cron '{cron}': {BAD_CRONS[cron]} ({CRON_HELP})"
+    )
     assert "pydantic" not in CRON_HELP and "http" not in CRON_HELP
     with pytest.raises(ValueError):  # Prefect, which schedules it, would not take it either
         CronSchedule(cron=cron)

@@ -52,11 +52,15 @@ def _vae(home: Path, *args: str):
         ("https://host/data.npz?token=SECRET", "https://host/data.npz?token=REDACTED"),
         ("https://user:pass@host:8443/d.npz", "https://REDACTED@host:8443/d.npz"),
         ("https://ghp_abc@github.com/o/r/raw/d.npz", "https://REDACTED@github.com/o/r/raw/d.npz"),
-        ("https://b.s3.amazonaws.com/d.npz?X-Amz-Algorithm=AWS4&X-Amz-Credential=AK%2F20&X-Amz-Signature=ab12&v=2",
-         "https://b.s3.amazonaws.com/d.npz?X-Amz-Algorithm=AWS4&X-Amz-Credential=REDACTED&X-Amz-Signature=REDACTED&v=2"),
-        ("https://h/d.npz?sv=2024&sig=xyz&access_token=a&api_key=b&key=c&password=d&secret=e&page=3",
-         "https://h/d.npz?sv=2024&sig=REDACTED&access_token=REDACTED&api_key=REDACTED&key=REDACTED"
-         "&password=REDACTED&secret=REDACTED&page=3"),
+        (
+            "https://b.s3.amazonaws.com/d.npz?X-Amz-Algorithm=AWS4&X-Amz-Credential=AK%2F20&X-Amz-Signature=ab12&v=2",
+            "https://b.s3.amazonaws.com/d.npz?X-Amz-Algorithm=AWS4&X-Amz-Credential=REDACTED&X-Amz-Signature=REDACTED&v=2",
+        ),
+        (
+            "https://h/d.npz?sv=2024&sig=xyz&access_token=a&api_key=b&key=c&password=d&secret=e&page=3",
+            "https://h/d.npz?sv=2024&sig=REDACTED&access_token=REDACTED&api_key=REDACTED&key=REDACTED"
+            "&password=REDACTED&secret=REDACTED&page=3",
+        ),
         ("https://h/d.npz#access_token=abc", "https://h/d.npz#access_token=REDACTED"),
         ("https://h/d.npz?a=1&b=2", "https://h/d.npz?a=1&b=2"),
         ("sklearn:digits", "sklearn:digits"),
@@ -71,8 +75,9 @@ def test_redact_url(url, shown):
 def test_redact_text_hides_secrets_quoted_or_not():
     url = f"https://me:{SECRET}@h/d.npz?token=a%2Fb1234&page=1"
     text = f"cannot fetch {url}: server said '{SECRET}' and 'a/b1234'"
-    assert redact_text(text, url) == (f"cannot fetch https://{REDACTED}@h/d.npz?token={REDACTED}&page=1: "
-                                      f"server said '{REDACTED}' and '{REDACTED}'")
+    assert redact_text(text, url) == (
+        f"cannot fetch https://{REDACTED}@h/d.npz?token={REDACTED}&page=1: server said '{REDACTED}' and '{REDACTED}'"
+    )
 
 
 def test_url_secrets_are_not_stored_or_shown_but_are_used_to_fetch(tmp_path):
@@ -93,9 +98,15 @@ def test_url_secrets_are_not_stored_or_shown_but_are_used_to_fetch(tmp_path):
     assert f"source        {shown}\n" in result.stdout
     assert listing.stdout.rstrip().endswith(shown)
     assert missing.exit_code == 1 and missing.stderr == (
-        f"error: {shown.replace('/d.npz', '/gone.npz')}: HTTP 404 Not Found (expected 200 OK)\n")
-    for text in (result.output, listing.output, listing_json.output, missing.output,
-                 *(p.read_text() for p in home.rglob("manifest.json"))):
+        f"error: {shown.replace('/d.npz', '/gone.npz')}: HTTP 404 Not Found (expected 200 OK)\n"
+    )
+    for text in (
+        result.output,
+        listing.output,
+        listing_json.output,
+        missing.output,
+        *(p.read_text() for p in home.rglob("manifest.json")),
+    ):
         assert SECRET not in text
 
 
@@ -103,8 +114,13 @@ def test_a_url_named_dot_dot_downloads_inside_its_temporary_folder(tmp_path):
     with loopback_server() as server:
         server.routes["/%2e%2e"] = route = Route(_npz())  # its file name would be '..': the folder above
         ref = ingest(DatasetConfig(name="dots", source=f"{server.url}/%2e%2e"), root=tmp_path / "out")
-    assert route.requests == 1 and read_manifest(ref.path)["rows"]["train"] + read_manifest(ref.path)["rows"][
-        "validation"] + read_manifest(ref.path)["rows"]["test"] == IMAGES.shape[0]
+    assert (
+        route.requests == 1
+        and read_manifest(ref.path)["rows"]["train"]
+        + read_manifest(ref.path)["rows"]["validation"]
+        + read_manifest(ref.path)["rows"]["test"]
+        == IMAGES.shape[0]
+    )
 
 
 def test_pipelines_listing_and_serialised_settings_hide_url_secrets(tmp_path):
@@ -114,7 +130,9 @@ def test_pipelines_listing_and_serialised_settings_hide_url_secrets(tmp_path):
     listing = CliRunner().invoke(app, ["pipelines", "--file", str(path)])
     assert listing.exit_code == 0 and SECRET not in listing.stdout
     assert f"dataset={redact_url(url)}" in listing.stdout
-    settings = PipelineConfig(name="p", dataset=DatasetConfig(name="d", source=url), registry=RegistryConfig(model_name="m"))
+    settings = PipelineConfig(
+        name="p", dataset=DatasetConfig(name="d", source=url), registry=RegistryConfig(model_name="m")
+    )
     assert settings.dataset.source == url  # the real URL, to fetch
     assert settings.model_dump()["dataset"]["source"] == url
     assert settings.model_dump(mode="json")["dataset"]["source"] == redact_url(url)
@@ -123,7 +141,7 @@ def test_pipelines_listing_and_serialised_settings_hide_url_secrets(tmp_path):
 
     stored = ingest_flow.serialize_parameters({"pipeline": "p", "pipelines_file": str(path), "settings": settings})
     assert SECRET not in json.dumps(stored)
-    assert ingest_flow.validate_parameters({"pipeline": "p", "settings": settings})["settings"].dataset.source == url
+    assert ingest_flow.validate_parameters({"settings": settings})["settings"].dataset.source == url
 
 
 def test_mlflow_dataset_source_param_is_redacted(tmp_path, monkeypatch):
@@ -131,7 +149,9 @@ def test_mlflow_dataset_source_param_is_redacted(tmp_path, monkeypatch):
 
     monkeypatch.setenv("VAE_HOME", str(tmp_path))
     url = f"https://h/d.npz?X-Amz-Signature={SECRET}"
-    settings = PipelineConfig(name="p", dataset=DatasetConfig(name="d", source=url), registry=RegistryConfig(model_name="m"))
+    settings = PipelineConfig(
+        name="p", dataset=DatasetConfig(name="d", source=url), registry=RegistryConfig(model_name="m")
+    )
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     run_id = registry.start_run(settings, {"version": "v1", "content_hash": "0" * 64}, uri)
     params = registry.client(uri).get_run(run_id).data.params
@@ -144,11 +164,15 @@ def test_mlflow_dataset_source_param_is_redacted(tmp_path, monkeypatch):
 
 def _png_header(width: int, height: int) -> bytes:
     """A PNG whose header claims width x height 8-bit gray pixels (no pixel data: Pillow refuses first)."""
+
     def chunk(kind: bytes, body: bytes) -> bytes:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
 
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
-            + chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+        + chunk(b"IEND", b"")
+    )
 
 
 @pytest.mark.parametrize(("side", "pixels"), [(20000, 400000000), (10000, 100000000)])
@@ -185,8 +209,10 @@ def test_disk_full_during_ingest_is_one_line_and_leaves_nothing(tmp_path, monkey
     monkeypatch.setattr(pq.ParquetWriter, "write_table", full)
     result = _vae(home, "ingest", "sklearn:digits", "--name", "d")
     assert calls and result.exit_code == 1 and result.stdout == ""
-    assert result.stderr == (f"error: {_version_dir(home)}: cannot write the dataset: No space left on device "
-                             "(expected a writable VAE_HOME with free space; nothing was written)\n")
+    assert result.stderr == (
+        f"error: {_version_dir(home)}: cannot write the dataset: No space left on device "
+        "(expected a writable VAE_HOME with free space; nothing was written)\n"
+    )
     assert tree(home) == before
 
 
@@ -207,8 +233,10 @@ def test_read_only_vae_home_during_ingest_is_one_line(tmp_path, monkeypatch, cod
     monkeypatch.setattr(Path, "mkdir", mkdir)
     result = _vae(home, "ingest", "sklearn:digits", "--name", "d")
     assert refused and result.exit_code == 1 and result.stdout == ""
-    assert result.stderr == (f"error: {refused[0]}: cannot write the dataset: {os.strerror(code)} "
-                             "(expected a writable VAE_HOME with free space; nothing was written)\n")
+    assert result.stderr == (
+        f"error: {refused[0]}: cannot write the dataset: {os.strerror(code)} "
+        "(expected a writable VAE_HOME with free space; nothing was written)\n"
+    )
     assert tree(home) == {}
 
 
@@ -224,8 +252,10 @@ def test_read_only_vae_home_for_real(tmp_path):
     finally:
         home.chmod(0o755)
     assert result.exit_code == 1 and result.stderr.startswith(f"error: {home / 'datasets'}")
-    assert result.stderr.endswith(": cannot write the dataset: Permission denied (expected a writable VAE_HOME "
-                                  "with free space; nothing was written)\n")
+    assert result.stderr.endswith(
+        ": cannot write the dataset: Permission denied (expected a writable VAE_HOME "
+        "with free space; nothing was written)\n"
+    )
     assert tree(home) == {}
 
 
@@ -248,8 +278,11 @@ def test_deleted_split_is_rewritten_not_trusted(tmp_path):
     assert is_ingested(path) and read_manifest(path)["files"] == manifest["files"]
     assert np.array_equal(load_split(path, "test")[0], test_split[0])
     assert sorted(p.name for p in (home / "datasets" / "d").iterdir()) == [Path(path).name]  # nothing left aside
-    assert _vae(home, "ingest", "sklearn:digits", "--name", "d").stdout.splitlines()[0].endswith(
-        "already ingested (unchanged)")
+    assert (
+        _vae(home, "ingest", "sklearn:digits", "--name", "d")
+        .stdout.splitlines()[0]
+        .endswith("already ingested (unchanged)")
+    )
 
 
 def test_wrong_rows_and_old_manifests_are_checked(tmp_path):
@@ -259,17 +292,23 @@ def test_wrong_rows_and_old_manifests_are_checked(tmp_path):
     rows = manifest["rows"]
     shutil.copy(version / "train.parquet", version / "validation.parquet")
     size = (version / "train.parquet").stat().st_size
-    assert dataset_problem(version) == (f"validation.parquet has {size} bytes (the manifest says "
-                                        f"{manifest['files']['validation.parquet']['bytes']})")
+    assert dataset_problem(version) == (
+        f"validation.parquet has {size} bytes (the manifest says {manifest['files']['validation.parquet']['bytes']})"
+    )
     # A manifest from before the file list: judged by its row counts.
     del manifest["files"]
     (version / "manifest.json").write_text(json.dumps(manifest))
-    assert dataset_problem(version) == f"validation.parquet has {rows['train']} rows (the manifest says {rows['validation']})"
+    assert (
+        dataset_problem(version)
+        == f"validation.parquet has {rows['train']} rows (the manifest says {rows['validation']})"
+    )
     (version / "manifest.json").write_text("{")
     assert dataset_problem(version).startswith("manifest.json is unreadable")
     ref2, status = ingest_report(DatasetConfig(name="d", source="sklearn:digits"), root=tmp_path)
     assert (ref2, status) == (ref, "rewritten (manifest.json is unreadable (JSONDecodeError))")
-    assert read_manifest(version)["rows"] == rows and load_split(version, "validation")[0].shape[0] == rows["validation"]
+    assert (
+        read_manifest(version)["rows"] == rows and load_split(version, "validation")[0].shape[0] == rows["validation"]
+    )
 
 
 def test_content_hash_is_checked_on_request(tmp_path):
@@ -286,5 +325,7 @@ def test_content_hash_is_checked_on_request(tmp_path):
     assert ingest_report(config, root=tmp_path) == (ref, ingestion.UNCHANGED)
     assert dataset_problem(ref.path, content=True) == "train.parquet does not match its sha256 in the manifest"
     assert ingest_report(config, root=tmp_path, verify=True) == (
-        ref, "rewritten (train.parquet does not match its sha256 in the manifest)")
+        ref,
+        "rewritten (train.parquet does not match its sha256 in the manifest)",
+    )
     assert train.read_bytes() == good

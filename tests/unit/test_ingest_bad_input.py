@@ -55,15 +55,19 @@ def _csv(path: Path, rows: list[list]) -> Path:
 def truncated_idx(src: Path, url: str):
     write_idx(src / "train-images-idx3-ubyte", IMAGES, cut=100)
     write_idx(src / "train-labels-idx1-ubyte", LABELS)
-    return [str(src)], (f"{src}/train-images-idx3-ubyte: truncated IDX file: header says 40 images of 6x6 "
-                        "but only 1340 bytes of data follow (expected 1440)")
+    return [str(src)], (
+        f"{src}/train-images-idx3-ubyte: truncated IDX file: header says 40 images of 6x6 "
+        "but only 1340 bytes of data follow (expected 1440)"
+    )
 
 
 def truncated_gzipped_idx(src: Path, url: str):  # found only while streaming, after writing began
     write_idx(src / "train-images-idx3-ubyte.gz", IMAGES, gz=True, cut=100)
     write_idx(src / "train-labels-idx1-ubyte.gz", LABELS, gz=True)
-    return [str(src)], (f"{src}/train-images-idx3-ubyte.gz: truncated IDX file: header says 40 images of 6x6 "
-                        "but only 1340 bytes of data follow (expected 1440)")
+    return [str(src)], (
+        f"{src}/train-images-idx3-ubyte.gz: truncated IDX file: header says 40 images of 6x6 "
+        "but only 1340 bytes of data follow (expected 1440)"
+    )
 
 
 def wrong_magic_number(src: Path, url: str):
@@ -74,8 +78,10 @@ def wrong_magic_number(src: Path, url: str):
 def image_label_count_mismatch(src: Path, url: str):
     write_idx(src / "train-images-idx3-ubyte.gz", IMAGES, gz=True)
     write_idx(src / "train-labels-idx1-ubyte.gz", LABELS[:39], gz=True)
-    return [str(src)], (f"{src}/train-labels-idx1-ubyte.gz: 39 labels but train-images-idx3-ubyte.gz has 40 images "
-                        "(expected one label per image)")
+    return [str(src)], (
+        f"{src}/train-labels-idx1-ubyte.gz: 39 labels but train-images-idx3-ubyte.gz has 40 images "
+        "(expected one label per image)"
+    )
 
 
 def nan_pixels(src: Path, url: str):
@@ -101,7 +107,8 @@ def integer_out_of_declared_range(src: Path, url: str):
 def below_declared_maximum(src: Path, url: str):
     np.save(src / "x.npy", IMAGES)
     return [str(src / "x.npy"), "--max-value", "16"], (
-        f"{src}/x.npy: image 0 has pixel values in [{IMAGES[0].min()}, {IMAGES[0].max()}] (expected within [0, 16])")
+        f"{src}/x.npy: image 0 has pixel values in [{IMAGES[0].min()}, {IMAGES[0].max()}] (expected within [0, 16])"
+    )
 
 
 def empty_csv(src: Path, url: str):
@@ -125,14 +132,16 @@ def ragged_csv_rows(src: Path, url: str):
 
 def ragged_numpy_rows(src: Path, url: str):
     np.save(src / "x.npy", np.array([np.zeros(4), np.zeros(3)], dtype=object), allow_pickle=True)
-    return [str(src / "x.npy")], (f"{src}/x.npy: array of Python objects (ragged rows?) "
-                                  "(expected a numeric array of equal-size images)")
+    return [str(src / "x.npy")], (
+        f"{src}/x.npy: array of Python objects (ragged rows?) (expected a numeric array of equal-size images)"
+    )
 
 
 def ragged_parquet_rows(src: Path, url: str):
     pq.write_table(pa.table({"image": pa.array([[1, 2, 3, 4], [1, 2, 3, 4], [1, 2, 3]])}), src / "x.parquet")
-    return [str(src / "x.parquet")], (f"{src}/x.parquet: ragged rows: image 2 has 3 values "
-                                      "(expected 4, like the first row)")
+    return [str(src / "x.parquet")], (
+        f"{src}/x.parquet: ragged rows: image 2 has 3 values (expected 4, like the first row)"
+    )
 
 
 def missing_path(src: Path, url: str):
@@ -158,14 +167,17 @@ def corrupt_parquet_page(src: Path, url: str):  # the footer is fine; a data pag
     raw = bytearray((src / "x.parquet").read_bytes())
     raw[offset + 100 : offset + 110] = b"\xff" * 10
     (src / "x.parquet").write_bytes(bytes(raw))
-    return [str(src / "x.parquet")], (f"{src}/x.parquet: unreadable Parquet file: could not verify page integrity, "
-                                      "CRC checksum verification failed for page_ordinal 0")
+    return [str(src / "x.parquet")], (
+        f"{src}/x.parquet: unreadable Parquet file: could not verify page integrity, "
+        "CRC checksum verification failed for page_ordinal 0"
+    )
 
 
 def unknown_format(src: Path, url: str):
     (src / "x.txt").write_text("hello")
-    return [str(src / "x.txt")], (f"{src}/x.txt: cannot tell the file format "
-                                  "(expected .npz, .npy, .csv, .parquet, an IDX file or a folder)")
+    return [str(src / "x.txt")], (
+        f"{src}/x.txt: cannot tell the file format (expected .npz, .npy, .csv, .parquet, an IDX file or a folder)"
+    )
 
 
 def url_not_found(src: Path, url: str):
@@ -173,20 +185,23 @@ def url_not_found(src: Path, url: str):
 
 
 def url_timeout(src: Path, url: str):
-    return [f"{url}/slow.npz", "--timeout", "0.5"], (f"{url}/slow.npz: timed out after 0.5 s without data "
-                                                      "(expected a response)")
+    return [f"{url}/slow.npz", "--timeout", "0.5"], (
+        f"{url}/slow.npz: timed out after 0.5 s without data (expected a response)"
+    )
 
 
 def url_checksum_mismatch(src: Path, url: str):
     (src / "x.npz").write_bytes(_npz_bytes())
     return [f"{url}/data/x.npz", "--sha256", "0" * 64], (
-        f"{url}/data/x.npz: sha256 mismatch: expected {'0' * 64}, got {hash_file(src / 'x.npz')}")
+        f"{url}/data/x.npz: sha256 mismatch: expected {'0' * 64}, got {hash_file(src / 'x.npz')}"
+    )
 
 
 def file_checksum_mismatch(src: Path, url: str):
     (src / "x.npz").write_bytes(_npz_bytes())
     return [str(src / "x.npz"), "--sha256", "a" * 64], (
-        f"{src}/x.npz: sha256 mismatch: expected {'a' * 64}, got {hash_file(src / 'x.npz')}")
+        f"{src}/x.npz: sha256 mismatch: expected {'a' * 64}, got {hash_file(src / 'x.npz')}"
+    )
 
 
 def image_folder_mixed_sizes(src: Path, url: str):
@@ -204,11 +219,32 @@ def corrupt_image(src: Path, url: str):
 
 
 CASES = [
-    truncated_idx, truncated_gzipped_idx, wrong_magic_number, image_label_count_mismatch, nan_pixels,
-    infinite_pixels, float_out_of_range, integer_out_of_declared_range, below_declared_maximum, empty_csv,
-    empty_array, empty_folder, ragged_csv_rows, ragged_numpy_rows, ragged_parquet_rows, missing_path, not_parquet,
-    truncated_parquet, corrupt_parquet_page, unknown_format, url_not_found, url_timeout, url_checksum_mismatch,
-    file_checksum_mismatch, image_folder_mixed_sizes, corrupt_image,
+    truncated_idx,
+    truncated_gzipped_idx,
+    wrong_magic_number,
+    image_label_count_mismatch,
+    nan_pixels,
+    infinite_pixels,
+    float_out_of_range,
+    integer_out_of_declared_range,
+    below_declared_maximum,
+    empty_csv,
+    empty_array,
+    empty_folder,
+    ragged_csv_rows,
+    ragged_numpy_rows,
+    ragged_parquet_rows,
+    missing_path,
+    not_parquet,
+    truncated_parquet,
+    corrupt_parquet_page,
+    unknown_format,
+    url_not_found,
+    url_timeout,
+    url_checksum_mismatch,
+    file_checksum_mismatch,
+    image_folder_mixed_sizes,
+    corrupt_image,
 ]
 
 
@@ -230,8 +266,14 @@ def test_bad_input_is_one_line_exit_1_and_writes_nothing(tmp_path, server, case)
     before = tree(home)
     args, message = case(src, server.url)
     env = {**os.environ, "VAE_HOME": str(home), "TMPDIR": str(scratch)}
-    result = subprocess.run([sys.executable, "-m", "vae", "ingest", *args, "--name", "d"], cwd=tmp_path, env=env,
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "vae", "ingest", *args, "--name", "d"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.stderr == f"error: {message}\n"
     assert result.returncode == 1 and result.stdout == ""
     assert tree(home) == before
@@ -240,9 +282,14 @@ def test_bad_input_is_one_line_exit_1_and_writes_nothing(tmp_path, server, case)
 
 def test_bad_option_is_one_line(tmp_path):
     env = {**os.environ, "VAE_HOME": str(tmp_path / "home")}
-    result = subprocess.run([sys.executable, "-m", "vae", "ingest", "sklearn:digits", "--name", "d",
-                             "--validation-fraction", "1.5"], cwd=tmp_path, env=env, capture_output=True, text=True,
-                            timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "vae", "ingest", "sklearn:digits", "--name", "d", "--validation-fraction", "1.5"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 1
     assert result.stderr == "error: --validation-fraction 1.5: expected: input should be less than 1\n"
     assert not (tmp_path / "home").exists()

@@ -168,8 +168,9 @@ def test_image_folder_subfolders_are_labels(tmp_path):
     Image.fromarray(np.dstack([IMAGES[0]] * 3)).save(tmp_path / "rgb.png")
     (tmp_path / "rgb").mkdir()
     (tmp_path / "rgb.png").rename(tmp_path / "rgb" / "a.png")
-    assert read_manifest(ingest(DatasetConfig(name="rgb", source=str(tmp_path / "rgb"), test_fraction=0.5),
-                                root=tmp_path / "out").path)["shape"] == [SIDE, SIDE, 3]
+    assert read_manifest(
+        ingest(DatasetConfig(name="rgb", source=str(tmp_path / "rgb"), test_fraction=0.5), root=tmp_path / "out").path
+    )["shape"] == [SIDE, SIDE, 3]
 
 
 def test_float_pixels_are_stored_as_float32_in_0_1_and_parquet_round_trips(tmp_path):
@@ -179,8 +180,7 @@ def test_float_pixels_are_stored_as_float32_in_0_1_and_parquet_round_trips(tmp_p
     assert manifest["dtype"] == "float32" and manifest["value_range"] == [0.0, 1.0]
     assert str(pq.read_schema(f"{ref.path}/train.parquet").field("image").type) == "fixed_size_list<element: float>[36]"
     # Our own Parquet output is a source too; its shape comes from the schema's metadata.
-    again = ingest(DatasetConfig(name="g", source=f"{ref.path}/test.parquet", test_fraction=0.5),
-                   root=tmp_path / "out")
+    again = ingest(DatasetConfig(name="g", source=f"{ref.path}/test.parquet", test_fraction=0.5), root=tmp_path / "out")
     assert read_manifest(again.path)["shape"] == [SIDE, SIDE]
     rows = sorted_rows(load_split(again.path, "train")[0]) + sorted_rows(load_split(again.path, "test")[0])
     assert sorted(rows) == sorted_rows(load_split(ref.path, "test")[0])

@@ -31,7 +31,9 @@ def _random_logistic(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     edges = torch.tensor([-1.0, 1.0, -1 - 1 / 255, 1 - 1 / 255, 0.2, -50.0, 50.0])  # on bin edges, far outside
     mean = torch.cat([torch.randn(n, generator=g) * 2, edges])
-    log_scale = torch.cat([torch.rand(n, generator=g) * 30 - 15, torch.tensor([-7.0, -7.0, -20.0, -3.0, 40.0, 0.0, 0.0])])
+    log_scale = torch.cat(
+        [torch.rand(n, generator=g) * 30 - 15, torch.tensor([-7.0, -7.0, -20.0, -3.0, 40.0, 0.0, 0.0])]
+    )
     return mean, log_scale
 
 
@@ -70,11 +72,16 @@ def test_mixture_sums_to_one_and_reduces_to_the_single_logistic(dtype):
 
 def test_mixture_equals_the_weighted_sum_of_component_probabilities():
     g = torch.Generator().manual_seed(3)
-    logits, means = torch.randn(4, 3, generator=g, dtype=torch.float64), torch.randn(4, 3, generator=g, dtype=torch.float64)
+    logits, means = (
+        torch.randn(4, 3, generator=g, dtype=torch.float64),
+        torch.randn(4, 3, generator=g, dtype=torch.float64),
+    )
     log_scales = torch.randn(4, 3, generator=g, dtype=torch.float64) - 2
     x = torch.tensor([0, 17, 200, 255])  # (D,) edges and middles
     weights = torch.softmax(logits, -1)  # (D, K)
-    components = torch.stack([discretized_logistic_log_probs(x, means[:, j], log_scales[:, j]).exp() for j in range(3)], -1)
+    components = torch.stack(
+        [discretized_logistic_log_probs(x, means[:, j], log_scales[:, j]).exp() for j in range(3)], -1
+    )
     expected = torch.log((weights * components).sum(-1)).sum()
     assert torch.allclose(logistic_mixture_log_likelihood(x, logits, means, log_scales), expected, rtol=1e-12)
 
@@ -147,12 +154,16 @@ def test_param_count_and_the_decoder_layout():
     x = torch.randint(0, 256, (2, 5), generator=g)  # (B, D)
     flat = torch.randn(2, 5 * 2, generator=g)  # a decoder's (B, D*P) output, P = 2
     params = flat.reshape(2, 5, 2)  # (B, D, P): subpixel d's values contiguous
-    assert torch.equal(discrete_log_likelihood(LOGISTIC, x, params),
-                       discretized_logistic_log_likelihood(x, flat[:, 0::2], flat[:, 1::2]))
+    assert torch.equal(
+        discrete_log_likelihood(LOGISTIC, x, params),
+        discretized_logistic_log_likelihood(x, flat[:, 0::2], flat[:, 1::2]),
+    )
     flat = torch.randn(2, 5 * 9, generator=g)  # P = 3K, K = 3: [logits, means, log_scales]
     p = flat.reshape(2, 5, 9)
-    assert torch.equal(discrete_log_likelihood(MIXTURE, x, p),
-                       logistic_mixture_log_likelihood(x, p[..., 0:3], p[..., 3:6], p[..., 6:9]))
+    assert torch.equal(
+        discrete_log_likelihood(MIXTURE, x, p),
+        logistic_mixture_log_likelihood(x, p[..., 0:3], p[..., 3:6], p[..., 6:9]),
+    )
 
 
 def test_mean_pixels_is_the_exact_expectation_and_samples_follow_the_probabilities():
@@ -190,7 +201,9 @@ def test_dequantisation_bound_holds_and_is_tight_for_a_piecewise_constant_densit
     mu = (x + 0.5 + 4 * torch.randn(4, d, generator=g)).double() / 256  # (B, D): within a few bins of x
     sigma = torch.tensor([0.002, 0.01, 0.05, 0.2, 0.5, 1.0], dtype=torch.float64)
     xd = x.double()
-    log_px_d = torch.log(torch.special.ndtr(((xd + 1) / 256 - mu) / sigma) - torch.special.ndtr((xd / 256 - mu) / sigma))
+    log_px_d = torch.log(
+        torch.special.ndtr(((xd + 1) / 256 - mu) / sigma) - torch.special.ndtr((xd / 256 - mu) / sigma)
+    )
     second_moment = ((xd + 0.5) / 256 - mu) ** 2 + 1 / (12 * 256**2)  # E_u[(x~ - mu)^2]
     expected_log_density_d = -0.5 * math.log(2 * math.pi) - torch.log(sigma) - second_moment / (2 * sigma**2)
     gap_d = log_px_d - (expected_log_density_d - math.log(256))  # (B, D): Jensen's gap, per subpixel

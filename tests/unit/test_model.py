@@ -13,11 +13,14 @@ from vae.model import bernoulli_log_likelihood, build_model
 from vae.stepper import Objective
 
 
-@pytest.mark.parametrize("config", [
-    ModelConfig(latent_dim=3, hidden=(16, 8), activation="tanh"),
-    ModelConfig(latent_dim=3, hidden=()),
-    ModelConfig(architecture="conv", latent_dim=4, channels=(4, 8)),
-])
+@pytest.mark.parametrize(
+    "config",
+    [
+        ModelConfig(latent_dim=3, hidden=(16, 8), activation="tanh"),
+        ModelConfig(latent_dim=3, hidden=()),
+        ModelConfig(architecture="conv", latent_dim=4, channels=(4, 8)),
+    ],
+)
 def test_log_likelihood_equals_the_bernoulli_log_density_of_the_decoded_logits(config):
     torch.manual_seed(0)
     model = build_model(config, 64, (8, 8))

@@ -23,9 +23,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-PipelinesFile = Annotated[
-    Path, typer.Option("--file", "-f", help="The pipelines file.", show_default=True)
-]
+PipelinesFile = Annotated[Path, typer.Option("--file", "-f", help="The pipelines file.", show_default=True)]
 
 
 def fail(message: str, code: int = 1) -> None:
@@ -51,12 +49,16 @@ def build_config(kind, options: dict[str, tuple[str, Any]]):
         flag = next((flag for flag, (name, _) in options.items() if name == field), field or "options")
         message = error["msg"]
         if message.startswith("Input should be "):
-            message = "expected " + message[len("Input should be "):]
-            for words, sign in (("greater than or equal to ", ">= "), ("less than or equal to ", "<= "),
-                                ("greater than ", "> "), ("less than ", "< ")):
+            message = "expected " + message[len("Input should be ") :]
+            for words, sign in (
+                ("greater than or equal to ", ">= "),
+                ("less than or equal to ", "<= "),
+                ("greater than ", "> "),
+                ("less than ", "< "),
+            ):
                 message = message.replace(words, sign)
         elif message.startswith("Value error, "):
-            message = message[len("Value error, "):]
+            message = message[len("Value error, ") :]
         else:
             message = describe_error(error)
         fail(f"{flag} {error['input']!r}: {message}")
@@ -112,10 +114,12 @@ def quiet_logs(verbose: bool) -> None:
             logging.getLogger(name).setLevel(logging.ERROR)
 
 
-
-
-ENVIRONMENT_ERRNOS = {errno.EACCES: "permission denied", errno.EROFS: "read-only file system",
-                      errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded"}
+ENVIRONMENT_ERRNOS = {
+    errno.EACCES: "permission denied",
+    errno.EROFS: "read-only file system",
+    errno.ENOSPC: "no space left on device",
+    errno.EDQUOT: "disk quota exceeded",
+}
 
 
 def environment_error(exc: BaseException) -> str | None:

@@ -18,9 +18,15 @@ from vae.urls import redact_url
 
 # DatasetConfig field → the command-line spelling used in messages.
 _OPTION_NAMES = {
-    "name": "--name", "source": "SOURCE", "sha256": "--sha256", "split": "--split", "split_seed": "--seed",
-    "validation_fraction": "--validation-fraction", "test_fraction": "--test-fraction",
-    "max_value": "--max-value", "binarize_test_seed": "--binarize-test-seed",
+    "name": "--name",
+    "source": "SOURCE",
+    "sha256": "--sha256",
+    "split": "--split",
+    "split_seed": "--seed",
+    "validation_fraction": "--validation-fraction",
+    "test_fraction": "--test-fraction",
+    "max_value": "--max-value",
+    "binarize_test_seed": "--binarize-test-seed",
 }
 
 
@@ -48,23 +54,39 @@ def _shape(manifest: dict) -> str:
 
 @app.command()
 def ingest(
-    source: Annotated[str, typer.Argument(help="IDX folder or file, .npz, .npy, .csv, .parquet, image folder, "
-                                               "http(s) URL of a file, or sklearn:digits.")],
+    source: Annotated[
+        str,
+        typer.Argument(
+            help="IDX folder or file, .npz, .npy, .csv, .parquet, image folder, "
+            "http(s) URL of a file, or sklearn:digits."
+        ),
+    ],
     name: Annotated[str, typer.Option("--name", "-n", help="Dataset name (a folder under VAE_HOME/datasets).")],
     sha256: Annotated[Optional[str], typer.Option(help="Expected content hash (a file's sha256).")] = None,
     split: Annotated[str, typer.Option(help="auto, random or official (the source's own test file).")] = "auto",
     seed: Annotated[int, typer.Option("--seed", help="Split seed.")] = 0,
-    validation_fraction: Annotated[Optional[float], typer.Option(
-        help="Share of non-test rows for validation (default 0.1; official split: as many rows as the test set).",
-    )] = None,
+    validation_fraction: Annotated[
+        Optional[float],
+        typer.Option(
+            help="Share of non-test rows for validation (default 0.1; official split: as many rows as the test set).",
+        ),
+    ] = None,
     test_fraction: Annotated[float, typer.Option(help="Share of rows for test (random split).")] = 0.2,
-    max_value: Annotated[Optional[float], typer.Option(
-        help="Declared pixel maximum (default 255 for integer pixels, 1.0 for float pixels).")] = None,
-    binarize_test_seed: Annotated[Optional[int], typer.Option(
-        help="Binarise the test split once with this seed (stored as 0 / max value).")] = None,
+    max_value: Annotated[
+        Optional[float],
+        typer.Option(help="Declared pixel maximum (default 255 for integer pixels, 1.0 for float pixels)."),
+    ] = None,
+    binarize_test_seed: Annotated[
+        Optional[int], typer.Option(help="Binarise the test split once with this seed (stored as 0 / max value).")
+    ] = None,
     timeout: Annotated[float, typer.Option(help="Seconds without data before a download fails.")] = 60.0,
-    verify: Annotated[bool, typer.Option("--verify", help="Also compare a stored version's files with the "
-                                                          "sha256 in its manifest (rewrite it if they differ).")] = False,
+    verify: Annotated[
+        bool,
+        typer.Option(
+            "--verify",
+            help="Also compare a stored version's files with the sha256 in its manifest (rewrite it if they differ).",
+        ),
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the manifest as one JSON object.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show library logs.")] = False,
 ) -> None:
@@ -75,8 +97,14 @@ def ingest(
     """
     quiet_logs(verbose)
     config = _dataset_config(
-        name=name, source=source, sha256=sha256, split=split, split_seed=seed,
-        validation_fraction=validation_fraction, test_fraction=test_fraction, max_value=max_value,
+        name=name,
+        source=source,
+        sha256=sha256,
+        split=split,
+        split_seed=seed,
+        validation_fraction=validation_fraction,
+        test_fraction=test_fraction,
+        max_value=max_value,
         binarize_test_seed=binarize_test_seed,
     )
     try:
@@ -92,11 +120,14 @@ def ingest(
         return
     rows = manifest["rows"]
     typer.echo(f"{ref.name}@{ref.version}  {'already ingested (unchanged)' if status == UNCHANGED else status}")
-    typer.echo(f"rows          train {rows['train']}  validation {rows['validation']}  test {rows['test']}"
-               f"  ({manifest['split']} split, seed {manifest['split_seed']})")
-    typer.echo(f"images        {_shape(manifest)} {manifest['dtype']}, values in [0, {manifest['value_range'][1]:g}]"
-               + ("" if not manifest.get("binarization") else
-                  f", test binarised (seed {manifest['binarization']['seed']})"))
+    typer.echo(
+        f"rows          train {rows['train']}  validation {rows['validation']}  test {rows['test']}"
+        f"  ({manifest['split']} split, seed {manifest['split_seed']})"
+    )
+    typer.echo(
+        f"images        {_shape(manifest)} {manifest['dtype']}, values in [0, {manifest['value_range'][1]:g}]"
+        + ("" if not manifest.get("binarization") else f", test binarised (seed {manifest['binarization']['seed']})")
+    )
     typer.echo(f"content hash  {ref.content_hash}")
     typer.echo(f"source        {redact_url(manifest['source_uri'])}")
     typer.echo(f"path          {ref.path}")
@@ -118,15 +149,17 @@ def datasets(
 
         typer.echo(f"no datasets under {datasets_dir()} (add one with `vae ingest SOURCE --name NAME`)")
         return
-    typer.echo(f"{'NAME':20} {'VERSION':12} {'TRAIN':>8} {'VAL':>7} {'TEST':>7}  {'SHAPE':9} {'DTYPE':7} "
-               f"{'HASH':12}  SOURCE")
+    typer.echo(
+        f"{'NAME':20} {'VERSION':12} {'TRAIN':>8} {'VAL':>7} {'TEST':>7}  {'SHAPE':9} {'DTYPE':7} {'HASH':12}  SOURCE"
+    )
     for m in found:
         if "error" in m:
             typer.echo(f"{m['name']:20} {m['version']:12} ({m['error']}: {Path(m['path']) / 'manifest.json'})")
             continue
         if "damaged" in m:
-            typer.echo(f"{m['name']:20} {m['version']:12} (damaged: {m['damaged']}: {m['path']}; "
-                       "`vae ingest` writes it again)")
+            typer.echo(
+                f"{m['name']:20} {m['version']:12} (damaged: {m['damaged']}: {m['path']}; `vae ingest` writes it again)"
+            )
             continue
         rows = m.get("rows", {})
         typer.echo(

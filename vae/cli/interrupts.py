@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+
 def _descendants(pid: int) -> list[int]:
     """Every process below `pid` (Linux /proc): the local Ray and the Prefect server of this run."""
     children: dict[int, list[int]] = {}

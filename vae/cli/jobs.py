@@ -20,14 +20,23 @@ from vae.errors import VAEError
 
 @app.command()
 def embed(
-    model: Annotated[str, typer.Argument(help="models:/NAME@ALIAS, models:/NAME/VERSION, runs:/ID/model, or a checkpoint directory.")],
+    model: Annotated[
+        str, typer.Argument(help="models:/NAME@ALIAS, models:/NAME/VERSION, runs:/ID/model, or a checkpoint directory.")
+    ],
     dataset: Annotated[str, typer.Option("--dataset", "-d", help="A dataset name (newest version) or directory.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="The Parquet file to write.")],
     split: Annotated[Optional[list[str]], typer.Option(help="Splits to embed (repeatable; default: all).")] = None,
     workers: Annotated[int, typer.Option(min=1, help="Ray Data encoder actors.")] = 1,
     batch_size: Annotated[int, typer.Option(min=1, help="Rows per encoder call.")] = 4096,
-    gpu: Annotated[Optional[bool], typer.Option("--gpu/--cpu", help="Encoder actors on GPUs (default: when the cluster has them).", show_default=False)] = None,
-    binarize: Annotated[str, typer.Option(help="For a bare checkpoint: how it was trained (threshold, dynamic or none).")] = "threshold",
+    gpu: Annotated[
+        Optional[bool],
+        typer.Option(
+            "--gpu/--cpu", help="Encoder actors on GPUs (default: when the cluster has them).", show_default=False
+        ),
+    ] = None,
+    binarize: Annotated[
+        str, typer.Option(help="For a bare checkpoint: how it was trained (threshold, dynamic or none).")
+    ] = "threshold",
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the output file if it exists.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as one JSON object.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show Ray and MLflow logs.")] = False,
@@ -42,8 +51,17 @@ def embed(
     try:
         from vae import embedding
 
-        result = embedding.embed(model, dataset, out, splits=splits, workers=workers, batch_size=batch_size,
-                                 use_gpu=gpu, overwrite=overwrite, binarize=binarize)
+        result = embedding.embed(
+            model,
+            dataset,
+            out,
+            splits=splits,
+            workers=workers,
+            batch_size=batch_size,
+            use_gpu=gpu,
+            overwrite=overwrite,
+            binarize=binarize,
+        )
     except VAEError as exc:
         fail(str(exc))
     if as_json:
@@ -61,7 +79,9 @@ def embed(
 def deploy(
     file: PipelinesFile = Path(DEFAULT_PIPELINES_FILE),
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would change; change nothing.")] = False,
-    pipeline: Annotated[Optional[list[str]], typer.Option("--pipeline", "-p", help="Only these pipelines (repeatable).")] = None,
+    pipeline: Annotated[
+        Optional[list[str]], typer.Option("--pipeline", "-p", help="Only these pipelines (repeatable).")
+    ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show Prefect logs.")] = False,
 ) -> None:
     """Create or update the Prefect deployments 'pipeline/NAME' and 'embed/NAME' from the pipelines file.
@@ -76,10 +96,14 @@ def deploy(
         for change in changes:
             typer.echo(change.describe())
         if dry_run:
-            typer.echo(f"dry run: {sum(c.action != 'unchanged' for c in changes)} of {len(changes)} deployments would change")
+            typer.echo(
+                f"dry run: {sum(c.action != 'unchanged' for c in changes)} of {len(changes)} deployments would change"
+            )
             return
         deployments.apply(changes)
     except VAEError as exc:
         fail(str(exc))
-    typer.echo(f"applied: {sum(c.action != 'unchanged' for c in changes)} created or updated, "
-               f"{sum(c.action == 'unchanged' for c in changes)} unchanged")
+    typer.echo(
+        f"applied: {sum(c.action != 'unchanged' for c in changes)} created or updated, "
+        f"{sum(c.action == 'unchanged' for c in changes)} unchanged"
+    )

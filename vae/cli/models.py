@@ -14,17 +14,25 @@ from vae.errors import VAEError
 
 @app.command()
 def evaluate(
-    model: Annotated[str, typer.Argument(help="models:/NAME@ALIAS, models:/NAME/VERSION, runs:/ID/model, or a checkpoint directory.")],
+    model: Annotated[
+        str, typer.Argument(help="models:/NAME@ALIAS, models:/NAME/VERSION, runs:/ID/model, or a checkpoint directory.")
+    ],
     dataset: Annotated[str, typer.Option("--dataset", "-d", help="A dataset name (newest version) or directory.")],
     k: Annotated[int, typer.Option("--k", help="Importance samples per image.")] = 5000,
     split: Annotated[str, typer.Option(help="Which split: test or validation.")] = "test",
     max_memory: Annotated[int, typer.Option("--max-memory", help="Memory budget for samples, MiB.")] = 256,
     workers: Annotated[int, typer.Option(help="Ray tasks to split the images across.")] = 1,
     seed: Annotated[int, typer.Option(help="Noise seed (per-example streams).")] = 0,
-    gpu: Annotated[bool, typer.Option("--gpu/--cpu", help="Estimate on the GPU when there is one (noise drawn on the device).")] = False,
-    tf32: Annotated[bool, typer.Option("--tf32", help="Let float32 matmuls use TF32 on the GPU (faster; changes the numbers).")] = False,
+    gpu: Annotated[
+        bool, typer.Option("--gpu/--cpu", help="Estimate on the GPU when there is one (noise drawn on the device).")
+    ] = False,
+    tf32: Annotated[
+        bool, typer.Option("--tf32", help="Let float32 matmuls use TF32 on the GPU (faster; changes the numbers).")
+    ] = False,
     binarize: Annotated[str, typer.Option(help="For a bare checkpoint: threshold, dynamic or none.")] = "threshold",
-    output: Annotated[Optional[Path], typer.Option(help="Per-example Parquet (default: under VAE_HOME/evaluations).")] = None,
+    output: Annotated[
+        Optional[Path], typer.Option(help="Per-example Parquet (default: under VAE_HOME/evaluations).")
+    ] = None,
     ais: Annotated[int, typer.Option(help="Cross-check IS with annealed importance sampling on this many images.")] = 0,
     ais_steps: Annotated[int, typer.Option(help="AIS annealing steps (HMC transitions).")] = 500,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as one JSON object.")] = False,
@@ -35,9 +43,18 @@ def evaluate(
     from vae.config import EvaluationConfig
 
     check_binarize(binarize)
-    config = build_config(EvaluationConfig, {"--k": ("k", k), "--split": ("split", split),
-                                             "--max-memory": ("max_memory_mb", max_memory), "--workers": ("workers", workers),
-                                             "--seed": ("seed", seed), "--gpu": ("use_gpu", gpu), "--tf32": ("tf32", tf32)})
+    config = build_config(
+        EvaluationConfig,
+        {
+            "--k": ("k", k),
+            "--split": ("split", split),
+            "--max-memory": ("max_memory_mb", max_memory),
+            "--workers": ("workers", workers),
+            "--seed": ("seed", seed),
+            "--gpu": ("use_gpu", gpu),
+            "--tf32": ("tf32", tf32),
+        },
+    )
     if output is not None:
         check_output_file(output, "--output")
     try:
@@ -67,13 +84,21 @@ def _evaluate(model: str, dataset: str, config, binarize: str, output: Path | No
     dataset_path = evaluation.resolve_dataset(dataset)
     checkpoint, mode = _checkpoint_of(model, binarize)
     slug = "".join(c if c.isalnum() or c in "-_." else "_" for c in model.split("://")[-1].strip("/"))
-    target = output or vae_home() / "evaluations" / f"{slug}-{Path(dataset_path).parent.name}-{config.split}-k{config.k}.parquet"
+    target = (
+        output
+        or vae_home() / "evaluations" / f"{slug}-{Path(dataset_path).parent.name}-{config.split}-k{config.k}.parquet"
+    )
     if output is None:
         check_output_file(target, "per-example output")
     scored = evaluation.score_checkpoint(checkpoint, dataset_path, config, mode)
     per_example = evaluation.write_per_example(scored, target)
-    summary = {**scored.summary, "iwae_bound": -scored.summary["nll"], "model": model,
-               "dataset": dataset_path, "per_example": str(per_example)}
+    summary = {
+        **scored.summary,
+        "iwae_bound": -scored.summary["nll"],
+        "model": model,
+        "dataset": dataset_path,
+        "per_example": str(per_example),
+    }
     if ais:
         summary["ais"] = evaluation.ais_cross_check(checkpoint, dataset_path, config, mode, scored, ais, ais_steps)
     return summary
@@ -81,14 +106,18 @@ def _evaluate(model: str, dataset: str, config, binarize: str, output: Path | No
 
 def _print_summary(summary: dict) -> None:
     k, cross_check = summary["k"], summary.get("ais")
-    typer.echo(f"NLL           {summary['nll']:.3f} ± {summary['nll_stderr']:.3f} nats "
-               f"({summary['bits_per_dim']:.4f} bits/dim; {summary['n']} {summary['split']} images)")
+    typer.echo(
+        f"NLL           {summary['nll']:.3f} ± {summary['nll_stderr']:.3f} nats "
+        f"({summary['bits_per_dim']:.4f} bits/dim; {summary['n']} {summary['split']} images)"
+    )
     typer.echo(f"IWAE-{k} bound {summary['iwae_bound']:.3f} nats  (= mean log p̂(x))")
     typer.echo(f"ELBO          {summary['elbo']:.3f} nats")
     typer.echo(f"ELBO gap      {summary['elbo_gap']:.3f} nats  (log p̂(x) − ELBO ≈ KL(q(z|x) ‖ p(z|x)))")
     typer.echo(f"ESS           {summary['ess']:.1f} of {k} samples (mean over images)")
     if cross_check:
-        typer.echo(f"AIS check     log p̂(x) on {cross_check['n']} images: AIS {cross_check['ais_log_px']:.3f}, "
-                   f"IS {cross_check['is_log_px']:.3f}, difference {cross_check['difference']:.3f} ± "
-                   f"{cross_check['difference_stderr']:.3f} nats")
+        typer.echo(
+            f"AIS check     log p̂(x) on {cross_check['n']} images: AIS {cross_check['ais_log_px']:.3f}, "
+            f"IS {cross_check['is_log_px']:.3f}, difference {cross_check['difference']:.3f} ± "
+            f"{cross_check['difference_stderr']:.3f} nats"
+        )
     typer.echo(f"per-example   {summary['per_example']}")

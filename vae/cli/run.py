@@ -31,9 +31,7 @@ def print_result(result: dict[str, Any]) -> None:
     if registration["champion"]:
         typer.echo(f"champion      {registration['champion_uri']}")
     else:
-        typer.echo(
-            f"champion      unchanged (current champion NLL {registration['previous_champion_nll']:.3f})"
-        )
+        typer.echo(f"champion      unchanged (current champion NLL {registration['previous_champion_nll']:.3f})")
 
 
 @app.command()
@@ -41,9 +39,16 @@ def run(
     pipeline: Annotated[str, typer.Argument(help="A pipeline name from the pipelines file.")],
     file: PipelinesFile = Path(DEFAULT_PIPELINES_FILE),
     workers: Annotated[Optional[int], typer.Option(min=1, help="Ray Train workers (overrides the file).")] = None,
-    gpu: Annotated[Optional[bool], typer.Option("--gpu/--cpu", help="GPU workers (NCCL) or CPU workers (gloo); overrides the file.", show_default=False)] = None,
+    gpu: Annotated[
+        Optional[bool],
+        typer.Option(
+            "--gpu/--cpu", help="GPU workers (NCCL) or CPU workers (gloo); overrides the file.", show_default=False
+        ),
+    ] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from this pipeline's newest checkpoint.")] = False,
-    force: Annotated[bool, typer.Option("--force", help="Train again even if this data and these settings were trained before.")] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Train again even if this data and these settings were trained before.")
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as one JSON object.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show Prefect and Ray logs.")] = False,
 ) -> None:
