@@ -7,7 +7,6 @@ PREFECT_HOME, set before Prefect or MLflow are imported so every test sees the s
 from __future__ import annotations
 
 import os
-import sys
 import tempfile
 from pathlib import Path
 
@@ -24,9 +23,6 @@ os.environ.pop("PREFECT_API_URL", None)
 from vae.paths import quiet_environment  # noqa: E402 (after VAE_HOME and PREFECT_HOME are set)
 
 quiet_environment()
-
-sys.path.insert(0, str(Path(__file__).parent / "unit"))  # shared test models (linear_gaussian.py)
-sys.path.insert(0, str(Path(__file__).parent / "integration"))  # registry_helpers.py
 
 
 @pytest.fixture(scope="session")

@@ -25,10 +25,10 @@ from pathlib import Path
 
 import pytest
 
-from loopback_cluster import REPO, Services, compose_config, free_ports, kill_matching, wait_for_http
-from services import postgres
+from tests.helpers.loopback_cluster import REPO, Services, compose_config, free_ports, kill_matching, wait_for_http
+from tests.helpers.services import postgres
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.cluster]
 
 
 def _request(

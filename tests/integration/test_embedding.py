@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from registry_helpers import gate_config, register
+from tests.helpers.registry_helpers import gate_config, register
 from vae.cli import app
 from vae.ingest import ingest
 from vae.datasets import load_split, read_manifest

@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from registry_helpers import gate_config, register, save_checkpoint
+from tests.helpers.registry_helpers import gate_config, register, save_checkpoint
 from vae import evaluation
 from vae.config import DatasetConfig, EvaluationConfig, ModelConfig
 from vae.ingest import SourceArrays, ingest, write_dataset

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from registry_helpers import gate_config, save_checkpoint
+from tests.helpers.registry_helpers import gate_config, save_checkpoint
 from vae.cli import app
 from vae.ingest import ingest
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from ingest_helpers import sorted_rows, tree
+from tests.helpers.ingest_helpers import sorted_rows, tree
 
 from vae.datasets import load_split
 

@@ -7,7 +7,7 @@ import shutil
 
 import numpy as np
 import pytest
-from ingest_helpers import Route, loopback_server, write_idx_folder
+from tests.helpers.ingest_helpers import Route, loopback_server, write_idx_folder
 
 from flows.ingest import ingest_flow
 from vae.config import load_pipeline

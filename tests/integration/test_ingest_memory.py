@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from ingest_helpers import write_big_idx
+from tests.helpers.ingest_helpers import write_big_idx
 
 pytestmark = pytest.mark.integration
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
-from registry_helpers import gate_config, register, save_checkpoint
+from tests.helpers.registry_helpers import gate_config, register, save_checkpoint
 from vae import registry
 from vae.paths import tracking_uri
 from vae.ingest import ingest
@@ -109,7 +109,7 @@ def test_two_concurrent_registrations_on_sqlite(tmp_path):
 
 
 def test_two_concurrent_registrations_on_an_mlflow_server_with_postgresql(tmp_path):
-    from services import mlflow_server, postgres
+    from tests.helpers.services import mlflow_server, postgres
 
     with postgres() as database, mlflow_server(database, tmp_path) as server:
         _race("vae-race-pg", server, tmp_path)

@@ -18,7 +18,7 @@ import pytest
 
 import torch
 
-from registry_helpers import gate_config, register, save_checkpoint
+from tests.helpers.registry_helpers import gate_config, register, save_checkpoint
 from vae.paths import tracking_uri
 from vae.ingest import ingest
 from vae.datasets import load_split

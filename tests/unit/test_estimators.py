@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from linear_gaussian import bernoulli_1d_exact, make_bernoulli_1d, make_linear_gaussian, mean_and_se
+from tests.helpers.linear_gaussian import bernoulli_1d_exact, make_bernoulli_1d, make_linear_gaussian, mean_and_se
 from vae.estimators import estimate_log_likelihood
 from vae.model import diagonal_normal_log_density, standard_normal_log_density
 from vae.objectives import elbo, gaussian_kl, iwae_bound, sample_latents

@@ -9,7 +9,7 @@ import pytest
 import torch
 from scipy import special, stats
 
-from linear_gaussian import make_bernoulli_1d, mean_and_se
+from tests.helpers.linear_gaussian import make_bernoulli_1d, mean_and_se
 from vae.estimators import estimate_log_likelihood
 from vae.families import GatedDense, OneLevelVAE, TwoLevelVAE, dense_net
 from vae.family_evaluation import estimate_family_log_likelihood, family_annealed_importance_sampling

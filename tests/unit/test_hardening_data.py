@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from ingest_helpers import Route, loopback_server, tree
+from tests.helpers.ingest_helpers import Route, loopback_server, tree
 from typer.testing import CliRunner
 
 from vae import ingest as ingestion

@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from ingest_helpers import Route, loopback_server, tree, write_idx
+from tests.helpers.ingest_helpers import Route, loopback_server, tree, write_idx
 from PIL import Image
 
 from vae.config import DatasetConfig

@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from ingest_helpers import Route, loopback_server, sorted_rows, tree, write_idx, write_idx_folder
+from tests.helpers.ingest_helpers import Route, loopback_server, sorted_rows, tree, write_idx, write_idx_folder
 from PIL import Image
 
 from vae import ingest as ingestion

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from linear_gaussian import make_linear_gaussian
+from tests.helpers.linear_gaussian import make_linear_gaussian
 from vae.config import ModelConfig
 from vae.model import bernoulli_log_likelihood, build_model
 from vae.stepper import Objective
