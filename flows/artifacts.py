@@ -1,12 +1,19 @@
-"""What a pipeline run shows on its Prefect flow-run page: the evaluation table and the MLflow link."""
+"""What a run shows: a line on the terminal and in the flow run's log; the evaluation table and the
+MLflow link on a pipeline run's Prefect page."""
 
 import re
 
-from prefect import task
+from prefect import get_run_logger, task
 from prefect.artifacts import create_link_artifact, create_table_artifact
 from prefect.tasks import exponential_backoff
 
 from vae import registry
+
+
+def say(message: str) -> None:
+    """One line on the terminal of `vae run` and in the flow run's log in Prefect."""
+    print(message, flush=True)
+    get_run_logger().info(message)
 
 
 @task(name="publish-artifacts", retries=2, retry_delay_seconds=exponential_backoff(2))

@@ -6,11 +6,12 @@ version that has not been embedded yet, and says so when there is nothing new.
 
 from pathlib import Path
 
-from prefect import flow, get_run_logger, task
+from prefect import flow, task
 from prefect.tasks import exponential_backoff
 
+from flows.artifacts import say
 from flows.ingest import ingest_flow
-from vae import config, embedding, paths, registry
+from vae import config, embedding, registry
 
 
 @task(name="resolve-model", retries=3, retry_delay_seconds=exponential_backoff(2))
@@ -20,25 +21,13 @@ def resolve_task(model_uri: str) -> tuple[str | None, str | None]:
 
 @task(name="embed")
 def embed_task(model_uri: str, dataset_path: str, out: str, settings: config.EmbeddingConfig, overwrite: bool) -> dict:
-    return embedding.embed(
-        model_uri,
-        dataset_path,
-        out,
-        splits=settings.splits,
-        workers=settings.workers,
-        batch_size=settings.batch_size,
-        overwrite=overwrite,
-    ).to_dict()
+    options = settings.model_dump(include={"splits", "workers", "batch_size"})
+    return embedding.embed(model_uri, dataset_path, out, overwrite=overwrite, **options).to_dict()
 
 
 @flow(name="embed")
-def embed_flow(
-    pipeline: str,
-    pipelines_file: str = config.DEFAULT_PIPELINES_FILE,
-    model_uri: str | None = None,
-    out: str | None = None,
-    overwrite: bool = False,
-) -> dict:
+def embed_flow(pipeline: str, pipelines_file: str = config.DEFAULT_PIPELINES_FILE, model_uri: str | None = None,
+               out: str | None = None, overwrite: bool = False) -> dict:  # fmt: skip
     """Embed the pipeline's (freshly ingested) dataset; returns the output path and what was encoded.
 
     Default model: models:/MODEL@ALIAS from the pipeline's registry and embedding settings.
@@ -46,24 +35,14 @@ def embed_flow(
     """
     settings = config.load_pipeline(pipeline, pipelines_file)
     model_uri = model_uri or f"models:/{settings.registry.model_name}@{settings.embedding.model_alias}"
-    dataset = ingest_flow(settings).to_dict()
+    dataset = ingest_flow(settings)
     name, version = resolve_task(model_uri)
+    described = f"{dataset.name}@{dataset.version} with {model_uri} (version {version})"
     if out is None:
-        folder = paths.embeddings_dir() / dataset["name"]
-        folder.mkdir(parents=True, exist_ok=True)
-        out = str(folder / f"{name or 'model'}-v{version or 'x'}-{dataset['version']}.parquet")
+        out = str(embedding.default_output(dataset.name, dataset.version, name, version))
         if Path(out).exists() and not overwrite:
-            message = (
-                f"{model_uri} (version {version}) has already embedded {dataset['name']}@{dataset['version']}: {out}"
-            )
-            print(message, flush=True)
-            get_run_logger().info(message)
+            say(f"already embedded {described}: {out}")
             return {"path": out, "model_uri": model_uri, "model_version": version, "skipped": True}
-    result = embed_task(model_uri, dataset["path"], out, settings.embedding, overwrite)
-    message = (
-        f"embedded {result['rows']} rows of {dataset['name']}@{dataset['version']} with {model_uri} "
-        f"(version {version}) → {result['path']}"
-    )
-    print(message, flush=True)
-    get_run_logger().info(message)
+    result = embed_task(model_uri, dataset.path, out, settings.embedding, overwrite)
+    say(f"embedded {result['rows']} rows of {described} → {result['path']}")
     return {**result, "skipped": False}

@@ -1,27 +1,14 @@
 """Stage 3: importance-sampled held-out log-likelihood of a checkpoint; returns the summary."""
 
-import hashlib
-import json
 from pathlib import Path
 
 from prefect import flow, task
 
+from flows.cache_keys import evaluation_key
 from flows.results import cached, run_cached
 from vae import evaluation
 from vae.config import PipelineConfig
 from vae.datasets import DatasetRef
-
-
-def evaluation_key(context, parameters: dict) -> str:
-    """A checkpoint evaluated with the same settings on the same data gives the same numbers."""
-    settings: PipelineConfig = parameters["settings"]
-    identity = {
-        "checkpoint": parameters["checkpoint"],
-        "dataset": parameters["dataset_path"],
-        "evaluation": settings.evaluation.model_dump(mode="json"),
-        "binarize": settings.dataset.binarize,
-    }
-    return "evaluate-" + hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:32]
 
 
 @task(name="estimate-log-likelihood", **cached(evaluation_key))

@@ -1,6 +1,7 @@
 """vae: train Variational Autoencoders at scale, evaluate log p(x) by importance sampling, register in MLflow.
 
-The library never imports Prefect; `flows/` orchestrates it.
+The library never imports Prefect; `flows/` orchestrates it. The one exception is the `vae`
+command (vae/cli/), which starts flows; see the README's Architecture section.
 """
 
 from importlib.metadata import PackageNotFoundError, version

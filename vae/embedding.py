@@ -306,3 +306,12 @@ def embed(
         binarize=binarize,
         **options,
     )
+
+
+def default_output(dataset_name: str, dataset_version: str, model_name: str | None, model_version: str | None) -> Path:
+    """Where the scheduled job writes: VAE_HOME/embeddings/DATASET/MODEL-vVERSION-DATASETVERSION.parquet."""
+    from vae.paths import embeddings_dir, inside
+
+    folder = inside(embeddings_dir(), dataset_name)
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / f"{model_name or 'model'}-v{model_version or 'x'}-{dataset_version}.parquet"

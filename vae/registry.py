@@ -143,7 +143,7 @@ def run_link(run_id: str, uri: str | None = None) -> str:
 
 
 def log_epoch_metrics(uri: str, run_id: str, metrics: dict[str, float], step: int) -> None:
-    """Per-epoch metrics (called from rank 0 of the training workers)."""
+    """Per-epoch metrics at step `step` (the pipeline passes this as training's on_epoch, on the driver)."""
     now = int(time.time() * 1000)
     batch = [Metric(k, float(v), now, step) for k, v in metrics.items() if k != "epoch" and math.isfinite(v)]
     client(uri).log_batch(run_id, metrics=batch)

@@ -40,7 +40,7 @@ from vae.paths import inside
 from vae.errors import DataError, StorageError
 from vae.urls import redact_text, redact_url
 
-CHUNK_BYTES = 16 * 2**20  # pixels per chunk: bounds peak memory whatever the source's size
+CHUNK_BYTES = 16 * 2**20  # bytes of pixels per chunk: bounds peak memory whatever the source's size
 HASH_BLOCK = 2**20
 DOWNLOAD_TIMEOUT = 60.0  # seconds without progress before a download fails
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm"})

@@ -1,8 +1,10 @@
-"""The Ray Train loop: TorchTrainer over Ray Data shards, ELBO objective, checkpoints every epoch.
+"""Stage 2, training: Ray Train's TorchTrainer over Ray Data shards, the ELBO (or IWAE) objective,
+a checkpoint every `checkpoint_every` epochs, early stopping and a time budget.
 
-A plain PyTorch loop with the Ray calls at its edges (prepare_model, get_dataset_shard,
-report); metrics, progress lines and checkpoints come from rank 0 only. This is the only
-module that imports Ray Train.
+A plain PyTorch loop with the Ray calls at its edges (get_dataset_shard, prepare_model for DDP,
+report); the step itself is vae.stepper's (eager, or a CUDA graph on one GPU worker). Metrics
+are all-reduced once per epoch; progress lines and checkpoints come from rank 0. The driver hands
+each epoch's metrics to an `on_epoch` callback. This is the only module that imports Ray Train.
 """
 
 from __future__ import annotations
