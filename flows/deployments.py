@@ -1,4 +1,5 @@
-"""`vae deploy`: pipelines.yaml → Prefect deployments 'pipeline/NAME' and 'embed/NAME'.
+"""`vae deploy`: pipelines.yaml → Prefect deployments 'pipeline/NAME' and 'embed/NAME' (and
+'score/NAME', 'sample/NAME', 'tune/NAME' for pipelines with a score, sample or search section).
 
 The whole file is validated and every schedule built before the first write, so a bad entry
 changes nothing. Each deployment is upserted (Prefect replaces its schedules wholesale), runs
@@ -25,6 +26,9 @@ from prefect.utilities.callables import parameter_schema
 
 from flows.embed import embed_flow
 from flows.pipeline import pipeline_flow
+from flows.sample import sample_flow
+from flows.score import score_flow
+from flows.tune import tune_flow
 from vae import config
 from vae.errors import ConfigError, VAEError
 
@@ -32,6 +36,9 @@ SCHEDULE_SLUG = "pipelines-yaml"
 ENTRYPOINTS = {
     "pipeline": ("flows.pipeline:pipeline_flow", pipeline_flow),
     "embed": ("flows.embed:embed_flow", embed_flow),
+    "score": ("flows.score:score_flow", score_flow),
+    "sample": ("flows.sample:sample_flow", sample_flow),
+    "tune": ("flows.tune:tune_flow", tune_flow),
 }
 
 
@@ -98,6 +105,15 @@ def desired(pipelines_file: str | Path, only: list[str] | None = None) -> list[C
             ),
             "embed": (settings.embedding.schedule, "embedding", {"pipeline": name, "pipelines_file": str(path)}),
         }
+        for section in ("score", "sample"):  # deployed only when the pipeline has the section
+            if getattr(settings, section) is not None:
+                jobs[section] = (
+                    getattr(settings, section).schedule,
+                    section,
+                    {"pipeline": name, "pipelines_file": str(path)},
+                )
+        if settings.search is not None:  # 'tune/NAME': `vae tune`, optionally on search.schedule
+            jobs["tune"] = (settings.search.schedule, "search", {"pipeline": name, "pipelines_file": str(path)})
         for flow_name, (schedule, section, parameters) in jobs.items():
             entrypoint, flow = ENTRYPOINTS[flow_name]
             prefect_schedule = _prefect_schedule(name, section, schedule, path)

@@ -13,7 +13,9 @@ from vae.datasets import DatasetRef
 
 @task(name="estimate-log-likelihood", **cached(evaluation_key))
 def evaluate_task(checkpoint: str, dataset_path: str, settings: PipelineConfig) -> dict:
-    scored = evaluation.score_checkpoint(checkpoint, dataset_path, settings.evaluation, settings.dataset.binarize)
+    scored = evaluation.score_checkpoint(
+        checkpoint, dataset_path, settings.evaluation, settings.dataset.binarize, progress=evaluation.ProgressLine()
+    )
     per_example = evaluation.write_per_example(scored, f"{checkpoint}/evaluation-{scored.summary['split']}.parquet")
     return {**scored.summary, "per_example": str(per_example)}
 

@@ -111,8 +111,10 @@ class DatasetConfig(_Frozen):
     """Where the data comes from and how it is split and fed to the model."""
 
     name: Name
-    # 'sklearn:digits'; a path to IDX files (a folder with train-/t10k- pairs, or one file), .npz,
-    # .npy, .csv, .parquet or a folder of images (subfolders = labels); or an http(s) URL of a file.
+    # 'sklearn:digits' or 'sklearn:sample-patches' (32x32 RGB patches of sklearn's two photographs); a
+    # path to IDX files (a folder with train-/t10k- pairs, or one file), .npz, .npy, .csv, .parquet, a
+    # folder of images (subfolders = labels), CIFAR-10/100 binary (the .tar.gz or its folder; official
+    # split); or an http(s) URL of a file. Colour is stored channel-major (C, H, W), as the manifest says.
     source: str = Field(min_length=1, description="e.g. 'sklearn:digits', a path or an http(s) URL")
     # Expected content hash (for a single file: its sha256); a mismatch fails before anything is written.
     sha256: str | None = Field(None, pattern=r"^[0-9a-fA-F]{64}$")
@@ -148,23 +150,46 @@ class ModelConfig(_Frozen):
     """A VAE: q(z|x) = N(mu(x), diag sigma^2(x)), p(z) = N(0, I), p(x|z) by `likelihood`.
 
     `mlp`: fully connected nets of widths `hidden` (Burda et al.: [200, 200], tanh, latent 50).
-    `conv`: two stride-2 convolutions of `channels` each way, for images whose sides divide by 4.
+    `conv`: one stride-2 convolution per entry of `channels` each way (vae.conv), for images
+    C x H x W of any channel count and size (sides that 2^depth does not divide are padded).
+    Likelihoods: `bernoulli` (binary pixels), `gaussian` (continuous; with `dequantize` a bound
+    on 8-bit pixels), and for 8-bit pixels `discretized_logistic`, `logistic_mixture` (with
+    `components`) and `categorical` (vae.likelihoods).
     """
 
     architecture: Literal["mlp", "conv"] = "mlp"
     latent_dim: Int = Field(8, ge=1)
     hidden: tuple[Int, ...] = (128, 128)
-    channels: tuple[Int, Int] = (32, 64)
+    channels: tuple[Int, ...] = Field((32, 64), min_length=1)
     activation: Literal["relu", "tanh"] = "relu"
-    likelihood: Literal["bernoulli", "gaussian"] = "bernoulli"
+    likelihood: Literal["bernoulli", "gaussian", "discretized_logistic", "logistic_mixture", "categorical"] = (
+        "bernoulli"
+    )
+    # logistic_mixture only: mixture components per subpixel (PixelCNN++ uses 10 for CIFAR-10).
+    components: Int = Field(5, ge=1)
     # Gaussian likelihood only: a fixed observation std, or null to learn one per pixel.
     gaussian_std: Float | None = Field(None, gt=0.0)
+    # Gaussian likelihood only: uniform dequantisation of 8-bit pixels, x~ = (x + u)/256, with the
+    # -D log 256 of the change of variables in log p(x|z), so its NLL bounds an 8-bit one.
+    dequantize: bool = False
 
     @model_validator(mode="after")
     def _hidden_positive(self) -> "ModelConfig":
         if any(h < 1 for h in self.hidden):
             raise ValueError("every hidden layer width must be >= 1")
+        if any(c < 1 for c in self.channels):
+            raise ValueError(f"every conv width in channels must be >= 1, got {list(self.channels)}")
+        if self.dequantize and self.likelihood != "gaussian":
+            raise ValueError(f"dequantize applies to the gaussian likelihood only, got likelihood '{self.likelihood}'")
         return self
+
+    @property
+    def eight_bit(self) -> bool:
+        """Whether p(x|z) is a probability of 8-bit pixels: a discretised or categorical likelihood, or dequantised."""
+        return self.likelihood in EIGHT_BIT_LIKELIHOODS or self.dequantize
+
+
+EIGHT_BIT_LIKELIHOODS = ("discretized_logistic", "logistic_mixture", "categorical")
 
 
 class TrainingConfig(_Frozen):
@@ -284,6 +309,141 @@ class EmbeddingConfig(_Frozen):
     schedule: ScheduleConfig | None = None
 
 
+class ScoreConfig(_Frozen):
+    """The batch scoring job 'score/NAME' and `vae score`: per-example log p̂(x) with a registered model."""
+
+    model_alias: str = Field("champion", min_length=1)
+    splits: tuple[Literal["train", "validation", "test"], ...] = Field(("test",), min_length=1)
+    k: Int = Field(5000, ge=1)  # importance samples per image, as in `vae evaluate`
+    seed: Int = 0  # row n of a split draws the noise of example n: equal to `vae evaluate`'s values
+    workers: Int = Field(1, ge=1)  # Ray Data scoring actors
+    batch_size: Int = Field(256, ge=1)  # images per actor call
+    max_memory_mb: Int = Field(256, ge=1)
+    use_gpu: bool | None = None  # None: GPU actors when the cluster has GPUs
+    schedule: ScheduleConfig | None = None
+
+
+class SampleConfig(_Frozen):
+    """The job 'sample/NAME' and `vae sample`: seeded samples from the prior of a registered model."""
+
+    model_alias: str = Field("champion", min_length=1)
+    n: Int = Field(64, ge=1, le=100_000)
+    seed: Int = 0
+    format: Literal["png", "npz"] = "png"
+    schedule: ScheduleConfig | None = None
+
+
+# What a search may vary, and the pipeline section each belongs to. `model.prior` / `model.body`
+# (vae.families, once pipelines.yaml can choose them) join with one line each here and in SearchSpace.
+SEARCHABLE = {
+    "learning_rate": "training",
+    "lr_decay": "training",
+    "batch_size": "training",
+    "objective": "training",
+    "iwae_k": "training",
+    "beta": "training",
+    "kl_warmup_epochs": "training",
+    "latent_dim": "model",
+    "hidden": "model",
+    "architecture": "model",
+}
+
+
+class Distribution(_Frozen):
+    """One hyperparameter's distribution: exactly one of `loguniform: [low, high]`, `uniform: [low, high]`,
+    `randint: [low, high]` (both ends included) or `choice: [a, b, ...]`."""
+
+    loguniform: tuple[Float, Float] | None = None
+    uniform: tuple[Float, Float] | None = None
+    randint: tuple[Int, Int] | None = None
+    choice: tuple[Any, ...] | None = Field(None, min_length=1)
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> "Distribution":
+        given = [kind for kind in ("loguniform", "uniform", "randint", "choice") if getattr(self, kind) is not None]
+        if len(given) != 1:
+            raise ValueError(
+                "expected exactly one of loguniform: [low, high], uniform: [low, high], randint: [low, high] "
+                f"or choice: [a, b, ...], got {' and '.join(given) or 'none'}"
+            )
+        bounds = self.loguniform or self.uniform or self.randint
+        if bounds is not None and not bounds[0] < bounds[1]:
+            raise ValueError(f"{given[0]}: expected low < high, got {list(bounds)}")
+        if self.loguniform is not None and self.loguniform[0] <= 0:
+            raise ValueError(f"loguniform: expected low > 0, got {list(self.loguniform)}")
+        return self
+
+    @property
+    def candidates(self) -> tuple[Any, ...]:
+        """The values that bound what a trial can draw: every choice, or both ends of a range."""
+        return self.choice if self.choice is not None else (self.loguniform or self.uniform or self.randint)
+
+
+class SearchSpace(_Frozen):
+    """The distributions of a search; a field left out keeps the pipeline's own value in every trial."""
+
+    learning_rate: Distribution | None = None
+    lr_decay: Distribution | None = None
+    batch_size: Distribution | None = None
+    objective: Distribution | None = None
+    iwae_k: Distribution | None = None
+    beta: Distribution | None = None
+    kl_warmup_epochs: Distribution | None = None
+    latent_dim: Distribution | None = None
+    hidden: Distribution | None = None
+    architecture: Distribution | None = None
+
+    @model_validator(mode="after")
+    def _draws_fit_the_schema(self) -> "SearchSpace":
+        """Every value a trial may draw passes its section's own checks (ranges, names, integers)."""
+        if not self.given():
+            raise ValueError(f"expected at least one of: {', '.join(SEARCHABLE)}")
+        for name, distribution in self.given().items():
+            section = TrainingConfig if SEARCHABLE[name] == "training" else ModelConfig
+            if (
+                section.model_fields[name].annotation is int
+                and distribution.randint is None
+                and distribution.choice is None
+            ):
+                raise ValueError(f"{name}: an integer field: expected randint: [low, high] or choice: [...]")
+            for value in distribution.candidates:
+                try:
+                    section(**{name: value})
+                except ValidationError as exc:
+                    raise ValueError(
+                        f"{name}: {value!r} is not a valid {SEARCHABLE[name]}.{name} ({describe_error(exc.errors()[0])})"
+                    ) from None
+        return self
+
+    def given(self) -> dict[str, Distribution]:
+        return {name: getattr(self, name) for name in SEARCHABLE if getattr(self, name) is not None}
+
+
+class SchedulerConfig(_Frozen):
+    """Early stopping of weak trials: ASHA (Li et al., 2020) on the metric every epoch, or none ('fifo')."""
+
+    kind: Literal["asha", "fifo"] = "asha"
+    grace_period: Int = Field(2, ge=1)  # epochs every trial trains before it may be stopped
+    reduction_factor: Float = Field(3.0, gt=1.0)  # 1/reduction_factor of the trials at a rung go on
+
+
+class SearchConfig(_Frozen):
+    """`vae tune NAME`: Ray Tune over `space`, each trial this pipeline's own training with one draw."""
+
+    space: SearchSpace
+    trials: Int = Field(8, ge=1)
+    concurrent: Int = Field(2, ge=1)  # trials training at once
+    # Ray Train workers per trial: 1 by default, since trials side by side use small cores better than DDP.
+    workers: Int = Field(1, ge=1)
+    epochs: Int | None = Field(None, ge=1)  # per trial (ASHA's max_t); unset: training.epochs
+    max_minutes: Float | None = Field(None, gt=0.0)  # wall clock of the whole search; unset: no limit
+    seed: Int = 0  # of the random draws
+    metric: Literal["validation_elbo"] = "validation_elbo"  # reported every epoch, maximised
+    mode: Literal["max"] = "max"
+    scheduler: SchedulerConfig = SchedulerConfig()
+    schedule: ScheduleConfig | None = None  # when the Prefect deployment 'tune/NAME' runs by itself
+
+
 class PipelineConfig(_Frozen):
     """One named pipeline of pipelines.yaml."""
 
@@ -295,6 +455,9 @@ class PipelineConfig(_Frozen):
     registry: RegistryConfig
     deployment: DeploymentConfig = DeploymentConfig()
     embedding: EmbeddingConfig = EmbeddingConfig()
+    score: ScoreConfig | None = None  # 'score/NAME' is deployed only when the section is there
+    sample: SampleConfig | None = None  # 'sample/NAME' likewise
+    search: SearchConfig | None = None  # `vae tune NAME` (vae.tuning)
 
     @model_validator(mode="after")
     def _likelihood_fits_inputs(self) -> "PipelineConfig":
@@ -303,6 +466,18 @@ class PipelineConfig(_Frozen):
                 "a Bernoulli likelihood needs binary inputs: set dataset.binarize to 'threshold' or 'dynamic', "
                 "or use model.likelihood 'gaussian'"
             )
+        if self.model.eight_bit:
+            what = "dequantize" if self.model.dequantize else f"likelihood '{self.model.likelihood}'"
+            if self.dataset.binarize != "none":
+                raise ValueError(
+                    f"model {what} is a probability of 8-bit pixels: set dataset.binarize to 'none' "
+                    f"(got '{self.dataset.binarize}')"
+                )
+            if self.dataset.max_value not in (None, 255):
+                raise ValueError(
+                    f"model {what} needs 8-bit pixels 0..255: dataset.max_value must be 255 or unset "
+                    f"(got {self.dataset.max_value:g})"
+                )
         return self
 
     @property

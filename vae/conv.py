@@ -84,10 +84,9 @@ def conv_encoder(
         raise ValueError("conv_encoder needs at least one width (one stride-2 level)")
     hp, wp = padded_size(h, depth), padded_size(w, depth)
     (top, bottom), (left, right) = _split(hp - h), _split(wp - w)
-    layers: list[nn.Module] = [
-        ToImage((c, h, w), channels_last),  # (B, C, H, W)
-        nn.ZeroPad2d((left, right, top, bottom)),  # (B, C, Hp, Wp)
-    ]
+    layers: list[nn.Module] = [ToImage((c, h, w), channels_last)]  # (B, C, H, W)
+    if hp != h or wp != w:  # absent when not needed: a checkpoint of the older 2-level conv VAE still loads
+        layers.append(nn.ZeroPad2d((left, right, top, bottom)))  # (B, C, Hp, Wp)
     for n_in, n_out in zip([c, *widths[:-1]], widths):
         layers += [nn.Conv2d(n_in, n_out, KERNEL, STRIDE, PADDING), nn.ReLU()]  # (B, w_i, Hp/2^(i+1), Wp/2^(i+1))
     flat = widths[-1] * (hp >> depth) * (wp >> depth)

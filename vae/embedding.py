@@ -9,11 +9,10 @@ its split, the label, q(z|x)'s mean and log-variance, and the model and dataset 
 from __future__ import annotations
 
 import os
-import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -21,7 +20,20 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from vae.datasets import SPLITS, check_pixels, read_manifest, split_path
+from vae.batch import (
+    ModelActor,
+    check_inputs,
+    constant_columns,
+    images_from_arrow,
+    input_mode,
+    job_output,
+    map_with_actors,
+    run_dataset_job,
+    split_files,
+    start_ray_data,
+    write_parquet,
+)
+from vae.datasets import SPLITS
 from vae.inputs import prepare_inputs
 from vae.errors import DataError
 
@@ -46,35 +58,11 @@ class EmbeddingResult:
         return asdict(self)
 
 
-def input_mode(binarize: str) -> str:
-    """How raw pixels become encoder inputs at inference, as in the served pyfunc.
-
-    Thresholded training data is thresholded again; a model trained on dynamically binarised
-    (or continuous) pixels is given the pixel intensities x / max_value themselves.
-    """
-    return "threshold" if binarize == "threshold" else "none"
-
-
-def images_from_arrow(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
-    """A fixed-size-list `image` column → (B, D) array, without a Python object per row."""
-    if isinstance(column, pa.ChunkedArray):
-        column = column.combine_chunks()
-    images = column.flatten().to_numpy(zero_copy_only=False).reshape(len(column), column.type.list_size)
-    return images if images.flags.writeable else images.copy()  # torch wants writable memory
-
-
-class Encoder:
+class Encoder(ModelActor):
     """A Ray Data actor: holds one copy of the encoder; a pyarrow batch in, latent parameters out."""
 
     def __init__(self, state: dict[str, Any] | tuple, max_value: float, mode: str, use_gpu: bool = False):
-        from vae.model import model_from_state
-
-        if isinstance(state, tuple):  # (ObjectRef,): the weights, fetched from Ray's object store
-            import ray
-
-            state = ray.get(state[0])
-        self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
-        self.model = model_from_state(state).to(self.device)
+        super().__init__(state, use_gpu)
         self.max_value, self.mode = max_value, mode
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -91,27 +79,6 @@ class Encoder:
         if "label" in batch.column_names:
             columns["label"] = batch.column("label")
         return pa.table(columns)
-
-
-def check_inputs(state: dict[str, Any], dataset_path: str | Path, out: str | Path, overwrite: bool) -> dict[str, Any]:
-    """Everything that can be wrong before any work starts; returns the dataset's manifest."""
-    check_output(out, overwrite)
-    manifest = read_manifest(dataset_path)
-    check_pixels(
-        dataset_path, manifest, int(state["data_dim"]), hint=" (embed a dataset of the shape the model was trained on)"
-    )
-    return manifest
-
-
-def check_output(out: str | Path, overwrite: bool) -> None:
-    """The output must be a new file in an existing folder (or replaceable with `overwrite`)."""
-    out = Path(out)
-    if out.exists() and not overwrite:
-        raise DataError(f"{out}: output exists (expected a new path, or pass --overwrite to replace it)")
-    if out.exists() and out.is_dir():
-        raise DataError(f"{out}: is a directory (expected a Parquet file path)")
-    if not out.parent.exists():
-        raise DataError(f"{out.parent}: output folder does not exist")
 
 
 def embed_dataset(
@@ -137,10 +104,8 @@ def embed_dataset(
     benchmarks).
     """
     started = time.perf_counter()
-    manifest = check_inputs(state, dataset_path, out, overwrite)
-    paths = {split_path(dataset_path, split): split for split in splits if int(manifest["rows"].get(split, 0)) > 0}
-    if not paths:
-        raise DataError(f"{dataset_path}: splits {', '.join(splits)} hold no rows (expected at least one image)")
+    manifest = check_inputs(state, dataset_path, out, overwrite, "embed")
+    paths = split_files(dataset_path, manifest, splits)
     encoder_options = {"max_value": float(manifest["value_range"][1]), "mode": input_mode(binarize)}
     if plain:
         batches = _encode_in_process(state, list(paths), batch_size, encoder_options)
@@ -166,18 +131,8 @@ def embed_dataset(
             ("dataset_hash", pa.string()),
         ]
     )
-    out = Path(out)
     counts = {split: 0 for split in paths.values()}
-    handle, temporary = tempfile.mkstemp(prefix=f".{out.name}-", suffix=".tmp", dir=out.parent)
-    os.close(handle)
-    try:
-        with pq.ParquetWriter(temporary, schema) as writer:
-            for batch in batches:
-                writer.write_table(_output_rows(batch, paths, counts, constants, schema))
-        os.replace(temporary, out)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    write_parquet(out, schema, (_output_rows(batch, paths, counts, constants, schema) for batch in batches))
     return EmbeddingResult(
         path=str(out),
         rows=sum(counts.values()),
@@ -200,28 +155,11 @@ def _encode_with_ray_data(
     use_gpu: bool | None,
 ) -> Iterator[pa.Table]:
     """Encoded batches, in file order, from `map_batches` on a pool of `workers` encoder actors."""
-    import ray
     import ray.data
 
-    from vae.cluster import ensure_ray
-
-    ensure_ray(workers)
-    context = ray.data.DataContext.get_current()
-    context.enable_progress_bars = False
-    context.execution_options.preserve_order = True  # row ids are positions within each split
-    gpu = bool(ray.cluster_resources().get("GPU", 0) > 0) if use_gpu is None else use_gpu
-    encoded = ray.data.read_parquet(paths, include_paths=True).map_batches(
-        Encoder,
-        # The weights go in as a reference nested in a tuple: Ray does not resolve it for the
-        # constructor, so a restarted actor fetches them again instead of failing.
-        fn_constructor_kwargs={"state": (ray.put(state),), **encoder_options, "use_gpu": gpu},
-        batch_size=batch_size,
-        batch_format="pyarrow",
-        compute=ray.data.ActorPoolStrategy(size=workers),
-        num_cpus=0 if gpu else 1,
-        num_gpus=1 if gpu else 0,
-    )
-    return encoded.iter_batches(batch_format="pyarrow", batch_size=None)
+    start_ray_data(workers)
+    dataset = ray.data.read_parquet(paths, include_paths=True)
+    return map_with_actors(dataset, Encoder, state, encoder_options, workers, use_gpu, batch_size)
 
 
 def _encode_in_process(
@@ -255,7 +193,7 @@ def _output_rows(
             "label": labels.cast(pa.int64()),
             "z_mean": batch.column("z_mean"),
             "z_logvar": batch.column("z_logvar"),
-            **{name: pa.array([value] * n, pa.string()) for name, value in constants.items()},
+            **constant_columns(constants, n, schema),
         },
         schema=schema,
     )
@@ -281,37 +219,13 @@ def embed(
 
     The output path is checked first, so a refused job downloads and starts nothing.
     """
-    from vae import registry
-    from vae.model import CHECKPOINT_FILE, read_checkpoint_state
-    from vae.evaluation import resolve_dataset
-
-    check_output(out, bool(options.get("overwrite")))  # before any download or Ray start
-    dataset_path = resolve_dataset(dataset)
-    name, version = registry.resolve_model_version(model_uri)
-    if (Path(model_uri) / CHECKPOINT_FILE).exists():
-        checkpoint, binarize = Path(model_uri), options.pop("binarize", "threshold")
-    else:
-        # The version the alias pointed at when resolved, even if the alias moves meanwhile.
-        checkpoint, metadata = registry.download_model(f"models:/{name}/{version}" if name else model_uri)
-        binarize = metadata["binarize"]
-        options.pop("binarize", None)
-    state = read_checkpoint_state(checkpoint)
-    return embed_dataset(
-        state,
-        dataset_path,
-        out,
-        model_uri=model_uri,
-        model_name=name,
-        model_version=version,
-        binarize=binarize,
-        **options,
-    )
+    return run_dataset_job(embed_dataset, model_uri, dataset, out, **options)
 
 
 def default_output(dataset_name: str, dataset_version: str, model_name: str | None, model_version: str | None) -> Path:
     """Where the scheduled job writes: VAE_HOME/embeddings/DATASET/MODEL-vVERSION-DATASETVERSION.parquet."""
-    from vae.paths import embeddings_dir, inside
+    from vae.paths import embeddings_dir
 
-    folder = inside(embeddings_dir(), dataset_name)
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder / f"{model_name or 'model'}-v{model_version or 'x'}-{dataset_version}.parquet"
+    return job_output(
+        embeddings_dir(), dataset_name, f"{model_name or 'model'}-v{model_version or 'x'}-{dataset_version}.parquet"
+    )

@@ -18,7 +18,14 @@ from dataclasses import dataclass
 
 import torch
 
+from vae.likelihoods import BITS_PER_DIM_UNIT
 from vae.model import VAE
+
+# What bits/dim means for each kind of likelihood (VAE.bits_per_dim_kind): NLL / (D ln 2) either way.
+BITS_PER_DIM_MEANING = {
+    **BITS_PER_DIM_UNIT,
+    "continuous": "nats / (D ln 2) of a continuous density: not a discrete bits/dim, comparable with nothing",
+}
 
 
 @dataclass(frozen=True)
@@ -49,12 +56,22 @@ class LogLikelihoodEstimate:
     def nll(self) -> float:
         return -self.mean_log_px
 
-    def summary(self, data_dim: int) -> dict[str, float | int]:
-        """The numbers a user reads: NLL ± s.e. (nats), bits/dim, ELBO, ELBO gap, ESS."""
+    def summary(self, data_dim: int, bits_per_dim_kind: str = "binary") -> dict[str, float | int | str]:
+        """The numbers a user reads: NLL ± s.e. (nats), bits/dim and what it counts, ELBO, ELBO gap, ESS.
+
+        bits/dim = NLL / (D ln 2) over D subpixels; `bits_per_dim_kind` (VAE.bits_per_dim_kind) says what
+        that is: 'binary' bits per binary pixel, '8bit' bits per 8-bit subpixel, 'dequantized' an upper
+        bound on those (the -D log 256 already in the NLL), 'continuous' no discrete bits/dim at all.
+        """
+        if bits_per_dim_kind not in BITS_PER_DIM_MEANING:
+            raise ValueError(
+                f"bits_per_dim_kind '{bits_per_dim_kind}': expected one of {', '.join(BITS_PER_DIM_MEANING)}"
+            )
         return {
             "nll": self.nll,
             "nll_stderr": self.stderr,
             "bits_per_dim": self.nll / (data_dim * math.log(2.0)),
+            "bits_per_dim_kind": bits_per_dim_kind,
             "elbo": float(self.elbo.mean()),
             # log p̂(x) - ELBO estimates KL(q(z|x) || p(z|x)).
             "elbo_gap": float((self.log_px - self.elbo).mean()),
@@ -103,6 +120,38 @@ def block_noise(
     return noise[:, offset : offset + count]  # (K, B, L)
 
 
+def block_uniform(data_dim: int, first: int, count: int, seed: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """Dequantisation noise u ~ U[0, 1)^D for examples first..first+count-1, one draw per example: (B, D).
+
+    Drawn in the blocks of `block_noise` from generators of their own seeds, so example n's u depends
+    only on n and the seed, and the IS estimate and AIS of one example see the same x~.
+    """
+    first_block, last_block = first // NOISE_BLOCK, (first + count - 1) // NOISE_BLOCK
+    generator = torch.Generator(device=device)
+    parts = []
+    for block in range(first_block, last_block + 1):
+        generator.manual_seed((seed * 0x9E3779B1 + block + 0x5DEECE66D) % 2**63)
+        parts.append(torch.rand((NOISE_BLOCK, data_dim), generator=generator, device=device))  # (64, D)
+    offset = first - first_block * NOISE_BLOCK
+    return torch.cat(parts)[offset : offset + count]  # (B, D)
+
+
+def decoder_width(model: VAE) -> int:
+    """Floats per latent sample in the decoder's widest activation: its output D*P, or a wider layer."""
+    widths = [model.data_dim * model.per_subpixel, *model.config.hidden]
+    if model.config.architecture == "conv":  # the feature maps: one latent through the decoder, measured
+        sizes: list[int] = []
+        hooks = [m.register_forward_hook(lambda _m, _i, out: sizes.append(out.numel())) for m in model.decoder]
+        try:
+            with torch.no_grad():
+                model.decoder(torch.zeros((1, model.latent_dim), device=next(model.parameters()).device))
+        finally:
+            for hook in hooks:
+                hook.remove()
+        widths += sizes
+    return max(widths)
+
+
 def _aligned_batches(first_index: int, n: int, batch_size: int):
     """(lo, hi) row ranges of at most batch_size rows whose global edges fall on block boundaries."""
     step = max(NOISE_BLOCK, batch_size - batch_size % NOISE_BLOCK) if batch_size >= NOISE_BLOCK else batch_size
@@ -146,7 +195,7 @@ def estimate_log_likelihood(
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
     model.eval()
-    widest = max([model.data_dim, *model.config.hidden])
+    widest = decoder_width(model)
     rows = DEVICE_ROWS if x.device.type == "cuda" else CACHE_ROWS
     # The noise for a batch is K * B * L floats: keep it within half the budget.
     fits = max(1, max_memory_bytes // 2 // (k * model.latent_dim * 4))
@@ -158,6 +207,12 @@ def estimate_log_likelihood(
             mean, logvar = model.encode(xb)  # (B, L): once per image, never per sample
             eps = block_noise(k, mean.shape[-1], first_index + lo, xb.shape[0], seed, xb.device).to(mean)  # (K, B, L)
             x_projected = model.project_inputs(xb) if model.config.likelihood == "bernoulli" else None
+            # Dequantisation: one u per example, fixed across its k samples (Theis et al. 2016, Sec. 3.1).
+            u = (
+                block_uniform(model.data_dim, first_index + lo, xb.shape[0], seed, xb.device)
+                if model.dequantized
+                else None
+            )
             # log q(z|x) - log p(z) depends on z only through eps and z^2 (Gaussian constants cancel):
             # log w = log p(x|z) - 1/2 |z|^2 + 1/2 |eps|^2 + 1/2 sum logvar.
             half_log_det = 0.5 * logvar.sum(-1)  # (B,)
@@ -170,7 +225,7 @@ def estimate_log_likelihood(
                 e = eps[done : done + kc]  # (Kc, B, L)
                 z = torch.addcmul(mean, torch.exp(0.5 * logvar), e)  # (Kc, B, L)
                 log_w = (
-                    model.log_likelihood(xb, z, x_projected)  # (Kc, B)
+                    model.log_likelihood(xb, z, x_projected, u)  # (Kc, B)
                     - 0.5 * (z * z).sum(-1)
                     + 0.5 * (e * e).sum(-1)
                     + half_log_det
@@ -260,8 +315,10 @@ def annealed_importance_sampling(
     eps = torch.full((1, n, 1), step_size, device=x.device)  # per-example step size, adapted
     accepted = 0.0
 
+    u = block_uniform(model.data_dim, 0, n, seed, x.device) if model.dequantized else None  # (N, D): fixed x~
+
     def log_lik(z_: torch.Tensor) -> torch.Tensor:
-        return model.log_likelihood(x, z_)  # (C, N)
+        return model.log_likelihood(x, z_, None, u)  # (C, N)
 
     def energy_and_grad(z_: torch.Tensor, beta: float) -> tuple[torch.Tensor, torch.Tensor]:
         """U(z) = -log f_b(z) and its gradient. (C, N, L) → (C, N), (C, N, L)"""

@@ -8,7 +8,10 @@ gives the same numbers as one process.
 from __future__ import annotations
 
 import os
+import sys
+import time
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -39,6 +42,11 @@ class EvaluationSummary:
     split: str
     device: str = "cpu"
     per_example: str | None = None  # Parquet of per-example log p̂(x), ELBO, ESS
+    # What bits_per_dim counts: 'binary' pixels, '8bit' subpixels, 'dequantized' (a bound on 8-bit), 'continuous'
+    # (a density's nats / (D ln 2): not a discrete bits/dim). vae.estimators.BITS_PER_DIM_MEANING says more.
+    bits_per_dim_kind: str = "binary"
+    active_units: int | None = None  # dimensions with Cov_x(E_q[z_d]) > 0.01 (Burda et al. 2016)
+    latent_dim: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -71,22 +79,59 @@ def evaluation_device(config: EvaluationConfig) -> torch.device:
     return torch.device("cuda") if config.use_gpu and torch.cuda.is_available() else torch.device("cpu")
 
 
+PROGRESS_IMAGES = 512  # images per progress step (results do not depend on it: noise is per example)
+
+
 def estimate_on_device(
-    model: VAE, x: torch.Tensor, config: EvaluationConfig, first_index: int = 0, device: torch.device | None = None
+    model: VAE,
+    x: torch.Tensor,
+    config: EvaluationConfig,
+    first_index: int = 0,
+    device: torch.device | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> LogLikelihoodEstimate:
-    """Estimate on `device`: on a GPU the batch and decoder chunks are sized from its free memory."""
+    """Estimate on `device`: on a GPU the batch and decoder chunks are sized from its free memory.
+
+    With `progress`, the images go in steps of PROGRESS_IMAGES (identical numbers: an example's
+    noise depends only on its index) and progress(done, total) is called after each step.
+    """
     device = device or evaluation_device(config)
     budget = device_memory_budget(device, config.max_memory_mb * 2**20)
-    return estimate_log_likelihood(
-        model.to(device),
-        x.to(device),
-        config.k,
-        batch_size=None if device.type == "cuda" else config.batch_size,
-        max_memory_bytes=budget,
-        seed=config.seed,
-        first_index=first_index,
-        tf32=config.tf32 and device.type == "cuda",
-    )
+    model = model.to(device)
+    step = x.shape[0] if progress is None or device.type == "cuda" else PROGRESS_IMAGES
+    parts = []
+    for start in range(0, x.shape[0], step):
+        parts.append(estimate_log_likelihood(
+            model, x[start : start + step].to(device), config.k,
+            batch_size=None if device.type == "cuda" else config.batch_size, max_memory_bytes=budget,
+            seed=config.seed, first_index=first_index + start, tf32=config.tf32 and device.type == "cuda",
+        ))  # fmt: skip
+        if progress is not None:
+            progress(min(start + step, x.shape[0]), x.shape[0])
+    if len(parts) == 1:
+        return parts[0]
+    return LogLikelihoodEstimate(
+        log_px=torch.cat([p.log_px for p in parts]), elbo=torch.cat([p.elbo for p in parts]),
+        ess=torch.cat([p.ess for p in parts]), k=config.k,
+    )  # fmt: skip
+
+
+class ProgressLine:
+    """progress(done, total) → 'evaluating: 2048/10000 images, 41 images/s, ETA 3 min' on stderr,
+    once the estimate has run for `after` seconds (short evaluations stay quiet)."""
+
+    def __init__(self, after: float = 5.0, stream=None):
+        self.started, self.after, self.stream = time.perf_counter(), after, stream or sys.stderr
+
+    def __call__(self, done: int, total: int) -> None:
+        elapsed = time.perf_counter() - self.started
+        if elapsed < self.after and done < total:
+            return
+        rate = done / max(elapsed, 1e-9)
+        eta = (total - done) / max(rate, 1e-9)
+        when = f"ETA {eta / 60:.0f} min" if eta >= 120 else f"ETA {eta:.0f} s"
+        print(f"evaluating: {done}/{total} images, {rate:.0f} images/s, {when if done < total else 'done'}",
+              file=self.stream, flush=True)  # fmt: skip
 
 
 def _estimate_shard(state: dict[str, Any], x: torch.Tensor, config: EvaluationConfig, first_index: int):
@@ -127,7 +172,13 @@ def estimate_across_workers(
     )
 
 
-def score_checkpoint(checkpoint_dir: str | Path, dataset_path: str, config: EvaluationConfig, binarize: str) -> Scored:
+def score_checkpoint(
+    checkpoint_dir: str | Path,
+    dataset_path: str,
+    config: EvaluationConfig,
+    binarize: str,
+    progress: Callable[[int, int], None] | None = None,
+) -> Scored:
     """Estimate log p(x) on the configured split with k importance samples per image."""
     if config.k < 1:
         raise DataError(f"k = {config.k}: expected k >= 1 importance samples")
@@ -138,13 +189,36 @@ def score_checkpoint(checkpoint_dir: str | Path, dataset_path: str, config: Eval
         device = "ray"
     else:
         device = evaluation_device(config)
-        estimate = estimate_on_device(model, x, config, device=device)
+        estimate = estimate_on_device(model, x, config, device=device, progress=progress)
     summary = {
-        **estimate.summary(model.data_dim),
+        **estimate.summary(model.data_dim, model.bits_per_dim_kind),
         "split": config.split,
         "device": torch.cuda.get_device_name(device) if str(device).startswith("cuda") else str(device),
+        "active_units": active_units(model, x),
+        "latent_dim": model.latent_dim,
     }
     return Scored(summary=summary, estimate=estimate, labels=labels)
+
+
+ACTIVE_UNIT_THRESHOLD = 0.01
+
+
+@torch.no_grad()
+def active_units(model: VAE, x: torch.Tensor, batch_size: int = 4096) -> int:
+    """Latent dimensions the model uses: A_u = #{d : Cov_x(E_q(z|x)[z_d]) > 0.01}.
+
+    Burda, Grosse & Salakhutdinov (2016), Sec. 5.2. x: (N, D) → an int in [0, L].
+    """
+    model.eval()
+    means = torch.cat(
+        [
+            model.encode(x[i : i + batch_size].to(next(model.parameters()).device))[0].cpu()
+            for i in range(0, x.shape[0], batch_size)
+        ]
+    )  # (N, L)
+    if means.shape[0] < 2:
+        return 0
+    return int((means.double().var(0, unbiased=True) > ACTIVE_UNIT_THRESHOLD).sum())
 
 
 def write_per_example(scored: Scored, path: str | Path) -> Path:

@@ -31,7 +31,7 @@ from vae.config import DatasetConfig
 from vae.paths import dataset_dir, datasets_dir
 from vae.errors import DataError, StorageError
 from vae.sources import DOWNLOAD_TIMEOUT, Source
-from vae.datasets import SPLITS, DatasetRef, dataset_problem
+from vae.datasets import SPLITS, DatasetRef, dataset_problem, read_manifest
 from vae.urls import redact_url
 
 ROW_GROUP_SIZE = 1024  # rows per row group: several per split, so Ray Data can shard them across workers
@@ -278,6 +278,10 @@ def _write(source: Source, config: DatasetConfig, root: Path, *, verify: bool = 
     ref = _ref(config, source.content_hash, root)
     final = Path(ref.path)
     damage = dataset_problem(final, content=verify) if final.exists() else None
+    if damage is None and final.exists() and source.layout:
+        stored = read_manifest(final).get("layout", "HWC")  # versions written before layouts were channels-last
+        if stored != source.layout:
+            damage = f"stored {stored}, expected channel-major {source.layout}"
     if final.exists() and damage is None:
         return ref, UNCHANGED
     try:
@@ -352,6 +356,7 @@ def _convert(source: Source, config: DatasetConfig, ref: DatasetRef, *, damaged:
             "source_format": source.format,
             "content_hash": source.content_hash,
             "shape": list(source.shape),
+            **({"layout": source.layout} if source.layout else {}),  # 'CHW': colour stored channel-major
             "dtype": str(storage),
             "value_range": [0.0, max_value],
             "observed_range": [_plain(convert.low), _plain(convert.high)],

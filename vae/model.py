@@ -13,11 +13,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vae import likelihoods
 from vae.config import ModelConfig
+from vae.conv import conv_nets
 from vae.errors import VAEError
 
 LOG_2PI = math.log(2.0 * math.pi)
 CHECKPOINT_FILE = "checkpoint.pt"
+# Where 8-bit likelihoods' scales start: a logistic scale of e^-2 in [-1, 1] units (about 17 pixel
+# levels) and, for the dequantised Gaussian, a std of e^-2.5 on [0, 1] (about 21 levels) alike.
+INITIAL_LOG_SCALE = -2.0
+INITIAL_DEQUANTIZED_LOG_STD = -2.5
 
 
 def bernoulli_log_likelihood(x: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
@@ -57,70 +63,75 @@ def mlp(sizes: list[int], activation: str) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-class Unflatten(nn.Module):
-    """(..., C*H*W) → (N, C, H, W), folding any leading sample dimensions into N."""
-
-    def __init__(self, shape: tuple[int, int, int]):
-        super().__init__()
-        self.shape = shape
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.reshape(-1, *self.shape)
-
-
-def conv_nets(image_shape: tuple[int, int], latent_dim: int, channels: tuple[int, int]) -> tuple[nn.Module, nn.Module]:
-    """Encoder (B, H*W) → (B, 2L) and decoder (N, L) → (N, H*W) with two stride-2 convolutions."""
-    h, w = image_shape
-    c1, c2 = channels
-    flat = c2 * (h // 4) * (w // 4)
-    encoder = nn.Sequential(
-        Unflatten((1, h, w)),  # (B, 1, H, W)
-        nn.Conv2d(1, c1, 4, stride=2, padding=1),
-        nn.ReLU(),  # (B, c1, H/2, W/2)
-        nn.Conv2d(c1, c2, 4, stride=2, padding=1),
-        nn.ReLU(),  # (B, c2, H/4, W/4)
-        nn.Flatten(),
-        nn.Linear(flat, 2 * latent_dim),  # (B, 2L)
-    )
-    decoder = nn.Sequential(
-        nn.Linear(latent_dim, flat),
-        nn.ReLU(),
-        Unflatten((c2, h // 4, w // 4)),  # (N, c2, H/4, W/4)
-        nn.ConvTranspose2d(c2, c1, 4, stride=2, padding=1),
-        nn.ReLU(),  # (N, c1, H/2, W/2)
-        nn.ConvTranspose2d(c1, 1, 4, stride=2, padding=1),  # (N, 1, H, W)
-        nn.Flatten(),  # (N, H*W)
-    )
-    return encoder, decoder
+def image_shape_of(image_shape: tuple[int, ...] | None, data_dim: int) -> tuple[int, int, int]:
+    """The stored image shape as (C, H, W): grayscale (H, W) is (1, H, W); (C, H, W) is channel-major."""
+    shape = tuple(int(s) for s in image_shape or ())
+    if len(shape) == 2:
+        shape = (1, *shape)
+    if len(shape) != 3 or math.prod(shape) != data_dim:
+        raise VAEError(
+            f"model.architecture 'conv' needs images (H, W) or (C, H, W) of {data_dim} pixels, got shape {image_shape}"
+        )
+    return shape  # (C, H, W)
 
 
 class VAE(nn.Module):
-    """A VAE over flattened images of `data_dim` pixels (Kingma & Welling, 2014)."""
+    """A VAE over flattened images of `data_dim` subpixels (Kingma & Welling, 2014).
+
+    The decoder outputs P values per subpixel (vae.likelihoods.param_count): 1 for Bernoulli logits
+    and Gaussian means; 2, 3K or 256 for the 8-bit likelihoods, laid out (..., D*P) with each
+    subpixel's P values together. The 8-bit likelihoods (and dequantisation) read the inputs
+    x = v/255 of vae.inputs.prepare_inputs back as whole pixel values v = round(255 x).
+    """
 
     def __init__(self, config: ModelConfig, data_dim: int, image_shape: tuple[int, ...] | None = None):
         super().__init__()
         self.config = config
         self.data_dim = data_dim
+        self.eight_bit = config.likelihood in likelihoods.EIGHT_BIT_KINDS
+        self.per_subpixel = likelihoods.param_count(config.likelihood, config.components) if self.eight_bit else 1
+        out = data_dim * self.per_subpixel  # decoder outputs: D*P
         if config.architecture == "conv":
-            shape = tuple(image_shape or ())[-2:]
-            if len(shape) != 2 or shape[0] % 4 or shape[1] % 4 or shape[0] * shape[1] != data_dim:
-                raise VAEError(
-                    f"model.architecture 'conv' needs images whose sides divide by 4, got shape {image_shape}"
-                )
-            self.encoder, self.decoder = conv_nets(shape, config.latent_dim, config.channels)
+            shape = image_shape_of(image_shape, data_dim)  # (C, H, W)
+            self.encoder, self.decoder = conv_nets(shape, config.latent_dim, config.channels, self.per_subpixel)
         else:
             hidden = list(config.hidden)
             self.encoder = mlp([data_dim, *hidden, 2 * config.latent_dim], config.activation)
-            self.decoder = mlp([config.latent_dim, *hidden[::-1], data_dim], config.activation)
+            self.decoder = mlp([config.latent_dim, *hidden[::-1], out], config.activation)
+        if config.likelihood in (likelihoods.LOGISTIC, likelihoods.MIXTURE):
+            self._start_log_scales(INITIAL_LOG_SCALE)
         if config.likelihood == "gaussian" and config.gaussian_std is None:
-            self.log_std = nn.Parameter(torch.zeros(data_dim))  # learned per-pixel std
+            start = INITIAL_DEQUANTIZED_LOG_STD if config.dequantize else 0.0
+            self.log_std = nn.Parameter(torch.full((data_dim,), start))  # learned per-pixel std
         else:
             std = config.gaussian_std or 1.0
             self.register_buffer("log_std", torch.full((data_dim,), math.log(std)))
 
+    @torch.no_grad()
+    def _start_log_scales(self, value: float) -> None:
+        """Start the logistics' log-scales at `value` through the last layer's bias, whose outputs are
+        P per subpixel (Linear: D*P) or per channel (ConvTranspose2d: C*P): a scale of 1 (half the
+        [-1, 1] range) would take thousands of Adam steps to shrink."""
+        last = [m for m in self.decoder if isinstance(m, (nn.Linear, nn.ConvTranspose2d))][-1]
+        bias = last.bias.view(-1, self.per_subpixel)  # (D or C, P)
+        k = self.config.components if self.config.likelihood == likelihoods.MIXTURE else 1
+        bias[:, self.per_subpixel - k :] = value  # the log-scales are the last k of each subpixel's P
+
     @property
     def latent_dim(self) -> int:
         return self.config.latent_dim
+
+    @property
+    def dequantized(self) -> bool:
+        """Whether log p(x|z) reads dequantisation noise u (a Gaussian on x~ = (x + u)/256)."""
+        return self.config.dequantize
+
+    @property
+    def bits_per_dim_kind(self) -> str:
+        """What NLL / (D ln 2) counts for this likelihood: 'binary', '8bit', 'dequantized' or 'continuous'."""
+        if self.dequantized:
+            return "dequantized"
+        return likelihoods.DATA_KIND[self.config.likelihood]
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """q(z|x) parameters. x: (B, D) → mean (B, L), logvar (B, L)"""
@@ -128,8 +139,32 @@ class VAE(nn.Module):
         return mean, logvar
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """Decoder output: Bernoulli logits or Gaussian means. z: (..., L) → (..., D)"""
-        return self.decoder(z.reshape(-1, z.shape[-1])).reshape(*z.shape[:-1], self.data_dim)
+        """Decoder output: Bernoulli logits, Gaussian means or 8-bit parameters. z: (..., L) → (..., D*P)"""
+        out = self.decoder(z.reshape(-1, z.shape[-1]))  # (N, D*P)
+        return out.reshape(*z.shape[:-1], self.data_dim * self.per_subpixel)
+
+    def decode_params(self, z: torch.Tensor) -> torch.Tensor:
+        """The 8-bit likelihood's parameters in vae.likelihoods' layout. z: (..., L) → (..., D, P)"""
+        return self.decode(z).reshape(*z.shape[:-1], self.data_dim, self.per_subpixel)
+
+    @staticmethod
+    def pixels(x: torch.Tensor) -> torch.Tensor:
+        """Inputs x = v/255 back to whole pixel values v in {0..255}. (B, D) → (B, D)
+
+        Inputs that are not v/255 (a dataset whose max_value is not 255) are refused in one line.
+        """
+        scaled = x * 255.0  # (B, D)
+        v = torch.round(scaled).clamp(0, 255)  # (B, D)
+        if not torch.compiler.is_compiling() and bool(((scaled - v).abs() > 1e-3).any()):
+            raise VAEError(
+                "8-bit likelihood: inputs are not pixel values v/255 with v in 0..255 "
+                "(expected a dataset of 8-bit pixels, value_range [0, 255], and dataset.binarize 'none')"
+            )
+        return v
+
+    def dequantization_noise(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """u ~ U[0, 1)^D per example for the dequantised Gaussian. x: (B, D) → (B, D)"""
+        return torch.rand(x.shape, generator=generator, dtype=x.dtype, device=x.device)
 
     @property
     def _linear_output(self) -> bool:
@@ -139,11 +174,23 @@ class VAE(nn.Module):
         """x W for the decoder's last layer W: (B, D) → (B, H); reusable across samples of z."""
         return x @ self.decoder[-1].weight if self._linear_output else None
 
-    def log_likelihood(self, x: torch.Tensor, z: torch.Tensor, x_projected: torch.Tensor | None = None) -> torch.Tensor:
-        """log p(x|z). x: (B, D), z: (..., B, L) → (..., B); x is broadcast, never copied."""
-        if self.config.likelihood == "bernoulli" and not self._linear_output:
+    def log_likelihood(
+        self,
+        x: torch.Tensor,
+        z: torch.Tensor,
+        x_projected: torch.Tensor | None = None,
+        noise: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """log p(x|z). x: (B, D), z: (..., B, L) → (..., B); x is broadcast, never copied.
+
+        Dequantised Gaussian: log p~(x~|z) - D log 256 with x~ = (v + u)/256 (Theis et al. 2016,
+        Sec. 3.1), whose expectation over u is a lower bound on log P(v|z); `noise` is u (B, D),
+        drawn fresh when None (training), fixed by the caller when it must not move (IS, AIS).
+        """
+        kind = self.config.likelihood
+        if kind == "bernoulli" and not self._linear_output:
             return bernoulli_log_likelihood(x, self.decode(z))
-        if self.config.likelihood == "bernoulli":
+        if kind == "bernoulli":
             # sum_d x_d l_d with l = W h + b equals h·(W^T x) + b·x: a (..., B, H) dot instead of
             # a (..., B, D) product, so only softplus(l) touches the full decoder output.
             *body, last = self.decoder
@@ -152,12 +199,38 @@ class VAE(nn.Module):
             xw = self.project_inputs(x) if x_projected is None else x_projected  # (B, H)
             x_dot_logits = (h * xw).sum(-1) + x @ last.bias  # (..., B)
             return x_dot_logits - F.softplus(logits).sum(-1)
+        if self.eight_bit:
+            return likelihoods.discrete_log_likelihood(kind, self.pixels(x), self.decode_params(z))  # (..., B)
+        if self.dequantized:
+            v = self.pixels(x)  # (B, D)
+            u = self.dequantization_noise(x) if noise is None else noise  # (B, D)
+            x_tilde = (v + u) / likelihoods.LEVELS  # (B, D) in [0, 1)
+            return gaussian_log_likelihood(x_tilde, self.decode(z), self.log_std) - self.data_dim * likelihoods.LOG_256
         return gaussian_log_likelihood(x, self.decode(z), self.log_std)
 
     def mean_image(self, z: torch.Tensor) -> torch.Tensor:
-        """E[x|z]: sigmoid(logits) for Bernoulli, the mean for Gaussian. z: (..., L) → (..., D)"""
-        out = self.decode(z)
-        return torch.sigmoid(out) if self.config.likelihood == "bernoulli" else out
+        """E[x|z] on the inputs' [0, 1] scale: sigmoid(logits) for Bernoulli, the mean for Gaussian,
+        E[v]/255 for 8-bit likelihoods (and (256 E[x~] - 1/2)/255 when dequantised). z: (..., L) → (..., D)"""
+        if self.eight_bit:
+            return likelihoods.mean_pixels(self.config.likelihood, self.decode_params(z)) / 255.0  # (..., D)
+        out = self.decode(z)  # (..., D)
+        if self.config.likelihood == "bernoulli":
+            return torch.sigmoid(out)
+        return (likelihoods.LEVELS * out - 0.5) / 255.0 if self.dequantized else out
+
+    def sample_image(self, z: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """x ~ p(x|z) on the inputs' [0, 1] scale (8-bit kinds: v/255). z: (..., L) → (..., D)"""
+        if self.eight_bit:
+            return likelihoods.sample_pixels(self.config.likelihood, self.decode_params(z), generator) / 255.0
+        out = self.decode(z)  # (..., D)
+        if self.config.likelihood == "bernoulli":
+            u = torch.rand(out.shape, generator=generator, dtype=out.dtype, device=out.device)
+            return (u < torch.sigmoid(out)).to(out.dtype)
+        eps = torch.randn(out.shape, generator=generator, dtype=out.dtype, device=out.device)
+        x = out + torch.exp(self.log_std) * eps  # (..., D)
+        if self.dequantized:  # x~ falls in the bin of v = floor(256 x~)
+            return torch.floor(likelihoods.LEVELS * x).clamp(0, 255) / 255.0
+        return x
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.encode(x)

@@ -27,22 +27,31 @@ def plot_elbo_curve(history: list[dict[str, float]], path: str | Path) -> Path:
     return Path(path)
 
 
-def _grid(images, shape: tuple[int, int], columns: int):
-    """Tile (N, H*W) images in [0, 1] into one (rows*H, columns*W) array."""
+def _grid(images, shape: tuple[int, ...], columns: int):
+    """Tile (N, C*H*W) images in [0, 1] into one (rows*H, columns*W) array, or (..., 3) for colour.
+
+    shape is (H, W) or (C, H, W); images are flattened channel-major, and C = D / (H*W) either way, so
+    colour images tiled with their (H, W) alone come out in colour too. One channel is grayscale, three RGB.
+    """
     import numpy as np
 
-    h, w = shape
+    h, w = shape[-2:]
     n = images.shape[0]
+    channels = images[0].size // (h * w)
+    if channels not in (1, 3) or channels * h * w != images[0].size:
+        raise ValueError(f"images of {images[0].size} values are not 1 or 3 channels of {h}x{w}")
     rows = -(-n // columns)
-    canvas = np.ones((rows * (h + 1) - 1, columns * (w + 1) - 1))
+    canvas = np.ones((rows * (h + 1) - 1, columns * (w + 1) - 1, channels))
     for i in range(n):
         r, c = divmod(i, columns)
-        canvas[r * (h + 1) : r * (h + 1) + h, c * (w + 1) : c * (w + 1) + w] = images[i].reshape(h, w)
-    return canvas
+        image = np.clip(np.asarray(images[i], dtype=np.float64), 0.0, 1.0).reshape(channels, h, w)  # (C, H, W)
+        canvas[r * (h + 1) : r * (h + 1) + h, c * (w + 1) : c * (w + 1) + w] = image.transpose(1, 2, 0)  # (H, W, C)
+    return canvas[..., 0] if channels == 1 else canvas
 
 
-def plot_image_grids(originals, reconstructions, samples, shape: tuple[int, int], directory: str | Path) -> list[Path]:
-    """Reconstruction grid (originals above their reconstructions) and a grid of prior samples."""
+def plot_image_grids(originals, reconstructions, samples, shape: tuple[int, ...], directory: str | Path) -> list[Path]:
+    """Reconstruction grid (originals above their reconstructions) and a grid of prior samples, in colour
+    for 3-channel images. Images (N, D) on the inputs' [0, 1] scale; shape (H, W) or (C, H, W)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -59,7 +68,7 @@ def plot_image_grids(originals, reconstructions, samples, shape: tuple[int, int]
         figure, axes = plt.subplots(
             figsize=(8, 8 * (2 if name == "reconstructions.png" else 4) / columns + 0.6), dpi=100
         )
-        axes.imshow(_grid(images, shape, columns), cmap="gray", vmin=0, vmax=1)
+        axes.imshow(_grid(images, shape, columns), cmap="gray", vmin=0, vmax=1)  # cmap: grayscale only
         axes.set_axis_off()
         axes.set_title(title, fontsize=9)
         figure.tight_layout()
@@ -95,6 +104,24 @@ def plot_latent_scatter(means, labels, path: str | Path) -> Path:
     axes.set_xlabel(axis_names[0])
     axes.set_ylabel(axis_names[1])
     axes.set_title("latent means of test images")
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+    return Path(path)
+
+
+def plot_grid(images, shape: tuple[int, ...], columns: int, title: str, path: str | Path) -> Path:
+    """One grid of images (N, D) on the inputs' [0, 1] scale, `columns` per row, saved as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = -(-images.shape[0] // columns)
+    figure, axes = plt.subplots(figsize=(8, 8 * rows / columns + 0.6), dpi=100)
+    axes.imshow(_grid(images, shape, columns), cmap="gray", vmin=0, vmax=1)  # cmap: grayscale only
+    axes.set_axis_off()
+    axes.set_title(title, fontsize=9)
     figure.tight_layout()
     figure.savefig(path)
     plt.close(figure)

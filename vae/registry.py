@@ -111,7 +111,8 @@ def start_run(config: PipelineConfig, dataset: dict[str, str], uri: str | None =
     mlflow_client = client(uri)
     experiment_id = _experiment_id(mlflow_client, config.experiment, (uri or tracking_uri()).startswith("sqlite:"))
     params: dict[str, str] = {}
-    _flatten("", config.model_dump(mode="json", exclude={"name"}), params)
+    # The search section shapes `vae tune`, not this training (and would push past 100 params a batch).
+    _flatten("", config.model_dump(mode="json", exclude={"name", "search"}), params)
     run = mlflow_client.create_run(
         experiment_id,
         run_name=f"{config.name}-{dataset['version']}",
@@ -124,6 +125,71 @@ def start_run(config: PipelineConfig, dataset: dict[str, str], uri: str | None =
     )
     mlflow_client.log_batch(run.info.run_id, params=[Param(k, v[:6000]) for k, v in sorted(params.items())])
     return run.info.run_id
+
+
+def start_search_run(
+    config: PipelineConfig, dataset: dict[str, str], search: dict[str, Any], uri: str | None = None
+) -> str:
+    """The parent run of a hyperparameter search: the pipeline's params plus `search.*`; returns its id."""
+    run_id = start_run(config, dataset, uri)
+    params: dict[str, str] = {}
+    _flatten("search", search, params)
+    mlflow_client = client(uri)
+    batch = [Param(k, v[:6000]) for k, v in sorted(params.items())]
+    for start in range(0, len(batch), 100):  # MLflow takes at most 100 params a batch
+        mlflow_client.log_batch(run_id, params=batch[start : start + 100])
+    mlflow_client.set_tag(run_id, "mlflow.runName", f"{config.name}-search-{dataset['version']}")
+    mlflow_client.set_tag(run_id, "search", "parent")
+    return run_id
+
+
+def start_trial_run(
+    config: PipelineConfig, dataset: dict[str, str], parent_run_id: str, trial_id: str, uri: str | None = None
+) -> str:
+    """A trial's child run (MLflow's `mlflow.parentRunId` tag) with the trial's params; a resumed
+    search reopens the run its trial already has instead of starting a second one."""
+    mlflow_client = client(uri)
+    experiment_id = mlflow_client.get_run(parent_run_id).info.experiment_id
+    found = mlflow_client.search_runs(
+        [experiment_id],
+        f"tags.`mlflow.parentRunId` = '{parent_run_id}' and tags.trial_id = '{trial_id}'",
+        max_results=1,
+    )
+    if found:
+        mlflow_client.update_run(found[0].info.run_id, status="RUNNING")
+        return found[0].info.run_id
+    run_id = start_run(config, dataset, uri)
+    for key, value in (("mlflow.parentRunId", parent_run_id), ("trial_id", trial_id), ("search", "trial")):
+        mlflow_client.set_tag(run_id, key, value)
+    mlflow_client.set_tag(run_id, "mlflow.runName", f"{config.name}-trial-{trial_id}")
+    return run_id
+
+
+def child_runs(parent_run_id: str, uri: str | None = None) -> dict[str, str]:
+    """The trials of a search: {trial_id: run_id} of the parent's child runs."""
+    mlflow_client = client(uri)
+    experiment_id = mlflow_client.get_run(parent_run_id).info.experiment_id
+    runs = mlflow_client.search_runs(
+        [experiment_id], f"tags.`mlflow.parentRunId` = '{parent_run_id}'", max_results=10000
+    )
+    return {run.data.tags.get("trial_id", run.info.run_id): run.info.run_id for run in runs}
+
+
+def ended_runs(run_ids: list[str], uri: str | None = None) -> list[str]:
+    """Those of the runs that ended (FINISHED or FAILED): the trials a resumed search need not count again."""
+    mlflow_client = client(uri)
+    return [run_id for run_id in run_ids if mlflow_client.get_run(run_id).info.status in ("FINISHED", "FAILED")]
+
+
+def set_tags(run_id: str, tags: dict[str, str], uri: str | None = None) -> None:
+    mlflow_client = client(uri)
+    for key, value in tags.items():
+        mlflow_client.set_tag(run_id, key, str(value))
+
+
+def reopen_run(run_id: str, uri: str | None = None) -> None:
+    """Mark an interrupted run RUNNING again (a resumed search continues its parent run)."""
+    client(uri).update_run(run_id, status="RUNNING")
 
 
 def run_exists(run_id: str, uri: str | None = None) -> bool:
@@ -399,6 +465,7 @@ def register_model(
         "test_nll": repr(float(evaluation["nll"])),  # full precision: what the gate compares
         "test_nll_stderr": repr(float(evaluation["nll_stderr"])),
         "test_nll_pm": f"{evaluation['nll']:.3f} ± {evaluation['nll_stderr']:.3f}",
+        "bits_per_dim": f"{evaluation.get('bits_per_dim', math.nan):.4f} ({evaluation.get('bits_per_dim_kind', 'binary')})",
         "k": str(evaluation["k"]),
         "code_version": code_version(),
     }
@@ -426,6 +493,30 @@ def register_model(
         champion_uri=f"models:/{name}@{CHAMPION}" if promoted else None,
         previous_champion_nll=previous,
     )
+
+
+def champion_version(name: str, uri: str | None = None) -> str | None:
+    """The version `champion` points at now, or None (no such model or alias)."""
+    current = _champion(client(uri), name)
+    return None if current is None else str(current.version)
+
+
+def describe_version(name: str, version: int | str, tags: dict[str, str], card, uri: str | None = None) -> str:
+    """Add `tags` to a model version, then set its description to `card(all its tags)` (the model card)."""
+    mlflow_client = client(uri)
+    for key, value in tags.items():
+        mlflow_client.set_model_version_tag(name, str(version), key, value)
+    text = card(dict(mlflow_client.get_model_version(name, str(version)).tags))
+    mlflow_client.update_model_version(name, str(version), description=text)
+    return text
+
+
+def version_description(model_uri: str, uri: str | None = None) -> tuple[str, str, str]:
+    """models:/NAME@ALIAS or models:/NAME/VERSION → (NAME, VERSION, its description)."""
+    name, version = resolve_model_version(model_uri, uri)
+    if name is None:
+        raise RegistryError(f"model '{model_uri}': expected models:/NAME@ALIAS or models:/NAME/VERSION")
+    return name, version, client(uri).get_model_version(name, version).description or ""
 
 
 def download_model(model_uri: str, uri: str | None = None) -> tuple[Path, dict[str, Any]]:

@@ -1,14 +1,16 @@
 """The registered model as MLflow serves it: the whole VAE behind one pyfunc, a method per request.
 
 `params={"method": ...}` picks what a request does (default `encode`, as before):
-- `encode`      images (N, D) or (N, *image shape) → {'z_mean': (N, L), 'z_logvar': (N, L)}
+- `encode`      images (N, D), (N, *image shape) or, for colour (C, H, W), (N, H, W, C) too
+                → {'z_mean': (N, L), 'z_logvar': (N, L)}
 - `reconstruct` images → {'x_mean': (N, *image shape)}: E[x | z = mean of q(z|x)], on the data's scale
 - `decode`      latents (N, L) → {'x_mean': (N, *image shape)}: E[x | z], on the data's scale
 - `score`       images → {'log_px': (N,), 'elbo': (N,)}: log p̂(x) by importance sampling with
                 `k` samples (Burda et al. 2016, Eq. 8) and the Monte Carlo ELBO, in nats, on the
                 device the server has; row n uses the noise of example n with `seed`, as `vae evaluate`.
 Images are raw pixel values on the dataset's scale [0, max_value], prepared exactly as in
-training. A bad request is one short message with a 4xx status: the array is never echoed.
+training; (N, D) rows are channel-major, as stored. 8-bit likelihoods take whole pixel values 0..255.
+A bad request is one short message with a 4xx status: the array is never echoed.
 """
 
 from __future__ import annotations
@@ -94,14 +96,33 @@ class VAEModel(mlflow.pyfunc.PythonModel):
         from vae.inputs import prepare_inputs
 
         array = self._array(model_input)
-        if array.ndim < 2 or math.prod(array.shape[1:]) != self.data_dim:
+        colour = len(self.shape) == 3  # stored (C, H, W)
+        if (
+            colour
+            and array.ndim == 4
+            and array.shape[1:] != self.shape
+            and array.shape[1:] == self.shape[1:] + self.shape[:1]
+        ):
+            array = array.transpose(0, 3, 1, 2)  # (N, H, W, C) → (N, C, H, W)
+        if (
+            array.ndim < 2
+            or math.prod(array.shape[1:]) != self.data_dim
+            or (colour and array.ndim > 2 and array.shape[1:] != self.shape)
+        ):
             shape = ", ".join(str(s) for s in self.shape)
+            channels_last = f" or (N, {', '.join(str(s) for s in self.shape[1:] + self.shape[:1])})" if colour else ""
             raise RequestError(
                 f"input of shape {list(array.shape)}: expected images of {self.data_dim} pixels "
-                f"each, shaped (N, {self.data_dim}) or (N, {shape})"
+                f"each, shaped (N, {self.data_dim}) or (N, {shape}){channels_last}"
+            )
+        if (self.model.eight_bit or self.model.dequantized) and not (
+            (array == np.round(array)).all() and ((array >= 0) & (array <= self.max_value)).all()
+        ):
+            raise RequestError(
+                f"input pixels: expected whole numbers in [0, {self.max_value:g}] for an 8-bit likelihood"
             )
         binarize = "threshold" if self.binarize == "threshold" or (density and self.binarize == "dynamic") else "none"
-        pixels = torch.from_numpy(array.reshape(array.shape[0], self.data_dim)).to(self.device)
+        pixels = torch.from_numpy(np.ascontiguousarray(array).reshape(array.shape[0], self.data_dim)).to(self.device)
         return prepare_inputs(pixels, self.max_value, binarize)  # (N, D)
 
     @staticmethod

@@ -1,4 +1,4 @@
-"""Dataset sources read in chunks: IDX, NumPy, CSV, Parquet, image folders, sklearn digits, URLs.
+"""Dataset sources read in chunks: IDX, NumPy, CSV, Parquet, image folders, CIFAR binary, sklearn, URLs.
 
 Each reader declares its rows, image shape and pixel dtype up front (from a header, a file
 listing or a counting pass), then yields chunks (images (b, *shape), labels (b,) or None), so a
@@ -6,6 +6,10 @@ source larger than memory is never held whole. The content hash is the sha256 of
 bytes (for a folder: of its files' names and bytes), computed by streaming. Every problem raises
 DataError with one line naming the file or URL and what was expected; a URL is named with its
 credentials redacted (vae.urls), and the real one is used only to fetch.
+
+Colour images are stored channel-major, (C, H, W) per image, whatever the source's layout: RGB
+image folders and (N, H, W, C) arrays are transposed as they are read, CIFAR's records are
+channel-major already; such a source says so with layout 'CHW' (grayscale (H, W) has none).
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ from vae.paths import inside
 from vae.errors import DataError, StorageError
 from vae.urls import redact_text, redact_url
 
+PATCH_SIDE, PATCH_STRIDE = 32, 16  # sklearn:sample-patches
 CHUNK_BYTES = 16 * 2**20  # bytes of pixels per chunk: bounds peak memory whatever the source's size
 HASH_BLOCK = 2**20
 DOWNLOAD_TIMEOUT = 60.0  # seconds without progress before a download fails
@@ -90,6 +95,7 @@ class Source:
     parts: tuple[Part, ...]
     max_value: float | None = None  # declared by the source itself (sklearn digits: 16)
     classes: tuple[str, ...] | None = None  # label names of an image folder
+    layout: str | None = None  # 'CHW' for images with a channel axis, stored channel-major; None for (H, W)
 
     @property
     def rows(self) -> int:
@@ -154,9 +160,11 @@ def content_hash(spec: str) -> str | None:
     """The content hash open_source would report, without converting anything; None for a URL."""
     if is_url(spec):
         return None
-    if spec == "sklearn:digits":
-        return sklearn_digits().content_hash
+    if spec in SKLEARN_SOURCES:
+        return SKLEARN_SOURCES[spec]().content_hash
     path = _local_path(spec)
+    if path.is_dir() and looks_like_cifar(path):
+        return _guard_io(path, lambda: hash_tree(path, _cifar_files(path)))
     if path.is_dir():
         _, files = _folder_files(path)
         return _guard_io(path, lambda: hash_tree(path, files))
@@ -170,8 +178,8 @@ def content_hash(spec: str) -> str | None:
 @contextlib.contextmanager
 def open_source(spec: str, *, timeout: float = DOWNLOAD_TIMEOUT) -> Iterator[Source]:
     """Open a source named in pipelines.yaml or on the command line; a URL is downloaded first."""
-    if spec == "sklearn:digits":
-        yield sklearn_digits()
+    if spec in SKLEARN_SOURCES:
+        yield SKLEARN_SOURCES[spec]()
         return
     if is_url(spec):
         with tempfile.TemporaryDirectory(prefix="vae-download-") as directory:
@@ -187,7 +195,8 @@ def _local_path(spec: str) -> Path:
         spec = urllib.parse.unquote(urllib.parse.urlparse(spec).path)
     elif _SCHEME.match(spec):
         raise DataError(
-            f"dataset source '{redact_url(spec)}': unknown source (expected a path, an http(s) URL or 'sklearn:digits')"
+            f"dataset source '{redact_url(spec)}': unknown source "
+            f"(expected a path, an http(s) URL or one of {', '.join(repr(k) for k in SKLEARN_SOURCES)})"
         )
     path = Path(spec).expanduser().absolute()
     if not path.exists():
@@ -245,7 +254,10 @@ def _file_format(path: Path, uri: str) -> str:
 def _open_file(path: Path, uri: str, digest: str | None = None) -> Source:
     """A single file; its format is validated (headers, counts) before its bytes are hashed."""
     opener = {"npz": _open_npz, "npy": _open_npy, "csv": _open_csv, "parquet": _open_parquet, "idx": _open_idx_file}
-    source = opener[_file_format(path, uri)](path, uri)
+    if looks_like_cifar(path):
+        source = _open_cifar(path, uri)
+    else:
+        source = _channels_first(opener[_file_format(path, uri)](path, uri))
     return replace(source, content_hash=digest or _guard_io(path, lambda: hash_file(path)))
 
 
@@ -263,6 +275,9 @@ def _folder_files(folder: Path) -> tuple[str, list[Path]]:
 
 
 def _open_folder(folder: Path) -> Source:
+    if looks_like_cifar(folder):
+        source = _open_cifar(folder, str(folder))
+        return replace(source, content_hash=_guard_io(folder, lambda: hash_tree(folder, _cifar_files(folder))))
     kind, files = _folder_files(folder)
     source = _open_idx_folder(folder, files) if kind == "idx" else _open_image_folder(folder, files)
     return replace(source, content_hash=_guard_io(folder, lambda: hash_tree(folder, files)))
@@ -819,9 +834,9 @@ def _open_image_folder(folder: Path, files: list[Path]) -> Source:
 
     first = load(files[0])
     gray = first.mode in ("1", "L", "LA", "I", "I;16", "F")
-    mode = "L" if gray else "RGB"
+    mode = "L" if gray else "RGB"  # the first image decides; palette, RGBA, CMYK... become RGB
     size = first.size  # (W, H)
-    shape = (size[1], size[0]) if gray else (size[1], size[0], 3)
+    shape = (size[1], size[0]) if gray else (3, size[1], size[0])  # (H, W) or channel-major (3, H, W)
 
     def read(rows_per_chunk: int) -> Iterator[Chunk]:
         for start in range(0, len(files), rows_per_chunk):
@@ -834,7 +849,8 @@ def _open_image_folder(folder: Path, files: list[Path]) -> Source:
                         f"{path}: image is {image.size[0]}x{image.size[1]} but {files[0].name} is {size[0]}x{size[1]} "
                         "(expected one size for the whole folder)"
                     )
-                images[i] = np.asarray(image.convert(mode))
+                pixels = np.asarray(image.convert(mode))  # (H, W) or (H, W, 3)
+                images[i] = pixels if gray else pixels.transpose(2, 0, 1)  # (H, W) or (3, H, W)
             labels = None
             if nested:
                 labels = np.array([label_of[p.relative_to(folder).parts[0]] for p in batch], np.int64)
@@ -850,6 +866,7 @@ def _open_image_folder(folder: Path, files: list[Path]) -> Source:
         bool(nested),
         (part,),
         classes=tuple(classes) if nested else None,
+        layout=None if gray else "CHW",
     )
 
 
@@ -883,6 +900,100 @@ def sklearn_digits() -> Source:
     images = bunch.images.astype(np.uint8)  # (1797, 8, 8)
     labels = bunch.target.astype(np.int64)  # (1797,)
     return from_arrays(images, labels, "sklearn:digits", hash_arrays(images, labels), 16.0, "sklearn")
+
+
+def sklearn_sample_patches(side: int = PATCH_SIDE, stride: int = PATCH_STRIDE) -> Source:
+    """sklearn's two bundled photographs (427x640 RGB) cut into side x side patches, (3, side, side) each.
+
+    Patches start every `stride` pixels (they overlap by side - stride) and never cross a photograph's
+    edge. The rule that keeps the photographs apart: every patch of china.jpg is in part 'train' (the
+    seeded split draws validation from it), every patch of flower.jpg in part 'test', so no test pixel
+    was ever seen in training. Labels are the photograph (0 china, 1 flower).
+    """
+    from sklearn.datasets import load_sample_images
+
+    bunch = load_sample_images()
+    patches = []
+    for photo in bunch.images:  # (427, 640, 3) uint8 each
+        h, w, _ = photo.shape
+        grid = [
+            photo[r : r + side, c : c + side].transpose(2, 0, 1)  # (3, side, side)
+            for r in range(0, h - side + 1, stride)
+            for c in range(0, w - side + 1, stride)
+        ]
+        patches.append(np.ascontiguousarray(np.stack(grid)))  # (n, 3, side, side)
+    labels = [np.full(len(p), i, np.int64) for i, p in enumerate(patches)]
+    digest = hash_arrays(*patches, *labels, np.array([side, stride]))
+    uri = SAMPLE_PATCHES
+
+    def part(name: str, images: np.ndarray, label: np.ndarray) -> Part:
+        def read(rows_per_chunk: int) -> Iterator[Chunk]:
+            for start in range(0, images.shape[0], rows_per_chunk):
+                yield images[start : start + rows_per_chunk], label[start : start + rows_per_chunk]
+
+        return Part(name, f"{uri}[{name}]", int(images.shape[0]), read)
+
+    parts = (part("train", patches[0], labels[0]), part("test", patches[1], labels[1]))
+    return Source(
+        uri, "sklearn", digest, (3, side, side), np.dtype(np.uint8), True, parts, 255.0, ("china", "flower"), "CHW"
+    )
+
+
+SAMPLE_PATCHES = "sklearn:sample-patches"
+SKLEARN_SOURCES: dict[str, Callable[[], Source]] = {
+    "sklearn:digits": sklearn_digits,
+    SAMPLE_PATCHES: sklearn_sample_patches,
+}
+
+
+# -- CIFAR-10/100 binary (vae.cifar): the official train/test split; the pickled version is refused there.
+
+
+def looks_like_cifar(path: Path) -> bool:
+    """A CIFAR download (binary or pickled, by names): vae.cifar reads or refuses it."""
+    from vae import cifar
+
+    return cifar.looks_like_cifar(path)
+
+
+def _cifar_files(folder: Path) -> list[Path]:
+    """The files a CIFAR folder's content hash covers: every file under it, in a fixed order."""
+    return sorted(p for p in folder.rglob("*") if p.is_file())
+
+
+def _open_cifar(path: Path, uri: str) -> Source:
+    """CIFAR-10/100 binary as parts 'train' and 'test' of (3, 32, 32) uint8 images with their (fine) labels."""
+    from vae import cifar
+
+    data = cifar.read_cifar(path, uri)
+    train = from_arrays(data.train_images, data.train_labels, f"{uri}[train]", "")
+    test = from_arrays(data.test_images, data.test_labels, f"{uri}[test]", "")
+    parts = (replace(train.parts[0], name="train"), replace(test.parts[0], name="test"))
+    return Source(uri, "cifar", "", cifar.IMAGE_SHAPE, np.dtype(np.uint8), True, parts, 255.0, data.classes, "CHW")
+
+
+# -- Arrays with a channel axis: (N, H, W, C) or (N, C, H, W) → stored (C, H, W).
+
+
+def _channels_first(source: Source) -> Source:
+    """A source of (H, W, C) or (C, H, W) images, read as (C, H, W) (vae.cifar.image_layout says which)."""
+    if len(source.shape) != 3:
+        return source
+    from vae import cifar
+
+    layout = cifar.image_layout((0, *source.shape), source.uri)
+    if layout == "NCHW":
+        return replace(source, layout="CHW")
+    h, w, c = source.shape
+
+    def transposed(part: Part) -> Part:
+        def read(rows_per_chunk: int) -> Iterator[Chunk]:
+            for images, labels in part.read(rows_per_chunk):
+                yield np.ascontiguousarray(images.transpose(0, 3, 1, 2)), labels  # (b, H, W, C) → (b, C, H, W)
+
+        return replace(part, read=read)
+
+    return replace(source, shape=(c, h, w), parts=tuple(transposed(p) for p in source.parts), layout="CHW")
 
 
 # ---------------------------------------------------------------------------------------------

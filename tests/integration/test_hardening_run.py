@@ -48,9 +48,13 @@ class Pwn:
 
 
 def _start(pipelines: Path, *extra: str) -> subprocess.Popen:
+    # A user's fresh shell: no Ray auth settings inherited from this test process (whose own Ray
+    # may have set them), so what is checked is what `vae run` sets up by itself.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
     return subprocess.Popen(
         [sys.executable, "-m", "vae", "run", "hard-digits", "--file", str(pipelines), *extra],
         cwd=REPO,
+        env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -3,25 +3,32 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from mlflow import MlflowClient
+
+from vae.config import load_pipeline
 
 from vae.paths import tracking_uri
 from vae.datasets import load_split
 
 pytestmark = pytest.mark.integration
 
-PIPELINES = """\
-pipelines:
-  digits-e2e:
-    dataset: {name: digits, source: "sklearn:digits", binarize: threshold}
-    model: {latent_dim: 4, hidden: [64]}
-    training: {epochs: 5, batch_size: 64, learning_rate: 0.003, workers: 2}
-    evaluation: {k: 500}
-    registry: {model_name: vae-e2e}
-"""
+REPO = Path(__file__).resolve().parents[2]
+# The embedded demo itself: the `digits` model and training settings of the repository's
+# pipelines.yaml (k lowered to keep the test short), under a model name of its own.
+DEMO = load_pipeline("digits", REPO / "pipelines.yaml")
+PIPELINES = yaml.safe_dump({"pipelines": {"digits-e2e": {
+    "dataset": {"name": "digits", "source": "sklearn:digits", "binarize": "threshold"},
+    "model": DEMO.model.model_dump(mode="json"),
+    "training": DEMO.training.model_dump(mode="json"),
+    "evaluation": {"k": 500},
+    "registry": {"model_name": "vae-e2e"},
+}}})  # fmt: skip
+DEMO_NLL_BEFORE = 23.48  # nats: the demo before its settings were fixed (KL 0.6 nats, a collapsed posterior)
 
 
 @pytest.fixture(scope="module")
@@ -43,6 +50,12 @@ def test_flow_run_completes_in_prefect(pipeline_result):
     assert pipeline_result.is_completed()
 
 
+def test_the_demo_uses_its_latent_space_and_beats_its_old_nll(pipeline_result):
+    evaluation = pipeline_result.result()["evaluation"]
+    assert evaluation["active_units"] >= 3, evaluation
+    assert evaluation["nll"] < DEMO_NLL_BEFORE, evaluation
+
+
 def test_registry_holds_the_model_with_champion_alias_and_tags(pipeline_result):
     result = pipeline_result.result()
     client = MlflowClient(tracking_uri())
@@ -60,11 +73,13 @@ def test_registry_holds_the_model_with_champion_alias_and_tags(pipeline_result):
         "plots/reconstructions.png",
         "plots/samples.png",
         "plots/latent_scatter.png",
+        "plots/latent_traversal.png",
+        "plots/interpolation.png",
         "dataset/manifest.json",
         "evaluation/evaluation.json",
     } <= logged
     run = client.get_run(result["run_id"])
-    assert run.data.params["training.epochs"] == "5"
+    assert run.data.params["training.epochs"] == str(DEMO.training.epochs)
     assert run.data.metrics["test_nll"] == pytest.approx(result["evaluation"]["nll"])
 
 
@@ -75,7 +90,8 @@ def test_champion_pyfunc_returns_latents_of_the_right_shape(pipeline_result):
     images, _ = load_split(result["dataset"]["path"], "test")
     model = mlflow.pyfunc.load_model("models:/vae-e2e@champion")
     out = model.predict(images[:7].astype(np.float32))
-    assert out["z_mean"].shape == (7, 4) and out["z_logvar"].shape == (7, 4)
+    latent = DEMO.model.latent_dim
+    assert out["z_mean"].shape == (7, latent) and out["z_logvar"].shape == (7, latent)
     assert np.isfinite(out["z_mean"]).all()
 
 
@@ -83,7 +99,7 @@ def test_validation_elbo_improves_and_is_logged_per_epoch(pipeline_result):
     result = pipeline_result.result()
     history = MlflowClient(tracking_uri()).get_metric_history(result["run_id"], "validation_elbo")
     steps = sorted((m.step, m.value) for m in history)
-    assert [s for s, _ in steps] == [1, 2, 3, 4, 5]
+    assert [s for s, _ in steps] == list(range(1, DEMO.training.epochs + 1))
     assert steps[-1][1] > steps[0][1]
     # The evaluation is a sound bound check: IS estimate of log p(x) lies above the ELBO.
     assert -result["evaluation"]["nll"] > result["evaluation"]["elbo"]

@@ -161,3 +161,23 @@ def test_use_gpu_without_a_gpu_evaluates_on_cpu_with_the_same_numbers():
     assert evaluation_device(asked) == CPU
     on_cpu = estimate_on_device(model, x, EvaluationConfig(k=20))
     assert torch.equal(estimate_on_device(model, x, asked).log_px, on_cpu.log_px)
+
+
+def test_progress_steps_give_the_same_numbers_and_report_every_step():
+    import io
+
+    from vae.evaluation import PROGRESS_IMAGES, ProgressLine
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(latent_dim=3, hidden=(16,)), 10)
+    n = 2 * PROGRESS_IMAGES + 10
+    x = torch.bernoulli(torch.full((n, 10), 0.4), generator=torch.Generator().manual_seed(1))
+    config = EvaluationConfig(k=8)
+    calls: list[tuple[int, int]] = []
+    stepped = estimate_on_device(model, x, config, progress=lambda done, total: calls.append((done, total)))
+    assert calls == [(PROGRESS_IMAGES, n), (2 * PROGRESS_IMAGES, n), (n, n)]
+    assert torch.allclose(stepped.log_px, estimate_on_device(model, x, config).log_px, atol=1e-5, rtol=0)
+    stream = io.StringIO()
+    line = ProgressLine(after=0.0, stream=stream)
+    line(PROGRESS_IMAGES, n)
+    assert stream.getvalue().startswith(f"evaluating: {PROGRESS_IMAGES}/{n} images, ") and "ETA" in stream.getvalue()

@@ -170,7 +170,7 @@ def test_image_folder_subfolders_are_labels(tmp_path):
     (tmp_path / "rgb.png").rename(tmp_path / "rgb" / "a.png")
     assert read_manifest(
         ingest(DatasetConfig(name="rgb", source=str(tmp_path / "rgb"), test_fraction=0.5), root=tmp_path / "out").path
-    )["shape"] == [SIDE, SIDE, 3]
+    )["shape"] == [3, SIDE, SIDE]  # colour is stored channel-major (issue 15)
 
 
 def test_float_pixels_are_stored_as_float32_in_0_1_and_parquet_round_trips(tmp_path):

@@ -40,11 +40,13 @@ def test_conv_model_shapes_for_28x28_images():
     assert model.decode(torch.randn(6, 3, 10)).shape == (6, 3, 784)
 
 
-def test_conv_model_rejects_sides_not_divisible_by_four():
+def test_conv_model_takes_sides_not_divisible_by_four_and_refuses_a_wrong_shape():
     from vae.errors import VAEError
 
-    with pytest.raises(VAEError, match=r"sides divide by 4, got shape \(10, 10\)"):
-        build_model(ModelConfig(architecture="conv"), 100, (10, 10))
+    model = build_model(ModelConfig(architecture="conv", latent_dim=3), 100, (10, 10))  # padded to 12, cropped
+    assert model.decode(torch.randn(2, 3)).shape == (2, 100)
+    with pytest.raises(VAEError, match=r"of 100 pixels, got shape \(9, 10\)"):
+        build_model(ModelConfig(architecture="conv"), 100, (9, 10))
 
 
 def test_iwae_objective_bounds_above_the_elbo_objective_on_the_same_model():

@@ -17,12 +17,21 @@ from vae.cli.app import PipelinesFile, check_binarize, fail, quiet_logs, app
 from vae.config import DEFAULT_PIPELINES_FILE
 from vae.errors import VAEError
 
+# What the batch jobs' commands (embed here, score and sample in vae.cli.batch) share.
+ModelArgument = Annotated[
+    str, typer.Argument(help="models:/NAME@ALIAS, models:/NAME/VERSION, runs:/ID/model, or a checkpoint directory.")
+]
+BinarizeOption = Annotated[
+    str, typer.Option(help="For a bare checkpoint: how it was trained (threshold, dynamic or none).")
+]
+OverwriteOption = Annotated[bool, typer.Option("--overwrite", help="Replace the output file if it exists.")]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print the result as one JSON object.")]
+VerboseOption = Annotated[bool, typer.Option("--verbose", "-v", help="Show Ray and MLflow logs.")]
+
 
 @app.command()
 def embed(
-    model: Annotated[
-        str, typer.Argument(help="models:/NAME@ALIAS, models:/NAME/VERSION, runs:/ID/model, or a checkpoint directory.")
-    ],
+    model: ModelArgument,
     dataset: Annotated[str, typer.Option("--dataset", "-d", help="A dataset name (newest version) or directory.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="The Parquet file to write.")],
     split: Annotated[Optional[list[str]], typer.Option(help="Splits to embed (repeatable; default: all).")] = None,
@@ -34,12 +43,10 @@ def embed(
             "--gpu/--cpu", help="Encoder actors on GPUs (default: when the cluster has them).", show_default=False
         ),
     ] = None,
-    binarize: Annotated[
-        str, typer.Option(help="For a bare checkpoint: how it was trained (threshold, dynamic or none).")
-    ] = "threshold",
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the output file if it exists.")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the result as one JSON object.")] = False,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show Ray and MLflow logs.")] = False,
+    binarize: BinarizeOption = "threshold",
+    overwrite: OverwriteOption = False,
+    as_json: JsonOption = False,
+    verbose: VerboseOption = False,
 ) -> None:
     """Encode a dataset with a registered model: row id, label, q(z|x) mean and log-variance → Parquet."""
     quiet_logs(verbose)
@@ -84,7 +91,8 @@ def deploy(
     ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show Prefect logs.")] = False,
 ) -> None:
-    """Create or update the Prefect deployments 'pipeline/NAME' and 'embed/NAME' from the pipelines file.
+    """Create or update the Prefect deployments 'pipeline/NAME', 'embed/NAME' (and 'score/NAME', 'sample/NAME'
+    for pipelines with those sections) from the pipelines file.
 
     The whole file is validated first: a bad entry changes nothing.
     """

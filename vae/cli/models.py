@@ -1,4 +1,5 @@
-"""`vae evaluate`: held-out log p(x) of a registered model or a checkpoint, with a standard error."""
+"""`vae evaluate` (held-out log p(x) of a registered model or a checkpoint, with a standard error) and
+`vae card` (a registered version's model card)."""
 
 from __future__ import annotations
 
@@ -90,7 +91,7 @@ def _evaluate(model: str, dataset: str, config, binarize: str, output: Path | No
     )
     if output is None:
         check_output_file(target, "per-example output")
-    scored = evaluation.score_checkpoint(checkpoint, dataset_path, config, mode)
+    scored = evaluation.score_checkpoint(checkpoint, dataset_path, config, mode, progress=evaluation.ProgressLine())
     per_example = evaluation.write_per_example(scored, target)
     summary = {
         **scored.summary,
@@ -121,3 +122,21 @@ def _print_summary(summary: dict) -> None:
             f"{cross_check['difference_stderr']:.3f} nats"
         )
     typer.echo(f"per-example   {summary['per_example']}")
+
+
+@app.command()
+def card(
+    model: Annotated[str, typer.Argument(help="models:/NAME@ALIAS or models:/NAME/VERSION.")],
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show MLflow logs.")] = False,
+) -> None:
+    """Print a registered version's model card (Markdown): data, model, training, evaluation, gate, use, limits."""
+    quiet_logs(verbose)
+    try:
+        from vae import registry
+
+        name, version, text = registry.version_description(model)
+    except VAEError as exc:
+        fail(str(exc))
+    if not text:
+        fail(f"model '{model}': version {version} of '{name}' has no model card (registered before cards were written)")
+    typer.echo(text, nl=not text.endswith("\n"))

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -24,6 +26,11 @@ def print_result(result: dict[str, Any]) -> None:
         f"{evaluation['bits_per_dim']:.4f} bits/dim)"
     )
     typer.echo(f"ELBO          {evaluation['elbo']:.3f} nats (gap {evaluation['elbo_gap']:.3f} ≈ KL(q(z|x) ‖ p(z|x)))")
+    if evaluation.get("active_units") is not None:
+        typer.echo(
+            f"active units  {evaluation['active_units']} of {evaluation['latent_dim']} latent dimensions "
+            "(Cov_x E_q[z_d] > 0.01)"
+        )
     typer.echo(f"dataset       {result['dataset']['name']}@{result['dataset']['version']}")
     reused = "  (training reused: data and settings unchanged)" if result.get("reused") else ""
     typer.echo(f"MLflow run    {result['run_id']}  ({result['tracking_uri']}){reused}")
@@ -64,7 +71,9 @@ def run(
     if not os.environ.get("PREFECT_API_URL"):  # the local server keeps its database there
         check_writable_dir(Path(os.environ.get("PREFECT_HOME") or "~/.prefect").expanduser(), "PREFECT_HOME")
     try:
-        result = run_pipeline(pipeline, file, workers, gpu, resume, force)
+        # With --json, stdout carries the one JSON object: the flows' progress lines go to stderr.
+        with contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
+            result = run_pipeline(pipeline, file, workers, gpu, resume, force)
     except VAEError as exc:
         fail(str(exc))
     if as_json:

@@ -1,0 +1,100 @@
+"""`vae tune` on real Ray Tune, Ray Train and the test MLflow store: a tiny search, interrupted with
+Ctrl-C (SIGINT) after the first of its two trials ends, then resumed; the finished trial is not trained again,
+MLflow holds one parent run with a child per trial, and the best trial went through the gate."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from vae import registry, tuning
+from vae.config import load_pipeline
+from vae.ingest import ingest
+
+pytestmark = pytest.mark.integration
+
+PIPELINES = """
+pipelines:
+  tune-it:
+    dataset: {name: digits, source: "sklearn:digits", validation_fraction: 0.1}
+    model: {latent_dim: 2, hidden: [16]}
+    training: {epochs: 2, batch_size: 128, workers: 1}
+    evaluation: {k: 20}
+    registry: {model_name: vae-tune-it}
+    search:
+      trials: 2
+      concurrent: 1
+      scheduler: {kind: fifo}
+      space:
+        learning_rate: {loguniform: [0.001, 0.01]}
+        latent_dim: {randint: [2, 3]}
+"""
+
+
+def _curve(run_id: str) -> list[int]:
+    """The epochs a trial's run logged its validation ELBO at (a rerun would log them twice)."""
+    history = registry.client().get_metric_history(run_id, "validation_elbo")
+    return sorted(int(metric.step) for metric in history)
+
+
+def test_an_interrupted_search_resumes_without_rerunning_finished_trials(ray_session, tmp_path):
+    path = tmp_path / "pipelines.yaml"
+    path.write_text(PIPELINES)
+    config = load_pipeline("tune-it", path)
+    dataset = ingest(config.dataset)
+
+    lines: list[str] = []
+
+    def interrupt_after_the_first_trial(line: str) -> None:
+        lines.append(line)
+        if line.startswith("trial  1/2"):
+            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C: Tune stops and saves its state
+
+    with pytest.raises(tuning.SearchInterrupted) as caught:
+        tuning.search(config, dataset, echo=interrupt_after_the_first_trial)
+    assert "--resume" in str(caught.value) and "1 of 2 trials ended" in str(caught.value)
+    folder = tuning.latest_search("tune-it")
+    finished = [p.parent.name for p in (folder / "checkpoints").glob(f"*/{tuning.TRIAL_FILE}")]
+    assert len(finished) == 1
+    [first] = finished
+    record = folder / "checkpoints" / first / tuning.TRIAL_FILE
+    written = record.stat().st_mtime_ns
+    parent = json.loads((folder / tuning.SEARCH_FILE).read_text())["parent_run_id"]
+    assert registry.client().get_run(parent).info.status == "KILLED"
+
+    resumed: list[str] = []
+    result = tuning.search(config, dataset, resume=True, echo=resumed.append)
+
+    # The finished trial was not trained again: its record is untouched, its curve logged once,
+    # and only the other trial reports in the resumed run.
+    assert record.stat().st_mtime_ns == written
+    trial_lines = [line for line in resumed if line.startswith("trial ")]
+    assert len(trial_lines) == 1 and not any(first in line for line in trial_lines)
+    children = registry.child_runs(parent)
+    assert sorted(children) == sorted(row["trial_id"] for row in result.trials) and len(children) == 2
+    for trial_id, run_id in children.items():
+        assert _curve(run_id) == [1, 2], trial_id
+        run = registry.client().get_run(run_id)
+        assert run.data.tags["mlflow.parentRunId"] == parent and "training.learning_rate" in run.data.params
+
+    # The best trial (by last validation ELBO) was scored at the pipeline's k and met the gate.
+    best = max(result.trials, key=lambda row: row["validation_elbo"])
+    assert result.best["trial_id"] == best["trial_id"] and result.best["run_id"] == children[best["trial_id"]]
+    assert result.evaluation["k"] == 20
+    version = registry.client().get_model_version("vae-tune-it", str(result.registration["version"]))
+    assert version.run_id == result.best["run_id"] and version.tags["gate"] == "promoted"
+    assert registry.client().get_model_version_by_alias("vae-tune-it", "champion").version == version.version
+    parent_run = registry.client().get_run(parent)
+    assert (
+        parent_run.info.status == "FINISHED" and parent_run.data.tags["model_uri"] == result.registration["model_uri"]
+    )
+
+    # Resuming a finished search changes nothing and says so.
+    again: list[str] = []
+    assert tuning.search(config, dataset, resume=True, echo=again.append).registration == result.registration
+    assert "already finished" in again[-1]
+    assert Path(result.folder) == folder
