@@ -122,11 +122,13 @@ class ProgressLine:
 
     def __init__(self, after: float = 5.0, stream=None):
         self.started, self.after, self.stream = time.perf_counter(), after, stream or sys.stderr
+        self.shown = False
 
     def __call__(self, done: int, total: int) -> None:
         elapsed = time.perf_counter() - self.started
-        if elapsed < self.after and done < total:
+        if elapsed < self.after and not self.shown:
             return
+        self.shown = True
         rate = done / max(elapsed, 1e-9)
         eta = (total - done) / max(rate, 1e-9)
         when = f"ETA {eta / 60:.0f} min" if eta >= 120 else f"ETA {eta:.0f} s"
