@@ -77,7 +77,7 @@ def _listening(pids: list[int]) -> list[tuple[str, str, int]]:
         try:
             process = psutil.Process(pid)
             found += [
-                (" ".join(process.cmdline())[:80], c.laddr.ip, c.laddr.port)
+                (" ".join(process.cmdline())[:400], c.laddr.ip, c.laddr.port)  # whole paths: a venv can be deep
                 for c in process.net_connections(kind="inet")
                 if c.status == psutil.CONN_LISTEN
             ]
