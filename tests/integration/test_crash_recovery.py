@@ -19,7 +19,7 @@ from mlflow import MlflowClient
 
 from vae.paths import checkpoints_dir, tracking_uri
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 PIPELINES = """\
 pipelines:

@@ -15,7 +15,7 @@ from vae import registry, tuning
 from vae.config import load_pipeline
 from vae.ingest import ingest
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 PIPELINES = """
 pipelines:
