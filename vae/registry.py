@@ -1,6 +1,6 @@
 """MLflow: runs, metrics, artifacts, model versions, aliases and the champion gate.
 
-The one home of the MLflow client (vae/serving.py holds the served model class). A pipeline run is one MLflow run; its model version is
+The one home of the MLflow client (vae/serving.py holds the served model class, built on PythonModel and RequestError from here). A pipeline run is one MLflow run; its model version is
 registered under the pipeline's model name with alias `challenger`, and `champion` moves to
 it only when its held-out NLL beats the current champion's by more than the configured margin.
 """
@@ -28,9 +28,12 @@ import mlflow.artifacts
 import mlflow.pyfunc
 import numpy as np
 from mlflow import MlflowClient
+from mlflow.types.schema import ParamSchema, ParamSpec
 from mlflow.entities import Metric, Param
 from mlflow.exceptions import MlflowException
+from mlflow.models import ModelSignature, set_model  # noqa: F401  (set_model: used by vae/mlflow_model.py)
 from mlflow.protos.databricks_pb2 import (
+    INVALID_PARAMETER_VALUE,
     INTERNAL_ERROR,
     REQUEST_LIMIT_EXCEEDED,
     RESOURCE_DOES_NOT_EXIST,
@@ -42,7 +45,6 @@ import vae
 from vae.config import PipelineConfig
 from vae.paths import artifacts_uri, tracking_uri
 from vae.errors import RegistryError
-from vae.serving import signature as serving_signature
 
 CHAMPION = "champion"
 METADATA_FILE = "metadata.json"
@@ -422,7 +424,7 @@ def _log_and_create_version(
                 name="model",
                 python_model=str(Path(__file__).with_name("mlflow_model.py")),  # models from code
                 artifacts={"checkpoint": str(checkpoint), "metadata": str(metadata)},
-                signature=serving_signature(),
+                signature=served_signature(),
                 input_example=example.astype(np.float32),
                 code_paths=[str(Path(__file__).parent)],
                 pip_requirements=[
@@ -553,3 +555,43 @@ def resolve_model_version(model_uri: str, uri: str | None = None) -> tuple[str |
         return name, str(mlflow_client.get_model_version(name, version).version)
     except MlflowException as exc:
         raise RegistryError(f"model '{model_uri}': {str(exc).splitlines()[0]}") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# MLflow's side of the served model (vae/serving.py): its base class, its request error and its
+# signature, so that MLflow is imported here only.
+
+PythonModel = mlflow.pyfunc.PythonModel
+
+
+class RequestError(MlflowException):
+    """A bad request (HTTP 400) whose message stays as written.
+
+    MLflow's scoring server prefixes every prediction error with the whole input array
+    ("Failed to predict data '…'"); this message keeps its one line.
+    """
+
+    def __init__(self, message: str):
+        super().__init__(message, error_code=INVALID_PARAMETER_VALUE)
+
+    @property
+    def message(self) -> str:
+        return self._short
+
+    @message.setter
+    def message(self, value: str) -> None:
+        if not hasattr(self, "_short"):  # the first assignment (ours) wins
+            self._short = value
+
+
+def served_signature() -> ModelSignature:
+    """No input schema (images come as (N, D) or (N, *shape), latents as (N, L)); the method is a param."""
+    return ModelSignature(
+        params=ParamSchema(
+            [
+                ParamSpec("method", "string", "encode"),
+                ParamSpec("k", "long", 1000),
+                ParamSpec("seed", "long", 0),
+            ]
+        )
+    )

@@ -20,12 +20,9 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import mlflow.pyfunc
 import numpy as np
-from mlflow.exceptions import MlflowException
-from mlflow.models import ModelSignature
-from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
-from mlflow.types.schema import ParamSchema, ParamSpec
+
+from vae.registry import PythonModel, RequestError
 
 if TYPE_CHECKING:
     import torch
@@ -34,40 +31,7 @@ METHODS = ("encode", "reconstruct", "decode", "score")
 MAX_K = 5000
 
 
-class RequestError(MlflowException):
-    """A bad request (HTTP 400) whose message stays as written.
-
-    MLflow's scoring server prefixes every prediction error with the whole input array
-    ("Failed to predict data '…'"); this message keeps its one line.
-    """
-
-    def __init__(self, message: str):
-        super().__init__(message, error_code=INVALID_PARAMETER_VALUE)
-
-    @property
-    def message(self) -> str:
-        return self._short
-
-    @message.setter
-    def message(self, value: str) -> None:
-        if not hasattr(self, "_short"):  # the first assignment (ours) wins
-            self._short = value
-
-
-def signature() -> ModelSignature:
-    """No input schema (images come as (N, D) or (N, *shape), latents as (N, L)); the method is a param."""
-    return ModelSignature(
-        params=ParamSchema(
-            [
-                ParamSpec("method", "string", "encode"),
-                ParamSpec("k", "long", 1000),
-                ParamSpec("seed", "long", 0),
-            ]
-        )
-    )
-
-
-class VAEModel(mlflow.pyfunc.PythonModel):
+class VAEModel(PythonModel):
     """A trained VAE served whole: encode, reconstruct, decode and score (see the module docstring)."""
 
     def load_context(self, context):
