@@ -13,6 +13,7 @@ import logging
 import math
 import os
 import random
+import re
 import shutil
 import subprocess
 import tempfile
@@ -269,6 +270,7 @@ class Registration:
     champion: bool
     champion_uri: str | None
     previous_champion_nll: float | None
+    gate: str = ""  # the gate's verdict, as tagged on the version ("promoted", "not promoted[: why]")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -288,6 +290,10 @@ def _gate_lock(uri: str):
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+class NotComparableError(RegistryError):
+    """The new version's NLL and the champion's measure different things (vae.registry.nll_kind)."""
 
 
 def _champion(mlflow_client, name: str):
@@ -313,6 +319,16 @@ def _nll_on(
     return nll
 
 
+def nll_kind(tags: dict[str, str]) -> str:
+    """What a version's NLL is a probability of (vae.likelihoods.DATA_KIND: binary, 8bit, dequantized,
+    continuous): its `nll_kind` tag, else the kind in its `bits_per_dim` tag's brackets, else binary
+    (versions from before colour images)."""
+    if tags.get("nll_kind"):
+        return tags["nll_kind"]
+    found = re.search(r"\((\w+)\)\s*$", tags.get("bits_per_dim", ""))
+    return found.group(1) if found else "binary"
+
+
 def _nll_key(nll: float) -> float:
     """The precision NLLs are compared at: the 6 decimals that tags before full precision kept."""
     return round(float(nll), 6)
@@ -327,6 +343,7 @@ def promote_if_better(
     margin: float,
     evaluate: Callable[[str], float] | None = None,
     settle_seconds: float = 0.2,
+    kind: str = "binary",
 ) -> tuple[bool, float | None]:
     """Move `champion` to version `number` iff its NLL beats the champion's on the same data by > margin.
 
@@ -334,8 +351,9 @@ def promote_if_better(
     was registered on another dataset version). After each write the alias is read back: a
     concurrent gate that overwrote it with a worse model is overruled, a better one stands.
     NLLs are compared rounded to 6 decimals (older versions' tags hold no more), so an identical
-    rerun ties and the champion stays. Returns (promoted, the previous champion's NLL on this
-    dataset or None).
+    rerun ties and the champion stays. NLLs of different kinds (`kind`: an exact 8-bit NLL against a
+    dequantised bound, binary pixels against 8-bit ones) are never compared: NotComparableError,
+    the champion stays. Returns (promoted, the previous champion's NLL on this dataset or None).
     """
     previous: float | None = None
     for _ in range(10):
@@ -343,6 +361,12 @@ def promote_if_better(
         if current is not None and int(current.version) == number:
             return True, previous
         if current is not None:
+            if nll_kind(current.tags) != kind:
+                raise NotComparableError(
+                    f"{name} version {number} is not compared with champion version {current.version}: its NLL "
+                    f"is of {kind} data, the champion's of "
+                    f"{nll_kind(current.tags)}; the champion stays (set the alias by hand to switch likelihoods)"
+                )
             current_nll = _nll_on(mlflow_client, name, current, dataset_version, evaluate)
             if current_nll is None:  # not comparable and no way to evaluate it: keep the champion
                 return False, None
@@ -461,30 +485,38 @@ def register_model(
             mlflow_client, name, run_id, checkpoint_dir, config.dataset.binarize, manifest, dataset, example
         )
     number = int(version.version)
+    kind = evaluation.get("bits_per_dim_kind", "binary")
     tags = {
         "dataset_hash": dataset["content_hash"],
         "dataset_version": dataset["version"],
         "test_nll": repr(float(evaluation["nll"])),  # full precision: what the gate compares
         "test_nll_stderr": repr(float(evaluation["nll_stderr"])),
         "test_nll_pm": f"{evaluation['nll']:.3f} ± {evaluation['nll_stderr']:.3f}",
-        "bits_per_dim": f"{evaluation.get('bits_per_dim', math.nan):.4f} ({evaluation.get('bits_per_dim_kind', 'binary')})",
+        "bits_per_dim": f"{evaluation.get('bits_per_dim', math.nan):.4f} ({kind})",
+        "nll_kind": kind,
         "k": str(evaluation["k"]),
         "code_version": code_version(),
     }
     for key, value in tags.items():
         mlflow_client.set_model_version_tag(name, str(number), key, value)
     mlflow_client.set_registered_model_alias(name, CHALLENGER, str(number))
+    gate = None
     with _gate_lock(uri):
-        promoted, previous = promote_if_better(
-            mlflow_client,
-            name,
-            number,
-            float(evaluation["nll"]),
-            dataset["version"],
-            config.registry.promote_margin,
-            evaluate_champion,
-        )
-    mlflow_client.set_model_version_tag(name, str(number), "gate", "promoted" if promoted else "not promoted")
+        try:
+            promoted, previous = promote_if_better(
+                mlflow_client,
+                name,
+                number,
+                float(evaluation["nll"]),
+                dataset["version"],
+                config.registry.promote_margin,
+                evaluate_champion,
+                kind=kind,
+            )
+        except NotComparableError as exc:
+            promoted, previous, gate = False, None, f"not promoted: {exc}"
+    gate = gate or ("promoted" if promoted else "not promoted")
+    mlflow_client.set_model_version_tag(name, str(number), "gate", gate)
     mlflow_client.set_tag(run_id, "model_uri", f"models:/{name}/{number}")
     return Registration(
         model_name=name,
@@ -494,6 +526,7 @@ def register_model(
         champion=promoted,
         champion_uri=f"models:/{name}@{CHAMPION}" if promoted else None,
         previous_champion_nll=previous,
+        gate=gate,
     )
 
 

@@ -74,6 +74,27 @@ def test_champion_on_another_dataset_version_is_re_evaluated_on_the_new_one(tmp_
     assert (moved.champion, moved.previous_champion_nll, len(seen)) == (True, 28.0, 1)
 
 
+def test_nlls_of_different_kinds_are_not_compared(tmp_path):
+    """A dequantised Gaussian's NLL bounds an 8-bit NLL; a discretised likelihood's is exact: the gate
+    never compares the two, whatever the numbers, and says why on the version and in the result."""
+    config = gate_config("vae-kinds")
+    first = register(config, 30.0, seed=0, workdir=tmp_path, kind="dequantized")
+    exact = register(config, 20.0, seed=1, workdir=tmp_path, kind="8bit")  # far "better", not comparable
+    assert (first.champion, exact.champion, _alias("vae-kinds", "champion")) == (True, False, "1")
+    assert exact.previous_champion_nll is None
+    assert "version 2 is not compared with champion version 1" in exact.gate and "8bit" in exact.gate
+    tags = MlflowClient(tracking_uri()).get_model_version("vae-kinds", "2").tags
+    assert (tags["gate"], tags["nll_kind"], tags["bits_per_dim"].endswith("(8bit)")) == (exact.gate, "8bit", True)
+    same_kind = register(config, 29.0, seed=2, workdir=tmp_path, kind="dequantized")
+    assert (same_kind.champion, same_kind.previous_champion_nll) == (True, 30.0)
+
+
+def test_nll_kind_of_versions_tagged_before_the_kind_tag():
+    assert registry.nll_kind({"bits_per_dim": "6.9830 (dequantized)"}) == "dequantized"
+    assert registry.nll_kind({"nll_kind": "8bit", "bits_per_dim": "7.0 (binary)"}) == "8bit"
+    assert registry.nll_kind({"test_nll": "80.1"}) == "binary"
+
+
 def _register_in_process(name: str, nll: float, seed: int, workdir: str, uri: str, start) -> None:
     start.wait()
     register(gate_config(name), nll, seed, workdir=Path(workdir), uri=uri)

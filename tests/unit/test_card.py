@@ -84,3 +84,15 @@ def test_a_card_without_active_units_has_no_such_row():
     tags = {**_gate_tags(summary), **card_tags(summary, HISTORY, registration, compared=None)}
     card = model_card(CONFIG, registration, tags, MANIFEST)
     assert "active units" not in card and "compared with none (first version)" in card
+
+
+def test_the_summary_says_why_the_champion_stayed():
+    from vae.cli.app import champion_line
+
+    promoted = {"champion": True, "champion_uri": "models:/m@champion"}
+    beaten = {"champion": False, "previous_champion_nll": 30.25, "gate": "not promoted"}
+    other_kind = {"champion": False, "previous_champion_nll": None, "gate": "not promoted: its NLL is of 8bit data"}
+    assert champion_line(promoted) == "champion      models:/m@champion"
+    assert champion_line(beaten) == "champion      unchanged (current champion NLL 30.250)"
+    assert champion_line(other_kind) == "champion      unchanged (its NLL is of 8bit data)"
+    assert champion_line({"champion": False, "previous_champion_nll": None}) == "champion      unchanged"

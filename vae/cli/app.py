@@ -90,6 +90,17 @@ def check_output_file(path: Path, flag: str) -> None:
     check_writable_dir(path.parent, f"{flag} {path}: folder")
 
 
+def champion_line(registration: dict[str, Any]) -> str:
+    """The summary's champion line: the new champion, or why the champion stayed."""
+    if registration["champion"]:
+        return f"champion      {registration['champion_uri']}"
+    previous = registration.get("previous_champion_nll")
+    if previous is not None:
+        return f"champion      unchanged (current champion NLL {previous:.3f})"
+    gate = registration.get("gate", "")
+    return "champion      unchanged" + (f" ({gate.removeprefix('not promoted: ')})" if ":" in gate else "")
+
+
 def quiet_logs(verbose: bool) -> None:
     """One line per epoch by default; --verbose lets Prefect and Ray speak."""
     quiet_environment()

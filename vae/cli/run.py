@@ -11,7 +11,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from vae.cli.app import PipelinesFile, app, check_writable_dir, fail, quiet_logs
+from vae.cli.app import champion_line, PipelinesFile, app, check_writable_dir, fail, quiet_logs
 from vae.cli.interrupts import run_pipeline
 from vae.config import DEFAULT_PIPELINES_FILE, load_pipeline, load_pipelines
 from vae.errors import VAEError
@@ -35,10 +35,7 @@ def print_result(result: dict[str, Any]) -> None:
     reused = "  (training reused: data and settings unchanged)" if result.get("reused") else ""
     typer.echo(f"MLflow run    {result['run_id']}  ({result['tracking_uri']}){reused}")
     typer.echo(f"model         {registration['model_uri']}")
-    if registration["champion"]:
-        typer.echo(f"champion      {registration['champion_uri']}")
-    else:
-        typer.echo(f"champion      unchanged (current champion NLL {registration['previous_champion_nll']:.3f})")
+    typer.echo(champion_line(registration))
 
 
 @app.command()

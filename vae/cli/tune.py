@@ -14,7 +14,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from vae.cli.app import PipelinesFile, app, check_writable_dir, fail, quiet_logs
+from vae.cli.app import champion_line, PipelinesFile, app, check_writable_dir, fail, quiet_logs
 from vae.config import DEFAULT_PIPELINES_FILE
 from vae.errors import VAEError
 
@@ -30,12 +30,7 @@ def _print_result(result: dict[str, Any]) -> None:
     )
     typer.echo(f"MLflow        parent run {result['parent_run_id']}, best trial's run {best['run_id']}")
     typer.echo(f"model         {registration['model_uri']}")
-    if registration["champion"]:
-        typer.echo(f"champion      {registration['champion_uri']}")
-    else:
-        previous = registration["previous_champion_nll"]
-        typer.echo(f"champion      unchanged (current champion NLL {previous:.3f})" if previous is not None else
-                   "champion      unchanged")  # fmt: skip
+    typer.echo(champion_line(registration))
     typer.echo(f"search        {result['folder']}  ({result['seconds']:.0f} s)")
 
 
