@@ -44,7 +44,8 @@ from vae.paths import inside
 from vae.errors import DataError, StorageError
 from vae.urls import redact_text, redact_url
 
-PATCH_SIDE, PATCH_STRIDE = 32, 16  # sklearn:sample-patches
+# sklearn:sample-patches: 32x32 patches, training ones every 8 pixels left of column 480, test ones every 16 right of it
+PATCH_SIDE, PATCH_TRAIN_STRIDE, PATCH_TEST_STRIDE, PATCH_TEST_COLUMN = 32, 8, 16, 480
 CHUNK_BYTES = 16 * 2**20  # bytes of pixels per chunk: bounds peak memory whatever the source's size
 HASH_BLOCK = 2**20
 DOWNLOAD_TIMEOUT = 60.0  # seconds without progress before a download fails
@@ -902,28 +903,34 @@ def sklearn_digits() -> Source:
     return from_arrays(images, labels, "sklearn:digits", hash_arrays(images, labels), 16.0, "sklearn")
 
 
-def sklearn_sample_patches(side: int = PATCH_SIDE, stride: int = PATCH_STRIDE) -> Source:
+def sklearn_sample_patches(
+    side: int = PATCH_SIDE, train_stride: int = PATCH_TRAIN_STRIDE, test_stride: int = PATCH_TEST_STRIDE
+) -> Source:
     """sklearn's two bundled photographs (427x640 RGB) cut into side x side patches, (3, side, side) each.
 
-    Patches start every `stride` pixels (they overlap by side - stride) and never cross a photograph's
-    edge. The rule that keeps the photographs apart: every patch of china.jpg is in part 'train' (the
-    seeded split draws validation from it), every patch of flower.jpg in part 'test', so no test pixel
-    was ever seen in training. Labels are the photograph (0 china, 1 flower).
+    The rule that keeps train and test apart: each photograph's columns [0, 480) are the training
+    region and [480, 640) the test region, and no patch crosses the boundary, so no test pixel was
+    ever trained on while both parts come from both photographs (the same kind of images). Training
+    patches start every `train_stride` pixels (50 x 57 per photograph, overlapping), test patches every
+    `test_stride` (25 x 9 per photograph); the seeded split draws validation from the training
+    patches. Labels are the photograph (0 china, 1 flower).
     """
     from sklearn.datasets import load_sample_images
 
-    bunch = load_sample_images()
-    patches = []
-    for photo in bunch.images:  # (427, 640, 3) uint8 each
-        h, w, _ = photo.shape
-        grid = [
-            photo[r : r + side, c : c + side].transpose(2, 0, 1)  # (3, side, side)
-            for r in range(0, h - side + 1, stride)
-            for c in range(0, w - side + 1, stride)
-        ]
-        patches.append(np.ascontiguousarray(np.stack(grid)))  # (n, 3, side, side)
-    labels = [np.full(len(p), i, np.int64) for i, p in enumerate(patches)]
-    digest = hash_arrays(*patches, *labels, np.array([side, stride]))
+    def cut(photo: np.ndarray, first: int, last: int, stride: int) -> np.ndarray:
+        """The patches of columns [first, last) of a (H, W, 3) photograph → (n, 3, side, side)."""
+        rows, columns = range(0, photo.shape[0] - side + 1, stride), range(first, last - side + 1, stride)
+        return np.stack([photo[r : r + side, c : c + side].transpose(2, 0, 1) for r in rows for c in columns])
+
+    photos = load_sample_images().images  # 2 x (427, 640, 3) uint8
+    train = [cut(photo, 0, PATCH_TEST_COLUMN, train_stride) for photo in photos]
+    test = [cut(photo, PATCH_TEST_COLUMN, photo.shape[1], test_stride) for photo in photos]
+    train_images, test_images = np.concatenate(train), np.concatenate(test)  # (n, 3, side, side) each
+    train_labels = np.concatenate([np.full(len(p), i, np.int64) for i, p in enumerate(train)])
+    test_labels = np.concatenate([np.full(len(p), i, np.int64) for i, p in enumerate(test)])
+    digest = hash_arrays(
+        train_images, test_images, train_labels, test_labels, np.array([side, train_stride, test_stride])
+    )
     uri = SAMPLE_PATCHES
 
     def part(name: str, images: np.ndarray, label: np.ndarray) -> Part:
@@ -933,7 +940,7 @@ def sklearn_sample_patches(side: int = PATCH_SIDE, stride: int = PATCH_STRIDE) -
 
         return Part(name, f"{uri}[{name}]", int(images.shape[0]), read)
 
-    parts = (part("train", patches[0], labels[0]), part("test", patches[1], labels[1]))
+    parts = (part("train", train_images, train_labels), part("test", test_images, test_labels))
     return Source(
         uri, "sklearn", digest, (3, side, side), np.dtype(np.uint8), True, parts, 255.0, ("china", "flower"), "CHW"
     )

@@ -39,7 +39,7 @@ def test_colour_patches_registers_a_discretised_logistic_model_with_8bit_bits_pe
     assert pipeline_result.is_completed()
     result = pipeline_result.result()
     evaluation = result["evaluation"]
-    assert evaluation["bits_per_dim_kind"] == "8bit" and evaluation["n"] == 975  # all of flower.jpg's patches
+    assert evaluation["bits_per_dim_kind"] == "8bit" and evaluation["n"] == 450  # all test patches
     assert evaluation["bits_per_dim"] == pytest.approx(evaluation["nll"] / (3072 * np.log(2)))
     champion = MlflowClient(tracking_uri()).get_model_version_by_alias("vae-colour-e2e", "champion")
     assert champion.tags["bits_per_dim"] == f"{evaluation['bits_per_dim']:.4f} (8bit)"

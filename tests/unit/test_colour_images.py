@@ -190,21 +190,29 @@ def test_rgb_image_folders_are_stored_channel_major(tmp_path):
     assert sorted(map(bytes, stored)) == sorted(map(bytes, images.transpose(0, 3, 1, 2).reshape(2, -1)))
 
 
-def test_sample_patches_keep_the_two_photographs_apart(tmp_path):
+def test_sample_patches_keep_train_and_test_regions_apart(tmp_path):
     from sklearn.datasets import load_sample_images
 
     config = DatasetConfig(name="patches", source="sklearn:sample-patches", validation_fraction=0.1)
     ref = ingest(config, root=tmp_path)
     manifest = read_manifest(ref.path)
-    assert manifest["rows"] == {"train": 877, "validation": 98, "test": 975}  # 25 x 39 patches per photo
+    # 2 photos x 50 x 57 training patches (stride 8), 2 x 25 x 9 test patches (stride 16)
+    assert manifest["rows"] == {"train": 5130, "validation": 570, "test": 450}
     assert manifest["shape"] == [3, 32, 32] and manifest["layout"] == "CHW"
     train, train_labels = load_split(ref.path, "train")
     validation, validation_labels = load_split(ref.path, "validation")
     test, test_labels = load_split(ref.path, "test")
-    assert set(train_labels) == set(validation_labels) == {0} and set(test_labels) == {1}
+    assert set(train_labels) == set(validation_labels) == set(test_labels) == {0, 1}  # both photographs
     china, flower = load_sample_images().images
-    np.testing.assert_array_equal(test[0].reshape(3, 32, 32), flower[:32, :32].transpose(2, 0, 1))
-    np.testing.assert_array_equal(test[40].reshape(3, 32, 32), flower[16:48, 16:48].transpose(2, 0, 1))
+    np.testing.assert_array_equal(test[0].reshape(3, 32, 32), china[:32, 480:512].transpose(2, 0, 1))
+    np.testing.assert_array_equal(test[225 + 10].reshape(3, 32, 32), flower[16:48, 496:528].transpose(2, 0, 1))
+    # No test pixel in training: every training patch lies left of column 480 (the rightmost starts at 448).
+    seen = np.concatenate([train, validation]).reshape(-1, 3, 32, 32)
+    left = {bytes(china[r : r + 32, c : c + 32].transpose(2, 0, 1)) for r in range(0, 396, 8) for c in range(0, 449, 8)}
+    left |= {
+        bytes(flower[r : r + 32, c : c + 32].transpose(2, 0, 1)) for r in range(0, 396, 8) for c in range(0, 449, 8)
+    }
+    assert {bytes(p) for p in seen} <= left and len(seen) == 5700
     assert not {bytes(r) for r in test} & {bytes(r) for r in np.concatenate([train, validation])}
 
 
