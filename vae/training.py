@@ -473,6 +473,22 @@ def shard_bytes(manifest: dict[str, Any], workers: int) -> int:
     return math.ceil(rows / workers) * int(math.prod(manifest["shape"])) * itemsize
 
 
+def check_pixels(config: PipelineConfig, dataset: DatasetRef) -> None:
+    """An 8-bit likelihood needs a dataset of 8-bit pixels: one line before any worker starts.
+
+    The config alone cannot know (digits hold 0..16, `dataset.max_value` may be unset); the manifest can.
+    """
+    if not config.model.eight_bit:
+        return
+    high = float(read_manifest(dataset.path)["value_range"][1])
+    if high != 255:
+        what = "dequantize" if config.model.dequantize else f"likelihood '{config.model.likelihood}'"
+        raise VAEError(
+            f"dataset '{dataset.name}' holds pixels 0..{high:g} (its manifest's value_range): model {what} "
+            "needs 8-bit pixels 0..255; use an 8-bit source or a bernoulli/gaussian likelihood"
+        )
+
+
 def _plan(
     config: PipelineConfig, dataset: DatasetRef, workers: int, staging: Path, resume_from: str | None
 ) -> WorkerPlan:
@@ -589,6 +605,7 @@ def train(
             raise VAEError(f"--resume: no checkpoint of pipeline '{config.name}' under {storage}")
         if echo:
             echo(f"resuming from {resume_from}")
+    check_pixels(config, dataset)
     num_workers = workers or training.workers
     ensure_ray(num_workers * training.cpus_per_worker)
     ray.data.DataContext.get_current().enable_progress_bars = False
