@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
 from pydantic import (
@@ -20,8 +20,10 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    SerializerFunctionWrapHandler,
     ValidationError,
     field_serializer,
+    model_serializer,
     model_validator,
 )
 
@@ -155,6 +157,19 @@ class ModelConfig(_Frozen):
     Likelihoods: `bernoulli` (binary pixels), `gaussian` (continuous; with `dequantize` a bound
     on 8-bit pixels), and for 8-bit pixels `discretized_logistic`, `logistic_mixture` (with
     `components`) and `categorical` (vae.likelihoods).
+
+    Stronger families (vae.families), built for the `mlp` architecture and the `bernoulli` and
+    `gaussian` likelihoods (without `dequantize`); anything else is refused in one line:
+    - `prior: vampprior`: p(z) = 1/K sum_k q(z|u_k) over K = `pseudo_inputs` learned pseudo-images u_k
+      (Tomczak & Welling 2018, Eq. 9; they use K = 500). Default `standard`: p(z) = N(0, I).
+    - `body: gated`: every hidden layer a gated linear unit h = (W x + b) * sigmoid(V x + c)
+      (GatedDense; Tomczak & Welling use 300 units); `activation` is then unused. Default `mlp`.
+    - `levels: 2`: q(z1|x) q(z2|z1), p(z2) = N(0, I) p(z1|z2) p(x|z1) (Burda et al. 2016, two stochastic
+      layers): z1 has `latent_dim` dimensions, z2 `latent_dim2`, and the nets between them the widths
+      `latent_hidden` (Burda et al.: latent 100 + 50, hidden [200, 200], latent_hidden [100, 100], tanh).
+      Its top prior is N(0, I): `prior: vampprior` with `levels: 2` is refused.
+    With all four at their defaults the model is vae.model.VAE, unchanged, and the family fields are
+    left out of model_dump (checkpoints, MLflow params and cache keys of existing pipelines stay as they were).
     """
 
     architecture: Literal["mlp", "conv"] = "mlp"
@@ -172,6 +187,21 @@ class ModelConfig(_Frozen):
     # Gaussian likelihood only: uniform dequantisation of 8-bit pixels, x~ = (x + u)/256, with the
     # -D log 256 of the change of variables in log p(x|z), so its NLL bounds an 8-bit one.
     dequantize: bool = False
+    # The stronger families (see above); at these defaults the model is the standard VAE.
+    prior: Literal["standard", "vampprior"] = "standard"
+    pseudo_inputs: Int = Field(500, ge=1)  # vampprior only: K pseudo-inputs
+    body: Literal["mlp", "gated"] = "mlp"
+    levels: Int = Field(1, ge=1, le=2)
+    latent_dim2: Int | None = Field(None, ge=1)  # levels 2 only: dimensions of the top level z2
+    latent_hidden: tuple[Int, ...] = (100, 100)  # levels 2 only: widths of the nets between z1 and z2
+    FAMILY_FIELDS: ClassVar[tuple[str, ...]] = (
+        "prior",
+        "pseudo_inputs",
+        "body",
+        "levels",
+        "latent_dim2",
+        "latent_hidden",
+    )
 
     @model_validator(mode="after")
     def _hidden_positive(self) -> "ModelConfig":
@@ -182,6 +212,54 @@ class ModelConfig(_Frozen):
         if self.dequantize and self.likelihood != "gaussian":
             raise ValueError(f"dequantize applies to the gaussian likelihood only, got likelihood '{self.likelihood}'")
         return self
+
+    @model_validator(mode="after")
+    def _family_is_built(self) -> "ModelConfig":
+        """The family fields name a model vae.families builds, or one line says which field does not."""
+        defaults = type(self).model_fields
+        if self.pseudo_inputs != defaults["pseudo_inputs"].default and self.prior != "vampprior":
+            raise ValueError(f"pseudo_inputs applies to prior 'vampprior' only, got prior '{self.prior}'")
+        if self.levels == 2 and self.latent_dim2 is None:
+            raise ValueError("levels 2 needs latent_dim2, the dimensions of the second latent level (e.g. 50)")
+        if self.levels == 1 and self.latent_dim2 is not None:
+            raise ValueError(f"latent_dim2 applies to levels 2 only, got levels 1 and latent_dim2 {self.latent_dim2}")
+        if self.levels == 1 and self.latent_hidden != defaults["latent_hidden"].default:
+            raise ValueError(f"latent_hidden applies to levels 2 only, got levels 1 and {list(self.latent_hidden)}")
+        if any(h < 1 for h in self.latent_hidden):
+            raise ValueError(f"every latent_hidden width must be >= 1, got {list(self.latent_hidden)}")
+        if not self.family:
+            return self
+        what = next(
+            f"{name} {value!r}" if isinstance(value, str) else f"{name} {value}"
+            for name, value in (("prior", self.prior), ("body", self.body), ("levels", self.levels))
+            if value != defaults[name].default
+        )
+        if self.prior == "vampprior" and self.levels == 2:
+            raise ValueError("prior 'vampprior' with levels 2 is not built (the two-level VAE's top prior is N(0, I))")
+        if self.architecture != "mlp":
+            raise ValueError(f"{what} is built for architecture 'mlp' only, got architecture '{self.architecture}'")
+        if self.likelihood not in ("bernoulli", "gaussian"):
+            raise ValueError(
+                f"{what} is built for likelihood 'bernoulli' or 'gaussian' only, got likelihood '{self.likelihood}'"
+            )
+        if self.dequantize:
+            raise ValueError(f"{what} is not built with dequantize: true (set dequantize: false)")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _family_fields_when_used(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """Leave the family fields out at their defaults: a standard VAE's dump (checkpoint model_config,
+        MLflow params, Prefect cache keys) is the same as before the families could be chosen."""
+        data = handler(self)
+        for name in self.FAMILY_FIELDS:
+            if getattr(self, name) == type(self).model_fields[name].default:
+                data.pop(name, None)
+        return data
+
+    @property
+    def family(self) -> bool:
+        """Whether this is a vae.families model (a VampPrior, a gated body or two levels), not vae.model.VAE."""
+        return self.prior != "standard" or self.body != "mlp" or self.levels != 1
 
     @property
     def eight_bit(self) -> bool:
@@ -346,6 +424,8 @@ SEARCHABLE = {
     "latent_dim": "model",
     "hidden": "model",
     "architecture": "model",
+    "prior": "model",
+    "body": "model",
 }
 
 
@@ -392,6 +472,8 @@ class SearchSpace(_Frozen):
     latent_dim: Distribution | None = None
     hidden: Distribution | None = None
     architecture: Distribution | None = None
+    prior: Distribution | None = None  # standard | vampprior (with the pipeline's pseudo_inputs, default 500)
+    body: Distribution | None = None  # mlp | gated
 
     @model_validator(mode="after")
     def _draws_fit_the_schema(self) -> "SearchSpace":

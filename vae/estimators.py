@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from vae.likelihoods import BITS_PER_DIM_UNIT
-from vae.model import VAE
+from vae.model import VAE, Model
 
 # What bits/dim means for each kind of likelihood (VAE.bits_per_dim_kind): NLL / (D ln 2) either way.
 BITS_PER_DIM_MEANING = {
@@ -272,9 +272,9 @@ def _hmc_transition(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One HMC transition leaving f_beta invariant: leapfrog, then Metropolis-Hastings (Neal 2011).
 
-    z: (C, N, L) → new z (C, N, L) and the acceptances (C, N).
+    z: (C, N, S) → new z (C, N, S) and the acceptances (C, N).
     """
-    momentum = torch.randn(z.shape, generator=generator, device=z.device)  # (C, N, L)
+    momentum = torch.randn(z.shape, generator=generator, device=z.device)  # (C, N, S)
     energy, grad = energy_and_grad(z, beta)
     h_start = energy + 0.5 * (momentum**2).sum(-1)  # (C, N)
     z_new, p_new = z.clone(), momentum - 0.5 * eps * grad
@@ -291,7 +291,7 @@ def _hmc_transition(
 
 
 def annealed_importance_sampling(
-    model: VAE,
+    model: Model,
     x: torch.Tensor,
     *,
     steps: int = 500,
@@ -301,40 +301,43 @@ def annealed_importance_sampling(
     target_acceptance: float = 0.65,
     seed: int = 0,
 ) -> AISEstimate:
-    """log p(x) by AIS from the prior p(z) to the posterior along f_t(z) = p(z) p(x|z)^b_t.
+    """log p(x) by AIS from the prior p(s) to the posterior along f_t(s) = p(s) p(x|s)^b_t.
 
-    log w = sum_t (b_t - b_{t-1}) log p(x | z_{t-1}),  z_t ~ HMC leaving f_t invariant  (Neal 2001, Eq. 3)
+    log w = sum_t (b_t - b_{t-1}) log p(x | s_{t-1}),  s_t ~ HMC leaving f_t invariant  (Neal 2001, Eq. 3)
     p̂(x) = mean over chains of w, an unbiased estimate of p(x). x: (N, D) → (N,)
+    s is the model's full latent state: z for vae.model.VAE (p(z) = N(0, I)), [z1, z2] for a two-level
+    vae.families model; the model supplies sample_prior, log_prior, log_likelihood_state and state_dim.
     """
     model.eval()
     generator = torch.Generator(device=x.device).manual_seed(seed)
-    n, latent = x.shape[0], model.latent_dim
+    n = x.shape[0]
     betas = sigmoid_schedule(steps).tolist()
-    z = torch.randn((chains, n, latent), generator=generator, device=x.device)  # (C, N, L) ~ p(z)
+    with torch.no_grad():
+        s = model.sample_prior(chains * n, generator).reshape(chains, n, model.state_dim)  # (C, N, S) ~ p(s)
     log_w = torch.zeros((chains, n), dtype=torch.float64, device=x.device)  # (C, N)
     eps = torch.full((1, n, 1), step_size, device=x.device)  # per-example step size, adapted
     accepted = 0.0
 
     u = block_uniform(model.data_dim, 0, n, seed, x.device) if model.dequantized else None  # (N, D): fixed x~
 
-    def log_lik(z_: torch.Tensor) -> torch.Tensor:
-        return model.log_likelihood(x, z_, None, u)  # (C, N)
+    def log_lik(s_: torch.Tensor) -> torch.Tensor:
+        return model.log_likelihood_state(x, s_, u)  # (C, N)
 
-    def energy_and_grad(z_: torch.Tensor, beta: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """U(z) = -log f_b(z) and its gradient. (C, N, L) → (C, N), (C, N, L)"""
+    def energy_and_grad(s_: torch.Tensor, beta: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """U(s) = -log p(s) - b log p(x|s) and its gradient. (C, N, S) → (C, N), (C, N, S)"""
         with torch.enable_grad():
-            z_ = z_.detach().requires_grad_(True)
-            energy = 0.5 * (z_**2).sum(-1) - beta * log_lik(z_)  # (C, N)
-            (grad,) = torch.autograd.grad(energy.sum(), z_)
+            s_ = s_.detach().requires_grad_(True)
+            energy = -model.log_prior(s_) - beta * log_lik(s_)  # (C, N)
+            (grad,) = torch.autograd.grad(energy.sum(), s_)
         return energy.detach(), grad
 
     with torch.no_grad():
-        current_ll = log_lik(z)
+        current_ll = log_lik(s)
     for t in range(1, steps + 1):
         log_w += (betas[t] - betas[t - 1]) * current_ll.double()
-        z, accept = _hmc_transition(z, betas[t], eps, energy_and_grad, leapfrog_steps, generator)
+        s, accept = _hmc_transition(s, betas[t], eps, energy_and_grad, leapfrog_steps, generator)
         with torch.no_grad():
-            current_ll = log_lik(z)
+            current_ll = log_lik(s)
         rate = accept.double().mean(0)  # (N,) acceptance over chains
         accepted += float(rate.mean())
         # Nudge each example's step size toward the target acceptance (Wu et al. 2017, Sec. 4).

@@ -1,6 +1,7 @@
 """Score a model on a dataset split: load, prepare inputs, estimate log p(x) locally or across Ray.
 
-Glue between the pure estimators (vae.estimators), the stored data (vae.data) and Ray tasks.
+Glue between the pure estimators (vae.estimators; vae.family_evaluation for the VampPrior, gated
+and two-level families), the stored data (vae.data) and Ray tasks.
 Every example draws its noise from its own seeded stream, so splitting the set across workers
 gives the same numbers as one process.
 """
@@ -23,8 +24,9 @@ from vae.config import EvaluationConfig
 from vae.datasets import check_pixels, dataset_problem, load_split, read_manifest
 from vae.inputs import prepare_inputs
 from vae.errors import DataError
-from vae.estimators import LogLikelihoodEstimate, device_memory_budget, estimate_log_likelihood
-from vae.model import VAE, load_checkpoint, model_from_state
+from vae.estimators import LogLikelihoodEstimate, device_memory_budget
+from vae.family_evaluation import log_likelihood_estimator
+from vae.model import Model, load_checkpoint, model_from_state
 
 
 @dataclass(frozen=True)
@@ -83,7 +85,7 @@ PROGRESS_IMAGES = 512  # images per progress step (results do not depend on it: 
 
 
 def estimate_on_device(
-    model: VAE,
+    model: Model,
     x: torch.Tensor,
     config: EvaluationConfig,
     first_index: int = 0,
@@ -92,16 +94,20 @@ def estimate_on_device(
 ) -> LogLikelihoodEstimate:
     """Estimate on `device`: on a GPU the batch and decoder chunks are sized from its free memory.
 
+    A vae.families model is estimated from its own log-weights (vae.family_evaluation), with the
+    same per-example noise streams (block_noise by global index) and the same summary fields.
+
     With `progress`, the images go in steps of PROGRESS_IMAGES (identical numbers: an example's
     noise depends only on its index) and progress(done, total) is called after each step.
     """
     device = device or evaluation_device(config)
     budget = device_memory_budget(device, config.max_memory_mb * 2**20)
     model = model.to(device)
+    estimate = log_likelihood_estimator(model)  # the family's own log-weights for a vae.families model
     step = x.shape[0] if progress is None or device.type == "cuda" else PROGRESS_IMAGES
     parts = []
     for start in range(0, x.shape[0], step):
-        parts.append(estimate_log_likelihood(
+        parts.append(estimate(
             model, x[start : start + step].to(device), config.k,
             batch_size=None if device.type == "cuda" else config.batch_size, max_memory_bytes=budget,
             seed=config.seed, first_index=first_index + start, tf32=config.tf32 and device.type == "cuda",
@@ -143,7 +149,7 @@ def _estimate_shard(state: dict[str, Any], x: torch.Tensor, config: EvaluationCo
 
 
 def estimate_across_workers(
-    model: VAE, state: dict[str, Any], x: torch.Tensor, config: EvaluationConfig
+    model: Model, state: dict[str, Any], x: torch.Tensor, config: EvaluationConfig
 ) -> LogLikelihoodEstimate:
     """Split x into contiguous shards, one Ray task each (a GPU each when asked), and concatenate in order."""
     import ray
@@ -206,10 +212,12 @@ ACTIVE_UNIT_THRESHOLD = 0.01
 
 
 @torch.no_grad()
-def active_units(model: VAE, x: torch.Tensor, batch_size: int = 4096) -> int:
+def active_units(model: Model, x: torch.Tensor, batch_size: int = 4096) -> int:
     """Latent dimensions the model uses: A_u = #{d : Cov_x(E_q(z|x)[z_d]) > 0.01}.
 
-    Burda, Grosse & Salakhutdinov (2016), Sec. 5.2. x: (N, D) → an int in [0, L].
+    Burda, Grosse & Salakhutdinov (2016), Sec. 5.2. x: (N, D) → an int in [0, L]. For a two-level
+    model these are the units of the first level z1 (encode() is q(z1|x); latent_dim is L1): the
+    level the decoder reads. The top level z2's E_q[z2] would need z1 sampled, so it is not counted.
     """
     model.eval()
     means = torch.cat(
@@ -283,7 +291,7 @@ def ais_cross_check(
     steps: int,
 ) -> dict[str, float]:
     """AIS (HMC) on the first `images` examples against the IS estimates of the same examples."""
-    from vae.estimators import annealed_importance_sampling
+    from vae.estimators import annealed_importance_sampling  # any model: VAE or vae.families
 
     model, _ = load_checkpoint(checkpoint_dir)
     x, _ = load_inputs(dataset_path, config.split, model.data_dim, binarize, config.seed)

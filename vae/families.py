@@ -34,15 +34,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vae.config import ModelConfig
 from vae.errors import VAEError
-from vae.model import (
+from vae.objectives import (
     LOG_2PI,
+    ELBOTerms,
     bernoulli_log_likelihood,
     diagonal_normal_log_density,
+    gaussian_kl,
     gaussian_log_likelihood,
     standard_normal_log_density,
 )
-from vae.objectives import ELBOTerms, gaussian_kl
 
 Body = Literal["mlp", "gated"]
 Likelihood = Literal["bernoulli", "gaussian"]
@@ -107,6 +109,10 @@ class LatentFamily(nn.Module):
     latent_dim: int  # dimensions of encode()'s mean and of decode()'s input
     noise_dim: int  # standard normals per posterior sample of the full latent state
     state_dim: int  # dimensions S of the full latent state
+    config: ModelConfig | None = None  # set by build_family: what the checkpoint stores
+    # What code written for vae.model.VAE asks of any model: no 8-bit likelihood, no dequantisation.
+    eight_bit = False
+    dequantized = False
 
     def __init__(self, data_dim: int, likelihood: Likelihood, gaussian_std: float | None):
         super().__init__()
@@ -137,12 +143,30 @@ class LatentFamily(nn.Module):
         out = self.decode(z)
         return torch.sigmoid(out) if self.likelihood == "bernoulli" else out
 
+    def sample_image(self, z: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """x ~ p(x|z) for the decoder's latent z, as vae.model.VAE.sample_image. z: (..., L) → (..., D)"""
+        out = self.decode(z)  # (..., D)
+        if self.likelihood == "bernoulli":
+            u = torch.rand(out.shape, generator=generator, dtype=out.dtype, device=out.device)
+            return (u < torch.sigmoid(out)).to(out.dtype)
+        eps = torch.randn(out.shape, generator=generator, dtype=out.dtype, device=out.device)
+        return out + torch.exp(self.log_std) * eps
+
+    @property
+    def bits_per_dim_kind(self) -> str:
+        """What NLL / (D ln 2) counts (vae.estimators.BITS_PER_DIM_MEANING): 'binary' or 'continuous'."""
+        return "binary" if self.likelihood == "bernoulli" else "continuous"
+
     def decoder_latent(self, state: torch.Tensor) -> torch.Tensor:
         """The part of the full latent state the decoder reads. (..., S) → (..., L)"""
         return state
 
-    def log_likelihood_state(self, x: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
-        """log p(x|s) for a full latent state. x: (B, D), state: (..., B, S) → (..., B)"""
+    def log_likelihood_state(
+        self, x: torch.Tensor, state: torch.Tensor, noise: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """log p(x|s) for a full latent state. x: (B, D), state: (..., B, S) → (..., B)
+
+        `noise` (dequantisation, vae.model.VAE's) does not apply to the families and is ignored."""
         return self.log_likelihood(x, self.decoder_latent(state))
 
     def log_joint(self, x: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
@@ -380,3 +404,31 @@ def family_iwae_bound(
 ) -> torch.Tensor:
     """L_k(x) = log 1/k sum_i w_i for any family (Burda et al. 2016, Eq. 8). x: (B, D) → (B,)"""
     return model.iwae_bound(x, k, generator)
+
+
+def build_family(config: ModelConfig, data_dim: int) -> LatentFamily:
+    """The vae.families model a ModelConfig with `config.family` names (vae.config.ModelConfig's checks
+    have already refused what is not built). x: (B, D) with D = data_dim."""
+    common = dict(body=config.body, activation=config.activation, likelihood=config.likelihood)
+    if config.levels == 2:
+        model: LatentFamily = TwoLevelVAE(
+            data_dim,
+            (config.latent_dim, config.latent_dim2),
+            config.hidden,
+            config.latent_hidden,
+            gaussian_std=config.gaussian_std,
+            **common,
+        )
+    else:
+        prior = "vamp" if config.prior == "vampprior" else "standard"
+        model = OneLevelVAE(
+            data_dim,
+            config.latent_dim,
+            config.hidden,
+            prior=prior,
+            pseudo_inputs=config.pseudo_inputs,
+            gaussian_std=config.gaussian_std,
+            **common,
+        )
+    model.config = config
+    return model

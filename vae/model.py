@@ -1,4 +1,7 @@
-"""Encoder q(z|x), prior p(z) = N(0, I), decoder p(x|z) and its likelihoods.
+"""Encoder q(z|x), prior p(z) = N(0, I), decoder p(x|z) and its likelihoods; build_model and checkpoints.
+
+build_model also builds the stronger families of vae.families (VampPrior, gated body, two levels)
+when the ModelConfig asks for one; a checkpoint's model_config rebuilds the same class.
 
 Shapes: B images, D = prod(image shape) pixels, L latent dimensions, K samples per image.
 """
@@ -17,39 +20,20 @@ from vae import likelihoods
 from vae.config import ModelConfig
 from vae.conv import conv_nets
 from vae.errors import VAEError
+from vae.families import LatentFamily, build_family
+from vae.objectives import (  # the log densities live with the objectives; imported from here by older code
+    LOG_2PI as LOG_2PI,
+    bernoulli_log_likelihood as bernoulli_log_likelihood,
+    diagonal_normal_log_density as diagonal_normal_log_density,
+    gaussian_log_likelihood as gaussian_log_likelihood,
+    standard_normal_log_density as standard_normal_log_density,
+)
 
-LOG_2PI = math.log(2.0 * math.pi)
 CHECKPOINT_FILE = "checkpoint.pt"
 # Where 8-bit likelihoods' scales start: a logistic scale of e^-2 in [-1, 1] units (about 17 pixel
 # levels) and, for the dequantised Gaussian, a std of e^-2.5 on [0, 1] (about 21 levels) alike.
 INITIAL_LOG_SCALE = -2.0
 INITIAL_DEQUANTIZED_LOG_STD = -2.5
-
-
-def bernoulli_log_likelihood(x: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-    """log p(x|z) = sum_d x_d l_d - softplus(l_d), the stable form of x log s(l) + (1-x) log(1-s(l)).
-
-    x: (..., D) in {0, 1}; logits: (..., D) → (...,)
-    """
-    return (x * logits - F.softplus(logits)).sum(-1)
-
-
-def gaussian_log_likelihood(x: torch.Tensor, mean: torch.Tensor, log_std: torch.Tensor) -> torch.Tensor:
-    """log N(x; mean, diag exp(2 log_std)) = -sum_d [ (x_d-m_d)^2 / 2s_d^2 + log s_d + log(2pi)/2 ].
-
-    x, mean: (..., D); log_std broadcasts to (..., D) → (...,)
-    """
-    return -(0.5 * ((x - mean) * torch.exp(-log_std)) ** 2 + log_std + 0.5 * LOG_2PI).sum(-1)
-
-
-def standard_normal_log_density(z: torch.Tensor) -> torch.Tensor:
-    """log N(z; 0, I). z: (..., L) → (...,)"""
-    return -0.5 * (z**2 + LOG_2PI).sum(-1)
-
-
-def diagonal_normal_log_density(z: torch.Tensor, mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-    """log N(z; mean, diag exp(logvar)). z, mean, logvar broadcast to (..., L) → (...,)"""
-    return -0.5 * ((z - mean) ** 2 * torch.exp(-logvar) + logvar + LOG_2PI).sum(-1)
 
 
 def mlp(sizes: list[int], activation: str) -> nn.Sequential:
@@ -232,16 +216,54 @@ class VAE(nn.Module):
             return torch.floor(likelihoods.LEVELS * x).clamp(0, 255) / 255.0
         return x
 
+    # --- the latent state, as vae.families models expose it (AIS, prior samples) -------------------
+
+    @property
+    def state_dim(self) -> int:
+        """Dimensions of the full latent state: z itself."""
+        return self.config.latent_dim
+
+    def log_prior(self, z: torch.Tensor) -> torch.Tensor:
+        """log p(z) = log N(z; 0, I). z: (..., L) → (...,)"""
+        return standard_normal_log_density(z)
+
+    def sample_prior(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """z ~ N(0, I) on the model's device. → (n, L)"""
+        weight = next(self.parameters())
+        return torch.randn((n, self.latent_dim), generator=generator, device=weight.device, dtype=weight.dtype)
+
+    def decoder_latent(self, state: torch.Tensor) -> torch.Tensor:
+        """The latent the decoder reads: the whole state. (..., L) → (..., L)"""
+        return state
+
+    def log_likelihood_state(
+        self, x: torch.Tensor, state: torch.Tensor, noise: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """log p(x|z) for the state z, with `noise` the fixed dequantisation u (B, D) when dequantised.
+
+        x: (B, D), state: (..., B, L) → (..., B)
+        """
+        return self.log_likelihood(x, state, None, noise)
+
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.encode(x)
 
 
-def build_model(config: ModelConfig, data_dim: int, image_shape: tuple[int, ...] | None = None) -> VAE:
+Model = VAE | LatentFamily  # what build_model returns: the standard VAE or a vae.families model
+
+
+def build_model(config: ModelConfig, data_dim: int, image_shape: tuple[int, ...] | None = None) -> Model:
+    """The model `config` names: vae.model.VAE, or with a VampPrior, gated body or two levels
+    (config.family) the vae.families model (vae.families.build_family)."""
+    if config.family:
+        return build_family(config, data_dim)
     return VAE(config, data_dim, image_shape)
 
 
-def model_from_state(state: dict[str, Any]) -> VAE:
-    """The VAE a checkpoint's contents describe (model_config, data_dim, image_shape, weights), in eval mode."""
+def model_from_state(state: dict[str, Any]) -> Model:
+    """The model a checkpoint's contents describe (model_config, data_dim, image_shape, weights), in eval mode.
+
+    model_config decides the class (build_model), so a family checkpoint rebuilds its family."""
     model = build_model(ModelConfig(**state["model_config"]), int(state["data_dim"]), state.get("image_shape"))
     model.load_state_dict(state["model"])
     return model.eval()
@@ -256,7 +278,7 @@ def read_checkpoint_state(checkpoint_dir: str | Path) -> dict[str, Any]:
         raise VAEError(f"{path}: checkpoint not found (expected a training checkpoint directory)") from None
 
 
-def load_checkpoint(checkpoint_dir: str | Path) -> tuple[VAE, dict[str, Any]]:
-    """Rebuild the VAE from a training checkpoint directory."""
+def load_checkpoint(checkpoint_dir: str | Path) -> tuple[Model, dict[str, Any]]:
+    """Rebuild the model (VAE or family, as its model_config says) from a training checkpoint directory."""
     state = read_checkpoint_state(checkpoint_dir)
     return model_from_state(state), state

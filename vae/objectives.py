@@ -1,17 +1,50 @@
-"""Training objectives as pure tensor functions: the ELBO and the IWAE bound.
+"""Training objectives as pure tensor functions: the ELBO, the IWAE bound and the log densities they sum.
 
 log p(x) >= E_q[log p(x|z) + log p(z) - log q(z|x)]              (ELBO, by Jensen)
 log p(x) - ELBO = KL(q(z|x) || p(z|x))                             (the gap, exactly)
 log p(x) >= E[log 1/k sum_i p(x, z_i) / q(z_i|x)], z_i ~ q(z|x)    (IWAE, Burda et al. 2016, Eq. 8)
+
+`elbo` and `iwae_bound` take a vae.model.VAE (p(z) = N(0, I), one latent layer) or a vae.families
+model, which brings its own `elbo_terms` / `iwae_bound` (a VampPrior, two stochastic layers).
+This module imports no other of ours, so vae.model and vae.families can both build on it.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 
-from vae.model import VAE, diagonal_normal_log_density, standard_normal_log_density
+LOG_2PI = math.log(2.0 * math.pi)
+
+
+def bernoulli_log_likelihood(x: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """log p(x|z) = sum_d x_d l_d - softplus(l_d), the stable form of x log s(l) + (1-x) log(1-s(l)).
+
+    x: (..., D) in {0, 1}; logits: (..., D) → (...,)
+    """
+    return (x * logits - F.softplus(logits)).sum(-1)
+
+
+def gaussian_log_likelihood(x: torch.Tensor, mean: torch.Tensor, log_std: torch.Tensor) -> torch.Tensor:
+    """log N(x; mean, diag exp(2 log_std)) = -sum_d [ (x_d-m_d)^2 / 2s_d^2 + log s_d + log(2pi)/2 ].
+
+    x, mean: (..., D); log_std broadcasts to (..., D) → (...,)
+    """
+    return -(0.5 * ((x - mean) * torch.exp(-log_std)) ** 2 + log_std + 0.5 * LOG_2PI).sum(-1)
+
+
+def standard_normal_log_density(z: torch.Tensor) -> torch.Tensor:
+    """log N(z; 0, I). z: (..., L) → (...,)"""
+    return -0.5 * (z**2 + LOG_2PI).sum(-1)
+
+
+def diagonal_normal_log_density(z: torch.Tensor, mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """log N(z; mean, diag exp(logvar)). z, mean, logvar broadcast to (..., L) → (...,)"""
+    return -0.5 * ((z - mean) ** 2 * torch.exp(-logvar) + logvar + LOG_2PI).sum(-1)
 
 
 def gaussian_kl(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
@@ -35,9 +68,9 @@ def sample_latents(
 
 
 def log_importance_weights(
-    model: VAE, x: torch.Tensor, mean: torch.Tensor, logvar: torch.Tensor, z: torch.Tensor
+    model: nn.Module, x: torch.Tensor, mean: torch.Tensor, logvar: torch.Tensor, z: torch.Tensor
 ) -> torch.Tensor:
-    """log w = log p(x|z) + log p(z) - log q(z|x).
+    """log w = log p(x|z) + log p(z) - log q(z|x) for a vae.model.VAE (p(z) = N(0, I)).
 
     x: (B, D); mean, logvar: (B, L); z: (K, B, L) → (K, B)
     """
@@ -57,11 +90,15 @@ class ELBOTerms:
     kl: torch.Tensor
 
 
-def elbo(model: VAE, x: torch.Tensor, generator: torch.Generator | None = None) -> ELBOTerms:
+def elbo(model: nn.Module, x: torch.Tensor, generator: torch.Generator | None = None) -> ELBOTerms:
     """ELBO(x) = E_q[log p(x|z)] - KL(q(z|x) || p(z)), one reparameterised sample, analytic KL.
 
     Kingma & Welling (2014), Eq. 10 (the SGVB estimator B). x: (B, D) → terms of shape (B,)
+    A vae.families model computes its own (vae.families.LatentFamily.elbo_terms).
     """
+    own = getattr(model, "elbo_terms", None)
+    if own is not None:
+        return own(x, generator)
     mean, logvar = model.encode(x)  # (B, L), (B, L)
     z = sample_latents(mean, logvar, generator=generator)  # (B, L)
     reconstruction = model.log_likelihood(x, z)  # (B,)
@@ -69,12 +106,15 @@ def elbo(model: VAE, x: torch.Tensor, generator: torch.Generator | None = None) 
     return ELBOTerms(elbo=reconstruction - kl, reconstruction=reconstruction, kl=kl)
 
 
-def iwae_bound(model: VAE, x: torch.Tensor, k: int, generator: torch.Generator | None = None) -> torch.Tensor:
+def iwae_bound(model: nn.Module, x: torch.Tensor, k: int, generator: torch.Generator | None = None) -> torch.Tensor:
     """L_k(x) = log 1/k sum_{i=1..k} w_i, w_i = p(x, z_i) / q(z_i|x), z_i ~ q(z|x).
 
     Burda, Grosse & Salakhutdinov (2016), Eq. 8; L_1 is the ELBO and L_k rises to log p(x).
-    x: (B, D) → (B,)
+    x: (B, D) → (B,). A vae.families model computes its own (vae.families.LatentFamily.iwae_bound).
     """
+    own = getattr(model, "iwae_bound", None)
+    if own is not None:
+        return own(x, k, generator)
     mean, logvar = model.encode(x)  # (B, L), (B, L)
     z = sample_latents(mean, logvar, k, generator=generator)  # (K, B, L)
     log_w = log_importance_weights(model, x, mean, logvar, z)  # (K, B)

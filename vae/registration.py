@@ -56,7 +56,8 @@ def _figures(model: VAE, x: torch.Tensor, labels, manifest: dict, history: list[
     with torch.no_grad():
         means, _ = model.encode(x)  # (N, L)
         reconstructions = model.mean_image(means[:16])  # (16, D)
-        samples = model.mean_image(torch.randn((64, model.latent_dim), generator=torch.Generator().manual_seed(0)))
+        prior = model.sample_prior(64, torch.Generator().manual_seed(0))  # p(z): N(0, I), VampPrior or z2 → z1
+        samples = model.mean_image(model.decoder_latent(prior))
     shape = tuple(manifest["shape"][-2:]) if len(manifest["shape"]) >= 2 else (1, model.data_dim)
     figures = plots.plot_image_grids(x[:16].numpy(), reconstructions.numpy(), samples.numpy(), shape, folder)
     figures.append(plots.plot_latent_scatter(means.numpy(), labels, folder / "latent_scatter.png"))
@@ -162,6 +163,15 @@ def card_tags(
     return {key: value for key, value in tags.items() if value}
 
 
+def _prior_text(model) -> str:
+    """The card's words for p(z) and the latent layers."""
+    if model.levels == 2:
+        return f"two stochastic layers z1 ({model.latent_dim}) and z2 ({model.latent_dim2}), p(z2) = N(0, I)"
+    if model.prior == "vampprior":
+        return f"a VampPrior p(z) = 1/K sum_k q(z|u_k) over K = {model.pseudo_inputs} learned pseudo-inputs"
+    return "p(z) = N(0, I)"
+
+
 def model_card(
     config: PipelineConfig, registration: registry.Registration, tags: dict[str, str], manifest: dict
 ) -> str:
@@ -178,7 +188,7 @@ def model_card(
     lines = [
         f"# {registration.model_name}, version {registration.version}",
         "",
-        "A variational autoencoder (Kingma & Welling 2014): q(z|x) and p(x|z) by neural nets, p(z) = N(0, I).",
+        f"A variational autoencoder (Kingma & Welling 2014): q(z|x) and p(x|z) by neural nets, {_prior_text(model)}.",
         "",
         "| | |",
         "|---|---|",
@@ -186,7 +196,8 @@ def model_card(
         f"| source | {data.redacted_source} |",
         f"| rows | train {rows.get('train', '?')}, validation {rows.get('validation', '?')}, "
         f"test {rows.get('test', '?')} images of {shape}, inputs binarised: {data.binarize} |",
-        f"| model | {body}, hidden {list(model.hidden)}, {model.activation}, {model.latent_dim} latent dimensions, "
+        f"| model | {body}, hidden {list(model.hidden)}, {'gated' if model.body == 'gated' else model.activation}, "
+        f"{model.latent_dim} latent dimensions, "
         f"{model.likelihood} likelihood |",
         f"| objective | {objective}, learning rate {training.learning_rate:g}, batch {training.batch_size} per worker |",
         f"| training | {tags.get('epochs', '?')} epochs in {tags.get('training_minutes', '?')} min |",

@@ -1,4 +1,5 @@
-"""Samples from a registered model's prior: z ~ N(0, I), then E[x|z] and x ~ p(x|z), seeded.
+"""Samples from a registered model's prior: z ~ p(z) (N(0, I), a VampPrior, or z2 → z1 for two levels),
+then E[x|z] and x ~ p(x|z), seeded.
 
 Written as a PNG grid of the pixel means or as .npz arrays (`z`, `x_mean` and `x_sample`, on the
 inputs' [0, 1] scale, shaped like the images), atomically: the same model, n and seed give the
@@ -40,10 +41,13 @@ class SampleResult:
 
 @torch.no_grad()
 def sample_prior(model, n: int, seed: int) -> dict[str, np.ndarray]:
-    """z ~ N(0, I) (N, L), the decoder's pixel means E[x|z] (N, D) and a draw x ~ p(x|z) (N, D), on the CPU."""
+    """z ~ p(z) (N, L), the decoder's pixel means E[x|z] (N, D) and a draw x ~ p(x|z) (N, D), on the CPU.
+
+    z is the latent the decoder reads (z1 of a two-level model), drawn through the model's own prior.
+    """
     generator = torch.Generator().manual_seed(seed)
     model = model.cpu()
-    z = torch.randn((n, model.latent_dim), generator=generator)  # (N, L)
+    z = model.decoder_latent(model.sample_prior(n, generator))  # (N, L)
     return {
         "z": z.numpy(),
         "x_mean": model.mean_image(z).clamp(0.0, 1.0).numpy(),  # (N, D)

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from vae.inputs import prepare_inputs
-from vae.model import VAE
+from vae.model import Model
 from vae.objectives import elbo, iwae_bound
 
 METRICS = ("objective", "elbo", "reconstruction", "kl", "examples")  # order of Stepper.sums
@@ -29,10 +29,13 @@ class Objective(nn.Module):
 
     Returns (objective to maximise, ELBO, reconstruction, KL), each (B,). The objective is the
     beta-weighted ELBO, recon - beta KL (Higgins et al. 2017; beta ramps up during KL warm-up,
-    Bowman et al. 2016), or the IWAE bound L_k (Burda et al. 2016, Eq. 8).
+    Bowman et al. 2016), or the IWAE bound L_k (Burda et al. 2016, Eq. 8). A vae.families model
+    (VampPrior, gated body, two levels) supplies both through its own elbo_terms / iwae_bound
+    (vae.objectives.elbo and iwae_bound hand over to them); its KL is then the single-sample
+    log q - log p where no closed form exists.
     """
 
-    def __init__(self, model: VAE, objective: str, iwae_k: int):
+    def __init__(self, model: Model, objective: str, iwae_k: int):
         super().__init__()
         self.vae = model
         self.objective = objective

@@ -10,9 +10,9 @@ import torch
 from scipy import special, stats
 
 from tests.helpers.linear_gaussian import make_bernoulli_1d, mean_and_se
-from vae.estimators import estimate_log_likelihood
+from vae.estimators import annealed_importance_sampling, estimate_log_likelihood
 from vae.families import GatedDense, OneLevelVAE, TwoLevelVAE, dense_net
-from vae.family_evaluation import estimate_family_log_likelihood, family_annealed_importance_sampling
+from vae.family_evaluation import estimate_family_log_likelihood
 
 D = 6  # pixels of the tiny models
 W_DEC = torch.linspace(-2.0, 2.5, D, dtype=torch.float64)  # decoder logits w_d z + c_d
@@ -188,7 +188,7 @@ def test_tiny_vamp_prior_model_importance_sampling_and_ais_match_quadrature():
     mean, se = mean_and_se(estimate.log_px - exact)
     assert abs(mean) < 4 * se + 1e-4, (mean, se)
     assert float(estimate.elbo.mean()) < float(exact.mean())
-    ais = family_annealed_importance_sampling(model, x[:32], steps=150, chains=16, seed=2)
+    ais = annealed_importance_sampling(model, x[:32], steps=150, chains=16, seed=2)
     assert ais.acceptance > 0.3  # HMC moves; (1-D targets accept often)
     mean, se = mean_and_se(ais.log_px - exact[:32])
     assert abs(mean) < 4 * se + 2e-3, (mean, se)
@@ -213,7 +213,7 @@ def test_tiny_hvae_importance_sampling_and_ais_match_2d_quadrature():
     mean, se = mean_and_se(estimate.log_px - exact)
     assert abs(mean) < 4 * se + 1e-4, (mean, se)
     assert se < 0.01
-    ais = family_annealed_importance_sampling(model, x[:32], steps=150, chains=16, seed=4)
+    ais = annealed_importance_sampling(model, x[:32], steps=150, chains=16, seed=4)
     assert ais.acceptance > 0.3  # HMC moves; (1-D targets accept often)
     mean, se = mean_and_se(ais.log_px - exact[:32])
     assert abs(mean) < 4 * se + 2e-3, (mean, se)

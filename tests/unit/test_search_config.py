@@ -127,3 +127,23 @@ def test_a_draw_the_pipeline_refuses_is_one_line(tmp_path):
     with pytest.raises(ConfigError) as caught:
         trial_config(config, {"model": {"latent_dim": 0}})
     assert "field 'model.latent_dim'" in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_a_search_draws_model_families(tmp_path):
+    """prior and body are searchable; each draw builds that family."""
+    from vae.families import LatentFamily
+    from vae.model import VAE, build_model
+    from vae.tuning import trial_config
+
+    config = load_pipeline("p", _write(tmp_path, """
+        space:
+          prior: {choice: [standard, vampprior]}
+          body: {choice: [mlp, gated]}
+    """))  # fmt: skip
+    assert set(config.search.space.given()) == {"prior", "body"}
+    plain = trial_config(config, {"model": {"prior": "standard", "body": "mlp"}})
+    vamp = trial_config(config, {"model": {"prior": "vampprior", "body": "gated"}})
+    assert (vamp.model.prior, vamp.model.pseudo_inputs, vamp.model.body) == ("vampprior", 500, "gated")
+    assert type(build_model(plain.model, 64)) is VAE
+    assert isinstance(build_model(vamp.model, 64), LatentFamily)
+    assert "prior: 'vamp' is not a valid model.prior" in _error(tmp_path, "space: {prior: {choice: [standard, vamp]}}")
