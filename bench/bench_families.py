@@ -1,0 +1,91 @@
+"""Fashion-MNIST: model family x objective at one training budget, on the issue-16 protocol.
+
+Every row is the project's own training (`vae.training.train`: Ray Train, 2 CPU workers, batch 100
+per worker, Adam 1e-3 with the fashion-mnist-quality decay) for --minutes of wall time, the best
+validation-ELBO checkpoint, then `vae.evaluation.score_checkpoint` at k = 5000 on all 10,000 test
+images (binarised once, seed 0): the same protocol as BENCHMARKS.md's quality section (50k/10k/10k,
+dynamic train binarisation). Rows run one after another, so each has the machine to itself.
+
+    python bench/bench_families.py --minutes 8            # ~60 minutes on 2 cores; JSON lines on stdout
+    python bench/bench_families.py --minutes 0.2 --k 50 --only standard   # a smoke check
+
+Results also go to bench/results/families.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+from vae.config import load_pipeline
+
+REPO = Path(__file__).resolve().parents[1]
+BURDA = {"latent_dim": 50, "hidden": [200, 200], "activation": "tanh"}
+GATED = {"latent_dim": 40, "hidden": [300, 300], "body": "gated"}
+VARIANTS = {  # name: (model fields, training fields); the rest is fashion-mnist-quality's
+    "standard": (BURDA, {"objective": "elbo"}),
+    "standard-iwae5": (BURDA, {"objective": "iwae", "iwae_k": 5}),
+    "gated": (GATED, {"objective": "elbo"}),
+    "gated-vampprior": ({**GATED, "prior": "vampprior", "pseudo_inputs": 500}, {"objective": "elbo"}),
+    "hvae-2-level": ({**BURDA, "levels": 2, "latent_dim2": 50, "latent_hidden": [100, 100]}, {"objective": "elbo"}),
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--minutes", type=float, default=8.0, help="training wall-time budget per row")
+    parser.add_argument("--k", type=int, default=5000)
+    parser.add_argument("--only", nargs="*", choices=sorted(VARIANTS), help="a subset of the rows")
+    parser.add_argument("--source", default="/usr/share/datasets/fashion-mnist")
+    args = parser.parse_args()
+
+    from vae import training
+    from vae.evaluation import score_checkpoint
+    from vae.ingest import ingest
+
+    base = load_pipeline("fashion-mnist-quality", REPO / "pipelines.yaml")
+    work = Path(tempfile.mkdtemp(prefix="bench-families-"))
+    dataset = ingest(base.dataset.model_copy(update={"source": args.source}), root=work)
+    rows = []
+    for name in args.only or VARIANTS:
+        model_fields, training_fields = VARIANTS[name]
+        body = base.model_dump(mode="json")
+        body["name"] = f"families-{name}"
+        body["model"] = {**{"likelihood": "bernoulli"}, **model_fields}
+        body["training"].update(training_fields, max_minutes=args.minutes, checkpoint_every=5)
+        config = type(base).model_validate(body)
+        started = time.perf_counter()
+        result = training.train(config, dataset, storage_path=work / "runs", echo=None)
+        trained = time.perf_counter() - started
+        started = time.perf_counter()
+        scored = score_checkpoint(
+            result.checkpoint, dataset.path, base.evaluation.model_copy(update={"k": args.k}), "dynamic"
+        )
+        summary = scored.summary
+        row = {
+            "variant": name,
+            "model": model_fields,
+            "training": training_fields,
+            "minutes": args.minutes,
+            "train_wall_seconds": round(trained, 1),
+            "epochs": result.epochs,
+            "test_nll": summary["nll"],
+            "test_nll_stderr": summary["nll_stderr"],
+            "elbo": summary["elbo"],
+            "active_units": summary.get("active_units"),
+            "k": args.k,
+            "n": summary["n"],
+            "evaluation_seconds": round(time.perf_counter() - started, 1),
+        }
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    out = REPO / "bench" / "results"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "families.json").write_text(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    main()
