@@ -35,10 +35,33 @@ def _die_with_parent(parent: int) -> Callable[[], None]:
     return preexec
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def wait_until_answers(
+    url: str,
+    what: str,
+    timeout: float,
+    process: subprocess.Popen | None = None,
+    last_output: Callable[[], str] = lambda: "",
+    interval: float = 0.2,
+) -> None:
+    """Poll `url` until it answers; VAEError naming `what` if `process` exits first or `timeout` passes."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if process is not None and process.poll() is not None:
+            raise VAEError(f"{what} exited ({process.returncode}): {last_output()}")
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise VAEError(f"{what} did not answer within {timeout:.0f} s") from None
+            time.sleep(interval)
 
 
 @contextlib.contextmanager
@@ -47,7 +70,7 @@ def local_server(timeout: float = 180) -> Iterator[str]:
     import importlib.util
 
     package = Path(importlib.util.find_spec("prefect").origin).parent  # not imported: settings read env at import
-    port = _free_port()
+    port = free_port()
     log = tempfile.TemporaryFile()
     env = {**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"}
     process = subprocess.Popen(
@@ -75,20 +98,13 @@ def local_server(timeout: float = 180) -> Iterator[str]:
         stderr=log,
     )
     url = f"http://127.0.0.1:{port}/api"
+
+    def last_line() -> str:
+        log.seek(0)
+        return (log.read().decode(errors="replace").strip().splitlines() or ["no output"])[-1]
+
     try:
-        deadline = time.monotonic() + timeout
-        while True:
-            if process.poll() is not None:
-                log.seek(0)
-                last = (log.read().decode(errors="replace").strip().splitlines() or ["no output"])[-1]
-                raise VAEError(f"the local Prefect server exited ({process.returncode}): {last}")
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2):
-                    break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise VAEError(f"the local Prefect server did not answer within {timeout:.0f} s") from None
-                time.sleep(0.2)
+        wait_until_answers(f"{url}/health", "the local Prefect server", timeout, process, last_line)
         yield url
     finally:
         process.terminate()

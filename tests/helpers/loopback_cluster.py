@@ -15,11 +15,12 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
+
+from flows.local_server import wait_until_answers
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = str(Path(sys.executable).parent)
@@ -67,17 +68,7 @@ def free_ports(n: int) -> list[int]:
 
 
 def wait_for_http(url: str, timeout: float, process: subprocess.Popen | None = None, log: Path | None = None) -> None:
-    deadline = time.time() + timeout
-    while True:
-        if process is not None and process.poll() is not None:
-            raise RuntimeError(f"{url}: server exited ({process.returncode}): {log.read_text()[-3000:] if log else ''}")
-        try:
-            with urllib.request.urlopen(url, timeout=3):
-                return
-        except OSError:
-            if time.time() > deadline:
-                raise RuntimeError(f"{url}: no answer within {timeout:.0f} s") from None
-            time.sleep(0.5)
+    wait_until_answers(url, url, timeout, process, lambda: log.read_text()[-3000:] if log else "", 0.5)
 
 
 @dataclass

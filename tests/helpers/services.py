@@ -5,21 +5,14 @@ from __future__ import annotations
 import glob
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from flows.local_server import free_port, wait_until_answers
 
 
 def _as_postgres(command: list[str]) -> list[str]:
@@ -117,17 +110,8 @@ def mlflow_server(backend_uri: str, workdir: Path, timeout: float = 180) -> Iter
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + timeout
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"mlflow server exited: {(workdir / 'mlflow-server.log').read_text()[-2000:]}")
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2):
-                    break
-            except OSError:
-                if time.time() > deadline:
-                    raise RuntimeError("mlflow server did not answer /health in time") from None
-                time.sleep(0.5)
+        logged = workdir / "mlflow-server.log"
+        wait_until_answers(f"{url}/health", "mlflow server", timeout, process, lambda: logged.read_text()[-2000:], 0.5)
         yield url
     finally:
         process.terminate()

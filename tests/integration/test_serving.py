@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -18,7 +16,9 @@ import pytest
 
 import torch
 
+from flows.local_server import free_port, wait_until_answers
 from tests.helpers.registry_helpers import gate_config, register, save_checkpoint
+from vae.errors import VAEError
 from vae.paths import tracking_uri
 from vae.ingest import ingest
 from vae.datasets import load_split
@@ -27,12 +27,6 @@ from vae.estimators import estimate_log_likelihood
 from vae.model import load_checkpoint
 
 pytestmark = pytest.mark.integration
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _post(url: str, body: str) -> tuple[int, dict]:
@@ -50,7 +44,7 @@ def server(tmp_path_factory):
     register(config, 30.0, seed=5, workdir=tmp_path_factory.mktemp("serve"))
     # The registered version's weights, rebuilt in-process from the same seed: the reference.
     reference = load_checkpoint(save_checkpoint(tmp_path_factory.mktemp("reference"), config.model, 64, 5))[0]
-    port = _free_port()
+    port = free_port()
     bin_dir = str(Path(sys.executable).parent)  # `mlflow models serve --env-manager local` execs uvicorn
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ.get('PATH', '')}", "MLFLOW_TRACKING_URI": tracking_uri()}
     process = subprocess.Popen(
@@ -73,18 +67,13 @@ def server(tmp_path_factory):
         text=True,
     )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"mlflow models serve exited: {process.stderr.read()[-2000:]}")
-        try:
-            with urllib.request.urlopen(f"{url}/ping", timeout=2):
-                break
-        except OSError:
-            time.sleep(0.5)
-    else:
+    try:
+        wait_until_answers(
+            f"{url}/ping", "mlflow models serve", 120, process, lambda: process.stderr.read()[-2000:], 0.5
+        )
+    except VAEError as error:
         process.kill()
-        pytest.fail("mlflow models serve did not answer /ping within 120 s")
+        pytest.fail(str(error))
     yield url, config, reference
     process.terminate()
     process.wait(timeout=30)
