@@ -66,3 +66,10 @@ def register(
         uri=uri,
         evaluate_champion=evaluate_champion,
     )
+
+
+def registered_model(name: str, seed: int, workdir: Path) -> tuple[PipelineConfig, dict, registry.Registration]:
+    """A gate_config model registered as the first (champion) version of `name` on the digits data."""
+    config = gate_config(name)
+    dataset = ingest(config.dataset).to_dict()
+    return config, dataset, register(config, 30.0, seed=seed, workdir=workdir, dataset=dataset)

@@ -16,10 +16,9 @@ import torch
 from mlflow import MlflowClient
 from typer.testing import CliRunner
 
-from tests.helpers.registry_helpers import gate_config, register, save_checkpoint
+from tests.helpers.registry_helpers import gate_config, register, registered_model, save_checkpoint
 from vae.cli import app
 from vae.datasets import load_split, read_manifest
-from vae.ingest import ingest
 from vae.paths import tracking_uri
 
 pytestmark = pytest.mark.integration
@@ -36,10 +35,7 @@ def _json(args: list[str]) -> dict:
 
 @pytest.fixture(scope="module")
 def registered(tmp_path_factory):
-    config = gate_config("vae-batch")
-    dataset = ingest(config.dataset).to_dict()
-    registration = register(config, 30.0, seed=21, workdir=tmp_path_factory.mktemp("batch"), dataset=dataset)
-    return config, dataset, registration
+    return registered_model("vae-batch", 21, tmp_path_factory.mktemp("batch"))
 
 
 @pytest.fixture(scope="module")

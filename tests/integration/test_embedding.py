@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from tests.helpers.registry_helpers import gate_config, register
+from tests.helpers.registry_helpers import registered_model
 from vae.cli import app
 from vae.ingest import ingest
 from vae.datasets import load_split, read_manifest
@@ -23,10 +23,7 @@ runner = CliRunner()
 
 @pytest.fixture(scope="module")
 def registered(tmp_path_factory):
-    config = gate_config("vae-embed")
-    dataset = ingest(config.dataset).to_dict()
-    registration = register(config, 30.0, seed=11, workdir=tmp_path_factory.mktemp("embed"), dataset=dataset)
-    return config, dataset, registration
+    return registered_model("vae-embed", 11, tmp_path_factory.mktemp("embed"))
 
 
 @pytest.fixture(scope="module")
