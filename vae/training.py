@@ -39,6 +39,9 @@ from vae.stepper import Objective, Stepper, make_optimizer, restore_optimizer
 
 MATERIALIZE_BELOW_BYTES = 256 * 2**20
 CHUNK_BATCHES = 32  # minibatches per Ray Data batch when streaming (see _streamed_minibatches)
+# Validation rows per forward pass on a GPU with the shard resident: on an H200 the 100 eager passes of
+# batch 100 over Fashion-MNIST's 10k validation rows were most of the 0.1 s an epoch spent outside its steps.
+GPU_VALIDATION_ROWS = 2048
 _DIVERGED = re.compile(r"non-finite loss \([^)]*\) at epoch \d+, step \d+[^\n]*")
 
 
@@ -315,8 +318,11 @@ class _Shards:
         return _streamed_minibatches(self.train, batch, seed, self.device)
 
     def validation_batches(self):
+        """The validation rows in batches of the training batch size, or of GPU_VALIDATION_ROWS on a GPU."""
         batch = self.plan.training.batch_size
         if self.plan.resident:
+            if self.device.type == "cuda":
+                batch = max(batch, GPU_VALIDATION_ROWS)
             return (self.validation[i : i + batch] for i in range(0, self.validation.shape[0], batch))
         return (b["image"] for b in self.validation.iter_torch_batches(batch_size=batch, device=self.device))
 
