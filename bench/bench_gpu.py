@@ -135,7 +135,7 @@ def ray_train(dataset: DatasetRef, batch: int, epochs: int, use_gpu: bool, stora
     rates = [h["samples_per_second"] for h in result.history]
     # End to end: an epoch's wall time includes validation, metrics and the driver's queue (and every
     # checkpoint_every-th epoch Ray Train's report), which the step loop's rate leaves out.
-    rows = len(load_split(dataset.path, "train")[0])
+    rows = int(read_manifest(dataset.path)["rows"]["train"])
     walls = [h["epoch_seconds"] for h in result.history[1:]] or [result.history[0]["epoch_seconds"]]
     return {
         "samples_per_second": statistics.median(rates[1:] or rates),

@@ -479,7 +479,7 @@ def shard_bytes(manifest: dict[str, Any], workers: int) -> int:
     return math.ceil(rows / workers) * int(math.prod(manifest["shape"])) * itemsize
 
 
-def check_pixels(config: PipelineConfig, dataset: DatasetRef) -> None:
+def check_pixel_range(config: PipelineConfig, dataset: DatasetRef) -> None:
     """An 8-bit likelihood needs a dataset of 8-bit pixels: one line before any worker starts.
 
     The config alone cannot know (digits hold 0..16, `dataset.max_value` may be unset); the manifest can.
@@ -611,7 +611,7 @@ def train(
             raise VAEError(f"--resume: no checkpoint of pipeline '{config.name}' under {storage}")
         if echo:
             echo(f"resuming from {resume_from}")
-    check_pixels(config, dataset)
+    check_pixel_range(config, dataset)
     num_workers = workers or training.workers
     ensure_ray(num_workers * training.cpus_per_worker)
     ray.data.DataContext.get_current().enable_progress_bars = False

@@ -52,15 +52,15 @@ def test_eight_bit_likelihoods_need_unbinarised_8bit_pixels(tmp_path):
 
 def test_an_8bit_model_on_a_dataset_of_other_pixels_fails_before_training(tmp_path):
     """digits hold 0..16: the manifest says so, and training refuses before Ray starts (no worker, no run)."""
-    from vae.training import check_pixels
+    from vae.training import check_pixel_range
 
     digits = ingest(DatasetConfig(name="digits8", source="sklearn:digits"), root=tmp_path)
     patches = ingest(DatasetConfig(name="patches8", source="sklearn:sample-patches"), root=tmp_path)
     config = _pipelines(tmp_path, "binarize: none", "likelihood: discretized_logistic")
     with pytest.raises(VAEError, match=r"^dataset 'digits8' holds pixels 0..16 \(its manifest's value_range\): model "):
-        check_pixels(config, digits)
-    check_pixels(config, patches)  # 0..255: accepted
-    check_pixels(_pipelines(tmp_path, "binarize: dynamic", "likelihood: bernoulli"), digits)  # not 8-bit: accepted
+        check_pixel_range(config, digits)
+    check_pixel_range(config, patches)  # 0..255: accepted
+    check_pixel_range(_pipelines(tmp_path, "binarize: dynamic", "likelihood: bernoulli"), digits)  # not 8-bit: accepted
 
 
 # -- Models
