@@ -382,6 +382,26 @@ def promote_if_better(
     return current is not None and int(current.version) == number, previous
 
 
+def _point_alias(mlflow_client, name: str, alias: str, number: int, tries: int = 5) -> None:
+    """Point `alias` at version `number`, settling a race with a concurrent registration.
+
+    MLflow sets an alias by reading, then inserting: two stores writing the same new alias at once
+    make one fail on the alias table's unique key. That failure leaves the alias existing (pointed
+    at by the other writer), so it is retried; any other failure is raised at once."""
+    for attempt in range(tries):
+        try:
+            mlflow_client.set_registered_model_alias(name, alias, str(number))
+            return
+        except MlflowException as failure:
+            try:
+                mlflow_client.get_model_version_by_alias(name, alias)
+            except MlflowException:
+                raise failure from None  # the alias does not exist: not a race, a real failure
+            if attempt == tries - 1:
+                raise
+            time.sleep(0.05 * (attempt + 1) * (1 + random.random()))
+
+
 def _version_of_run(mlflow_client, name: str, run_id: str):
     """The version of `name` already registered from `run_id`, if any."""
     try:
@@ -499,9 +519,9 @@ def register_model(
     }
     for key, value in tags.items():
         mlflow_client.set_model_version_tag(name, str(number), key, value)
-    mlflow_client.set_registered_model_alias(name, CHALLENGER, str(number))
     gate = None
     with _gate_lock(uri):
+        _point_alias(mlflow_client, name, CHALLENGER, number)
         try:
             promoted, previous = promote_if_better(
                 mlflow_client,

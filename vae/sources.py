@@ -625,9 +625,29 @@ def _open_csv(path: Path, uri: str) -> Source:
     import pyarrow as pa
     import pyarrow.csv as pacsv
 
+    def text() -> BinaryIO:
+        return (gzip.open if path.name.lower().endswith(".gz") else open)(path, "rb")
+
     def first_line() -> str:
-        with (gzip.open if path.name.lower().endswith(".gz") else open)(path, "rb") as stream:
+        with text() as stream:
             return stream.readline(2**24).decode("utf-8", "replace").strip()
+
+    def first_ragged_line(expected: int) -> tuple[int, int] | None:
+        """(line number, values) of the first line whose value count differs from the first line's.
+
+        Looked for in Python after Arrow fails: an Arrow `invalid_row_handler` would be a Python
+        callable held by Arrow's reader threads, which can outlive the interpreter's shutdown and
+        abort the process at exit ("terminate called without an active exception")."""
+        import csv
+        import io
+
+        with text() as stream:
+            lines = io.TextIOWrapper(stream, encoding="utf-8", errors="replace", newline="")
+            rows = csv.reader(lines)
+            for row in rows:
+                if row and len(row) != expected:
+                    return rows.line_num, len(row)
+        return None
 
     try:
         first = first_line()
@@ -645,28 +665,21 @@ def _open_csv(path: Path, uri: str) -> Source:
     types = {n: pa.float64() for n in pixels} | ({label: pa.int64()} if label else {})
 
     def batches() -> Iterator:
-        invalid = []
-
-        def on_invalid(row) -> str:
-            invalid.append(row)
-            return "error"
-
         try:
-            reader = pacsv.open_csv(
+            with pacsv.open_csv(
                 str(path),
                 read_options=pacsv.ReadOptions(
                     use_threads=False, block_size=CHUNK_BYTES // 4, column_names=None if header else names
                 ),
-                parse_options=pacsv.ParseOptions(invalid_row_handler=on_invalid),
                 convert_options=pacsv.ConvertOptions(column_types=types),
-            )
-            yield from reader
+            ) as reader:
+                yield from reader
         except (pa.ArrowInvalid, OSError) as exc:
-            if invalid:
-                row = invalid[0]
+            ragged = first_ragged_line(len(names)) if isinstance(exc, pa.ArrowInvalid) else None
+            if ragged is not None:
                 raise DataError(
-                    f"{uri}: ragged rows: line {row.number} has {row.actual_columns} values "
-                    f"(expected {row.expected_columns}, like the first line)"
+                    f"{uri}: ragged rows: line {ragged[0]} has {ragged[1]} values "
+                    f"(expected {len(names)}, like the first line)"
                 ) from None
             raise DataError(f"{uri}: cannot parse CSV: {_first_line(exc)}") from None
 
