@@ -8,8 +8,11 @@ dynamic train binarisation). Rows run one after another, so each has the machine
 
     python bench/bench_families.py --minutes 8            # ~60 minutes on 2 cores; JSON lines on stdout
     python bench/bench_families.py --minutes 0.2 --k 50 --only standard   # a smoke check
+    python bench/bench_families.py --minutes 60 --search ~/.vae/tune/fashion-mnist/20261127-081500 --only
+        # one row, "tuned": the best trial of a `vae tune fashion-mnist` search, trained for 60 minutes
 
-Results also go to bench/results/families.json.
+Each row says which search found its settings ("search"): a `vae tune` folder, or by hand with the
+reference it follows. Rows are merged into bench/results/families.json by (variant, minutes).
 """
 
 from __future__ import annotations
@@ -20,11 +23,18 @@ import tempfile
 import time
 from pathlib import Path
 
-from vae.config import load_pipeline
+from vae.config import SEARCHABLE, load_pipeline
 
 REPO = Path(__file__).resolve().parents[1]
 BURDA = {"latent_dim": 50, "hidden": [200, 200], "activation": "tanh"}
 GATED = {"latent_dim": 40, "hidden": [300, 300], "body": "gated"}
+FOUND_BY = {  # how each hand-set row's settings were chosen
+    "standard": "by hand: Burda et al. 2016's 200-200 tanh MLP, 50 latents",
+    "standard-iwae5": "by hand: Burda et al. 2016's architecture and IWAE objective, k=5",
+    "gated": "by hand: Tomczak & Welling 2018's GatedDense 300-300, 40 latents",
+    "gated-vampprior": "by hand: Tomczak & Welling 2018, K=500 pseudo-inputs",
+    "hvae-2-level": "by hand: a 2-level HVAE after Tomczak & Welling 2018 (z2 50, z1 50)",
+}
 VARIANTS = {  # name: (model fields, training fields); the rest is fashion-mnist-quality's
     "standard": (BURDA, {"objective": "elbo"}),
     "standard-iwae5": (BURDA, {"objective": "iwae", "iwae_k": 5}),
@@ -40,7 +50,14 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=5000)
     parser.add_argument("--only", nargs="*", choices=sorted(VARIANTS), help="a subset of the rows")
     parser.add_argument("--source", default="/usr/share/datasets/fashion-mnist")
+    parser.add_argument(
+        "--search", type=Path, help="a finished `vae tune` folder: adds the row 'tuned', its best trial's settings"
+    )
     args = parser.parse_args()
+    variants = dict(VARIANTS)
+    found_by = dict(FOUND_BY)
+    if args.search is not None:
+        variants["tuned"], found_by["tuned"] = tuned_variant(args.search)
 
     from vae import training
     from vae.evaluation import score_checkpoint
@@ -50,11 +67,12 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-families-"))
     dataset = ingest(base.dataset.model_copy(update={"source": args.source}), root=work)
     rows = []
-    for name in args.only or VARIANTS:
-        model_fields, training_fields = VARIANTS[name]
+    names = args.only if args.only is not None else list(VARIANTS)
+    for name in names + (["tuned"] if args.search is not None else []):
+        model_fields, training_fields = variants[name]
         body = base.model_dump(mode="json")
         body["name"] = f"families-{name}"
-        body["model"] = {**{"likelihood": "bernoulli"}, **model_fields}
+        body["model"] = {"likelihood": "bernoulli", **(BURDA if name == "tuned" else {}), **model_fields}
         body["training"].update(training_fields, max_minutes=args.minutes, checkpoint_every=5)
         config = type(base).model_validate(body)
         started = time.perf_counter()
@@ -67,6 +85,7 @@ def main() -> None:
         summary = scored.summary
         row = {
             "variant": name,
+            "search": found_by[name],
             "model": model_fields,
             "training": training_fields,
             "minutes": args.minutes,
@@ -82,9 +101,30 @@ def main() -> None:
         }
         rows.append(row)
         print(json.dumps(row), flush=True)
-    out = REPO / "bench" / "results"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "families.json").write_text(json.dumps(rows, indent=2))
+    out = REPO / "bench" / "results" / "families.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    kept = json.loads(out.read_text()) if out.exists() else []
+    ran = {(row["variant"], row["minutes"]) for row in rows}
+    merged = [row for row in kept if (row["variant"], row["minutes"]) not in ran] + rows
+    out.write_text(json.dumps(merged, indent=2))
+
+
+def tuned_variant(folder: Path) -> tuple[tuple[dict, dict], str]:
+    """(model fields, training fields) of a finished search's best trial, and a line naming the search."""
+    record = json.loads((folder / "search.json").read_text())
+    if record.get("status") != "done":
+        raise SystemExit(f"{folder}: the search has not finished (expected status 'done' in search.json)")
+    result = record["result"]
+    best = result["best"]
+    fields: dict[str, dict] = {"model": {}, "training": {}}
+    for name, value in best["config"].items():
+        fields[SEARCHABLE[name]][name] = value
+    ended = sum(1 for trial in result["trials"] if trial["error"] is None)
+    line = (
+        f"vae tune {result['pipeline']} ({folder.name}): best of {len(result['trials'])} trials ({ended} ended), "
+        f"val ELBO {best['validation_elbo']:.2f} after {best['epochs']} epochs"
+    )
+    return (fields["model"], fields["training"]), line
 
 
 if __name__ == "__main__":
