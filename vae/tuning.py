@@ -143,6 +143,10 @@ class _Search:
     epochs: int
     runs: dict[str, str] = field(default_factory=dict)
     finished: int = 0
+    said_at: dict[str, float] = field(default_factory=dict)  # trial id → when its last progress line was printed
+
+
+PROGRESS_SECONDS = 30.0  # a running trial prints its epoch and validation ELBO at most this often
 
 
 _SEARCHES: dict[str, _Search] = {}
@@ -174,11 +178,19 @@ def _trial_runs_class():
             search.runs[trial.trial_id] = registry.start_trial_run(
                 config, search.dataset, search.parent_run_id, trial.trial_id, search.uri
             )
+            if search.echo:
+                search.echo(f"  started  {trial.trial_id}  {_describe_draw(trial.config)}")
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
             search = _SEARCHES[self.key]
             curve = {name: float(result[name]) for name in CURVE if name in result}
-            registry.log_epoch_metrics(search.uri, search.runs[trial.trial_id], curve, step=int(result["epoch"]))
+            epoch = int(result["epoch"])
+            registry.log_epoch_metrics(search.uri, search.runs[trial.trial_id], curve, step=epoch)
+            now = time.monotonic()
+            if search.echo and now - search.said_at.get(trial.trial_id, -math.inf) >= PROGRESS_SECONDS:
+                search.said_at[trial.trial_id] = now
+                elbo = float(result.get("validation_elbo", math.nan))
+                search.echo(f"  running  {trial.trial_id}  epoch {epoch:>3}/{search.epochs}  val ELBO {elbo:9.3f}")
 
         def on_trial_complete(self, iteration, trials, trial, **info):
             search = _SEARCHES[self.key]
