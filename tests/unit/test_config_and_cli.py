@@ -134,3 +134,25 @@ def test_cli_help_lists_the_commands(tmp_path):
     result = _vae("--help", cwd=tmp_path)
     assert result.returncode == 0
     assert "run" in result.stdout and "pipelines" in result.stdout
+
+
+def test_with_json_stdout_holds_only_the_json_object(capsys):
+    """Ray's driver prints raylet warnings to sys.stdout from a background thread; under --json
+    they, like our progress lines, must reach stderr so stdout parses as one JSON object."""
+    import json
+    import threading
+
+    from vae.cli.app import json_stdout
+
+    with json_stdout(True):
+        print("progress line")
+        warner = threading.Thread(target=lambda: print("(raylet) WARNING: 8 PYTHON worker processes"))
+        warner.start()
+        warner.join()
+    print(json.dumps({"nll": 1.5}))
+    captured = capsys.readouterr()
+    assert json.loads(captured.out) == {"nll": 1.5}
+    assert captured.err.splitlines() == ["progress line", "(raylet) WARNING: 8 PYTHON worker processes"]
+    with json_stdout(False):
+        print("shown")
+    assert capsys.readouterr().out == "shown\n"

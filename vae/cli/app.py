@@ -5,10 +5,12 @@ Errors of ours are printed as one line (no traceback) with a nonzero exit.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
 import re
+import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -99,6 +101,15 @@ def champion_line(registration: dict[str, Any]) -> str:
         return f"champion      unchanged (current champion NLL {previous:.3f})"
     gate = registration.get("gate", "")
     return "champion      unchanged" + (f" ({gate.removeprefix('not promoted: ')})" if ":" in gate else "")
+
+
+@contextlib.contextmanager
+def json_stdout(as_json: bool):
+    """With --json, stdout carries the one JSON object printed after this block: whatever is printed
+    to stdout meanwhile goes to stderr (our progress lines, and Ray's raylet warnings, which its
+    driver prints to stdout from a background thread whatever `log_to_driver` says)."""
+    with contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
+        yield
 
 
 def quiet_logs(verbose: bool) -> None:

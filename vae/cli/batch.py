@@ -12,7 +12,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from vae.cli.app import app, build_config, check_binarize, fail, quiet_logs
+from vae.cli.app import app, build_config, check_binarize, fail, json_stdout, quiet_logs
 from vae.cli.jobs import BinarizeOption, JsonOption, ModelArgument, OverwriteOption, VerboseOption
 from vae.errors import VAEError
 
@@ -57,7 +57,8 @@ def score(
     try:
         from vae import scoring
 
-        result = scoring.score(model, dataset, out, settings, binarize=binarize, overwrite=overwrite)
+        with json_stdout(as_json):
+            result = scoring.score(model, dataset, out, settings, binarize=binarize, overwrite=overwrite)
     except VAEError as exc:
         fail(str(exc))
     if as_json:

@@ -13,7 +13,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from vae.cli.app import PipelinesFile, check_binarize, fail, quiet_logs, app
+from vae.cli.app import PipelinesFile, check_binarize, fail, json_stdout, quiet_logs, app
 from vae.config import DEFAULT_PIPELINES_FILE
 from vae.errors import VAEError
 
@@ -58,17 +58,18 @@ def embed(
     try:
         from vae import embedding
 
-        result = embedding.embed(
-            model,
-            dataset,
-            out,
-            splits=splits,
-            workers=workers,
-            batch_size=batch_size,
-            use_gpu=gpu,
-            overwrite=overwrite,
-            binarize=binarize,
-        )
+        with json_stdout(as_json):
+            result = embedding.embed(
+                model,
+                dataset,
+                out,
+                splits=splits,
+                workers=workers,
+                batch_size=batch_size,
+                use_gpu=gpu,
+                overwrite=overwrite,
+                binarize=binarize,
+            )
     except VAEError as exc:
         fail(str(exc))
     if as_json:

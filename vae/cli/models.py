@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from vae.cli.app import app, build_config, check_binarize, check_output_file, fail, quiet_logs
+from vae.cli.app import app, build_config, check_binarize, check_output_file, fail, json_stdout, quiet_logs
 from vae.errors import VAEError
 
 
@@ -59,7 +59,8 @@ def evaluate(
     if output is not None:
         check_output_file(output, "--output")
     try:
-        summary = _evaluate(model, dataset, config, binarize, output, ais, ais_steps)
+        with json_stdout(as_json):
+            summary = _evaluate(model, dataset, config, binarize, output, ais, ais_steps)
     except VAEError as exc:
         fail(str(exc))
     if as_json:

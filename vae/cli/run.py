@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import sys
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
 
-from vae.cli.app import champion_line, PipelinesFile, app, check_writable_dir, fail, quiet_logs
+from vae.cli.app import champion_line, PipelinesFile, app, check_writable_dir, fail, json_stdout, quiet_logs
 from vae.cli.interrupts import run_pipeline
 from vae.config import DEFAULT_PIPELINES_FILE, load_pipeline, load_pipelines
 from vae.errors import VAEError
@@ -68,8 +66,7 @@ def run(
     if not os.environ.get("PREFECT_API_URL"):  # the local server keeps its database there
         check_writable_dir(Path(os.environ.get("PREFECT_HOME") or "~/.prefect").expanduser(), "PREFECT_HOME")
     try:
-        # With --json, stdout carries the one JSON object: the flows' progress lines go to stderr.
-        with contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
+        with json_stdout(as_json):
             result = run_pipeline(pipeline, file, workers, gpu, resume, force)
     except VAEError as exc:
         fail(str(exc))

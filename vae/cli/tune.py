@@ -14,7 +14,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from vae.cli.app import champion_line, PipelinesFile, app, check_writable_dir, fail, quiet_logs
+from vae.cli.app import champion_line, PipelinesFile, app, check_writable_dir, fail, json_stdout, quiet_logs
 from vae.config import DEFAULT_PIPELINES_FILE
 from vae.errors import VAEError
 
@@ -69,15 +69,16 @@ def tune(
     from vae.ingest import ingest
 
     try:
-        dataset = ingest(settings.dataset)
-        result = tuning.search(
-            settings,
-            dataset,
-            trials=trials,
-            max_minutes=max_minutes,
-            resume=resume,
-            echo=None if as_json else typer.echo,
-        )
+        with json_stdout(as_json):
+            dataset = ingest(settings.dataset)
+            result = tuning.search(
+                settings,
+                dataset,
+                trials=trials,
+                max_minutes=max_minutes,
+                resume=resume,
+                echo=None if as_json else typer.echo,
+            )
     except tuning.SearchInterrupted as exc:
         typer.echo(f"interrupted: {exc}", err=True)
         raise typer.Exit(130) from None
