@@ -434,7 +434,10 @@ def _finish(config, dataset, folder, record, results, runs, uri, echo, started) 
     if echo:
         echo(f"best trial {trial_id}: {_describe_draw(drawn)}; evaluating log p(x) with k={config.evaluation.k}")
     checkpoint = trained["checkpoint"]
-    scored = evaluation.score_checkpoint(checkpoint, dataset.path, config.evaluation, config.dataset.binarize)
+    progress = evaluation.ProgressLine() if echo else None  # 'evaluating: n/N images, …, ETA' on long runs
+    scored = evaluation.score_checkpoint(
+        checkpoint, dataset.path, config.evaluation, config.dataset.binarize, progress=progress
+    )
     split = scored.summary["split"]
     per_example = evaluation.write_per_example(scored, Path(checkpoint) / f"evaluation-{split}.parquet")
     summary = {**scored.summary, "per_example": str(per_example)}
