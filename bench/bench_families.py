@@ -12,7 +12,7 @@ dynamic train binarisation). Rows run one after another, so each has the machine
         # one row, "tuned": the best trial of a `vae tune fashion-mnist` search, trained for 60 minutes
 
 Each row says which search found its settings ("search"): a `vae tune` folder, or by hand with the
-reference it follows. Rows are merged into bench/results/families.json by (variant, minutes).
+reference it follows. Rows are merged into bench/results/families.json by (variant, minutes, device).
 """
 
 from __future__ import annotations
@@ -53,6 +53,9 @@ def main() -> None:
     parser.add_argument(
         "--search", type=Path, help="a finished `vae tune` folder: adds the row 'tuned', its best trial's settings"
     )
+    parser.add_argument(
+        "--gpu", action="store_true", help="one GPU worker (fashion-mnist-gpu's training settings) and evaluation on it"
+    )
     args = parser.parse_args()
     variants = dict(VARIANTS)
     found_by = dict(FOUND_BY)
@@ -74,13 +77,16 @@ def main() -> None:
         body["name"] = f"families-{name}"
         body["model"] = {"likelihood": "bernoulli", **(BURDA if name == "tuned" else {}), **model_fields}
         body["training"].update(training_fields, max_minutes=args.minutes, checkpoint_every=5)
+        if args.gpu:
+            body["training"].update(use_gpu=True, workers=1, cpus_per_worker=2)
+            body["evaluation"].update(use_gpu=True)
         config = type(base).model_validate(body)
         started = time.perf_counter()
         result = training.train(config, dataset, storage_path=work / "runs", echo=None)
         trained = time.perf_counter() - started
         started = time.perf_counter()
         scored = score_checkpoint(
-            result.checkpoint, dataset.path, base.evaluation.model_copy(update={"k": args.k}), "dynamic"
+            result.checkpoint, dataset.path, config.evaluation.model_copy(update={"k": args.k}), "dynamic"
         )
         summary = scored.summary
         row = {
@@ -89,6 +95,7 @@ def main() -> None:
             "model": model_fields,
             "training": training_fields,
             "minutes": args.minutes,
+            "device": summary.get("device"),
             "train_wall_seconds": round(trained, 1),
             "epochs": result.epochs,
             "test_nll": summary["nll"],
@@ -104,8 +111,12 @@ def main() -> None:
     out = REPO / "bench" / "results" / "families.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     kept = json.loads(out.read_text()) if out.exists() else []
-    ran = {(row["variant"], row["minutes"]) for row in rows}
-    merged = [row for row in kept if (row["variant"], row["minutes"]) not in ran] + rows
+
+    def key(row: dict) -> tuple:
+        return row["variant"], row["minutes"], row.get("device", "cpu")
+
+    ran = {key(row) for row in rows}
+    merged = [row for row in kept if key(row) not in ran] + rows
     out.write_text(json.dumps(merged, indent=2))
 
 
