@@ -130,9 +130,10 @@ def tuned_variant(folder: Path) -> tuple[tuple[dict, dict], str]:
     fields: dict[str, dict] = {"model": {}, "training": {}}
     for name, value in best["config"].items():
         fields[SEARCHABLE[name]][name] = value
-    ended = sum(1 for trial in result["trials"] if trial["error"] is None)
+    trained = sum(1 for trial in result["trials"] if trial["epochs"])
     line = (
-        f"vae tune {result['pipeline']} ({folder.name}): best of {len(result['trials'])} trials ({ended} ended), "
+        f"vae tune {result['pipeline']} ({folder.name}): best of {len(result['trials'])} trials started "
+        f"({trained} trained an epoch or more), "
         f"val ELBO {best['validation_elbo']:.2f} after {best['epochs']} epochs"
     )
     return (fields["model"], fields["training"]), line
