@@ -75,7 +75,7 @@ def main() -> None:
         model_fields, training_fields = variants[name]
         body = base.model_dump(mode="json")
         body["name"] = f"families-{name}"
-        body["model"] = {"likelihood": "bernoulli", **(BURDA if name == "tuned" else {}), **model_fields}
+        body["model"] = {"likelihood": "bernoulli", **model_fields}
         body["training"].update(training_fields, max_minutes=args.minutes, checkpoint_every=5)
         if args.gpu:
             body["training"].update(use_gpu=True, workers=1, cpus_per_worker=2)
@@ -127,7 +127,9 @@ def tuned_variant(folder: Path) -> tuple[tuple[dict, dict], str]:
         raise SystemExit(f"{folder}: the search has not finished (expected status 'done' in search.json)")
     result = record["result"]
     best = result["best"]
-    fields: dict[str, dict] = {"model": {}, "training": {}}
+    # The searched pipeline's model as written, with the trial's draws over it: the model the trial trained.
+    searched = load_pipeline(result["pipeline"], REPO / "pipelines.yaml").model
+    fields: dict[str, dict] = {"model": searched.model_dump(mode="json", exclude_unset=True), "training": {}}
     for name, value in best["config"].items():
         fields[SEARCHABLE[name]][name] = value
     trained = sum(1 for trial in result["trials"] if trial["epochs"])
