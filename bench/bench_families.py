@@ -10,6 +10,10 @@ dynamic train binarisation). Rows run one after another, so each has the machine
     python bench/bench_families.py --minutes 0.2 --k 50 --only standard   # a smoke check
     python bench/bench_families.py --minutes 60 --search ~/.vae/tune/fashion-mnist/20261127-081500 --only
         # one row, "tuned": the best trial of a `vae tune fashion-mnist` search, trained for 60 minutes
+    python bench/bench_families.py --minutes 240 --search ~/.vae/tune/fashion-mnist/20261127-081500 --only --from-trial
+        # the same row, but continuing the best trial's own checkpoint (weights, optimizer, schedule; the
+        # minutes it trained count) with its own worker count and batch, on --cpus cores per worker.
+        # Checkpoints go to VAE_HOME/bench/families-tuned/STAMP: run it again and it resumes from there.
 
 Each row says which search found its settings ("search"): a `vae tune` folder, or by hand with the
 reference it follows. Rows are merged into bench/results/families.json by (variant, minutes, device).
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -56,7 +61,15 @@ def main() -> None:
     parser.add_argument(
         "--gpu", action="store_true", help="one GPU worker (fashion-mnist-gpu's training settings) and evaluation on it"
     )
+    parser.add_argument(
+        "--from-trial",
+        action="store_true",
+        help="with --search: continue the best trial's checkpoint (resumable) instead of starting over",
+    )
+    parser.add_argument("--cpus", type=int, default=2, help="with --from-trial: CPUs (torch threads) per worker")
     args = parser.parse_args()
+    if args.from_trial and args.search is None:
+        parser.error("--from-trial needs --search FOLDER")
     variants = dict(VARIANTS)
     found_by = dict(FOUND_BY)
     if args.search is not None:
@@ -82,11 +95,14 @@ def main() -> None:
             body["evaluation"].update(use_gpu=True)
         config = type(base).model_validate(body)
         started = time.perf_counter()
-        result = training.train(config, dataset, storage_path=work / "runs", echo=None)
+        if name == "tuned" and args.from_trial:
+            config, used, result = continue_trial(args.search, config, args.cpus)
+        else:
+            used, result = dataset, training.train(config, dataset, storage_path=work / "runs", echo=None)
         trained = time.perf_counter() - started
         started = time.perf_counter()
         scored = score_checkpoint(
-            result.checkpoint, dataset.path, config.evaluation.model_copy(update={"k": args.k}), "dynamic"
+            result.checkpoint, used.path, config.evaluation.model_copy(update={"k": args.k}), "dynamic"
         )
         summary = scored.summary
         row = {
@@ -97,6 +113,9 @@ def main() -> None:
             "minutes": args.minutes,
             "device": summary.get("device"),
             "train_wall_seconds": round(trained, 1),
+            "training_minutes": round(result.history[-1].get("training_minutes", 0.0), 1) if result.history else None,
+            "workers": config.training.workers,
+            "cpus_per_worker": config.training.cpus_per_worker,
             "epochs": result.epochs,
             "test_nll": summary["nll"],
             "test_nll_stderr": summary["nll_stderr"],
@@ -118,6 +137,36 @@ def main() -> None:
     ran = {key(row) for row in rows}
     merged = [row for row in kept if key(row) not in ran] + rows
     out.write_text(json.dumps(merged, indent=2))
+
+
+def continue_trial(folder: Path, config, cpus: int):
+    """Train the search's best trial on from its own checkpoint: same dataset version, worker count
+    and batch (so the same updates), `cpus` torch threads per worker. Resumable: a rerun continues
+    from the newest checkpoint under VAE_HOME/bench/families-tuned/<search stamp>. --minutes counts
+    the trial's own training time too (the checkpoint carries it)."""
+    from vae import training
+    from vae.datasets import DatasetRef
+    from vae.paths import vae_home
+
+    record = json.loads((folder / "search.json").read_text())
+    best = record["result"]["best"]
+    searched = load_pipeline(record["pipeline"], REPO / "pipelines.yaml")
+    workers = searched.search.workers
+    config = config.model_copy(
+        update={"training": config.training.model_copy(update={"workers": workers, "cpus_per_worker": cpus})}
+    )
+    storage = vae_home() / "bench" / "families-tuned" / folder.name
+    start = training.latest_checkpoint(config.name, storage) or best["checkpoint"]
+    print(f"continuing {start} ({workers} worker(s) x {cpus} CPUs)", file=sys.stderr, flush=True)
+    dataset = DatasetRef(**record["dataset"])
+    result = training.train(
+        config,
+        dataset,
+        storage_path=storage,
+        resume_from=start,
+        echo=lambda line: print(line, file=sys.stderr, flush=True),
+    )
+    return config, dataset, result
 
 
 def tuned_variant(folder: Path) -> tuple[tuple[dict, dict], str]:
