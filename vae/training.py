@@ -193,19 +193,22 @@ def resident_minibatches(data: torch.Tensor, batch_size: int, generator: torch.G
         yield data[order[start : start + batch_size]]  # (B, D)
 
 
-def _streamed_minibatches(shard, batch_size: int, seed: int, device: torch.device):
+def streamed_minibatches(shard, batch_size: int, seed: int, device: torch.device, drop_last: bool = False):
     """A worker's shard streamed from Ray Data as shuffled minibatches (B, D).
 
     Ray Data converts CHUNK_BATCHES minibatches at a time (one Arrow → tensor conversion instead
     of one per minibatch); each chunk is permuted and cut here. With the block order randomised
     every epoch (see `_dataset`), that is a local shuffle at least as strong as a shuffle buffer.
-    Every chunk but the last is full, so ranks with equal rows take equal numbers of steps.
+    Every chunk but the last is full, so ranks with equal rows take equal numbers of steps. With
+    `drop_last` (a CUDA-graph step replays one batch shape) the shard's final short batch is skipped.
     """
     generator = torch.Generator().manual_seed(seed)
     for chunk in shard.iter_torch_batches(batch_size=batch_size * CHUNK_BATCHES):
         images = chunk["image"]  # (C, D), C = batch_size * CHUNK_BATCHES except at the end
         order = torch.randperm(images.shape[0], generator=generator)
         for start in range(0, images.shape[0], batch_size):
+            if drop_last and start + batch_size > images.shape[0]:
+                break  # only the last chunk can end short
             yield images[order[start : start + batch_size]].to(device, non_blocking=True)  # (B, D)
 
 
@@ -315,7 +318,7 @@ class _Shards:
         if self.plan.resident:
             generator = torch.Generator(device=self.device).manual_seed(seed)
             return resident_minibatches(self.train, batch, generator, drop_last)
-        return _streamed_minibatches(self.train, batch, seed, self.device)
+        return streamed_minibatches(self.train, batch, seed, self.device, drop_last)
 
     def validation_batches(self):
         """The validation rows in batches of the training batch size, or of GPU_VALIDATION_ROWS on a GPU."""

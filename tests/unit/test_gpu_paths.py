@@ -22,7 +22,7 @@ from vae.model import build_model
 from vae.objectives import elbo
 from vae.evaluation import estimate_on_device, evaluation_device
 from vae.stepper import Objective, Stepper, make_optimizer, restore_optimizer
-from vae.training import all_reduce_sums
+from vae.training import all_reduce_sums, resident_minibatches, streamed_minibatches
 
 CPU = torch.device("cpu")
 
@@ -181,3 +181,30 @@ def test_progress_steps_give_the_same_numbers_and_report_every_step():
     line = ProgressLine(after=0.0, stream=stream)
     line(PROGRESS_IMAGES, n)
     assert stream.getvalue().startswith(f"evaluating: {PROGRESS_IMAGES}/{n} images, ") and "ETA" in stream.getvalue()
+
+
+class _Chunks:
+    """What streamed_minibatches reads from a Ray Data shard: iter_torch_batches(batch_size) → {"image": (C, D)}."""
+
+    def __init__(self, rows: torch.Tensor):
+        self.rows = rows
+
+    def iter_torch_batches(self, batch_size: int):
+        for start in range(0, self.rows.shape[0], batch_size):
+            yield {"image": self.rows[start : start + batch_size]}
+
+
+@pytest.mark.parametrize("drop_last", [False, True])
+def test_streamed_and_resident_batches_agree_on_the_short_last_batch(drop_last):
+    """A CUDA-graph step replays one batch shape: with drop_last neither path yields a short batch
+    (the streamed one did, and the graphed step refused it at the end of epoch 1)."""
+    rows = torch.arange(1030 * 3, dtype=torch.float32).reshape(1030, 3)  # 1030 = 10 batches of 100 + 30
+    streamed = list(streamed_minibatches(_Chunks(rows), 100, seed=0, device=CPU, drop_last=drop_last))
+    resident = list(resident_minibatches(rows, 100, torch.Generator().manual_seed(0), drop_last))
+    for batches in (streamed, resident):
+        assert [b.shape[0] for b in batches] == [100] * 10 + ([] if drop_last else [30])
+    seen = torch.cat(streamed)[:, 0].sort().values
+    if drop_last:  # what is dropped is at most one batch's worth, and the rest is each row once
+        assert seen.unique().numel() == 1000
+    else:
+        assert torch.equal(seen, rows[:, 0])
