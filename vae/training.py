@@ -87,6 +87,7 @@ class WorkerPlan:
     resident: bool
     staging_dir: str  # where rank 0 writes a checkpoint before Ray copies it (removed by `train`)
     resume_from: str | None = None
+    pipeline: str | None = None  # written into every checkpoint: `--resume` takes only its own pipeline's
 
 
 class WorkerHooks:
@@ -257,6 +258,7 @@ def _checkpoint_state(plan: WorkerPlan, model: VAE, optimizer, scheduler, epoch:
         "best_validation_elbo": progress.best,
         "stale_epochs": progress.stale,
         "trained_seconds": progress.trained_seconds,
+        "pipeline": plan.pipeline,
     }
 
 
@@ -513,6 +515,7 @@ def _plan(
         resident=shard_bytes(manifest, workers) <= config.training.device_data_mb * 2**20,
         staging_dir=str(staging),
         resume_from=str(resume_from) if resume_from else None,
+        pipeline=config.name,
     )
 
 
@@ -615,6 +618,14 @@ def train(
         if echo:
             echo(f"resuming from {resume_from}")
     check_pixel_range(config, dataset)
+    if resume_from is not None:
+        done = _already_trained(training, resume_from)
+        if done is not None:
+            if echo:
+                echo(
+                    f"{resume_from}: already trained {done.epochs}/{training.epochs} epochs (raise training.epochs to go on)"
+                )
+            return done
     num_workers = workers or training.workers
     ensure_ray(num_workers * training.cpus_per_worker)
     ray.data.DataContext.get_current().enable_progress_bars = False
@@ -636,7 +647,49 @@ def train(
     _, state = load_checkpoint(result.checkpoint.path)
     chosen = result.checkpoint.path
     if training.early_stopping_patience and result.best_checkpoints:
-        chosen = max(result.best_checkpoints, key=lambda pair: pair[1].get("validation_elbo", -math.inf))[0].path
+        found = [(checkpoint.path, metrics.get("validation_elbo")) for checkpoint, metrics in result.best_checkpoints]
+        chosen = _best(found + _earlier_checkpoints(resume_from))
+    return TrainResult(checkpoint=chosen, epochs=int(state["epoch"]), history=list(state["history"]))
+
+
+def _state_header(directory: str | Path) -> dict[str, Any]:
+    """A checkpoint's state with its tensors memory-mapped, not read: for its epoch and history."""
+    return torch.load(Path(directory) / CHECKPOINT_FILE, map_location="cpu", weights_only=True, mmap=True)
+
+
+def _best(candidates: list[tuple[str, float | None]]) -> str:
+    """The checkpoint with the highest validation ELBO; an unknown or NaN one ranks last."""
+
+    def score(pair: tuple[str, float | None]) -> float:
+        value = pair[1]
+        return -math.inf if value is None or math.isnan(value) else value
+
+    return max(candidates, key=score)[0]
+
+
+def _earlier_checkpoints(resume_from: str | None) -> list[tuple[str, float | None]]:
+    """The run a resumed training continued: its checkpoints (resume_from and its siblings) with
+    their validation ELBOs, so early stopping can still pick an epoch from before the resume."""
+    if not resume_from:
+        return []
+    last = int(_state_header(resume_from)["epoch"])
+    found = []
+    for directory in sorted(Path(resume_from).parent.glob("checkpoint_*")):
+        if is_checkpoint(directory):
+            state = _state_header(directory)
+            if int(state["epoch"]) <= last:  # not a later branch of an explicitly older resume_from
+                found.append((str(directory), (state.get("history") or [{}])[-1].get("validation_elbo")))
+    return found
+
+
+def _already_trained(training: TrainingConfig, resume_from: str) -> TrainResult | None:
+    """A resumed checkpoint that has all its epochs: the result, instead of a run that trains nothing."""
+    state = _state_header(resume_from)
+    if int(state["epoch"]) < training.epochs:
+        return None
+    chosen = resume_from
+    if training.early_stopping_patience:
+        chosen = _best(_earlier_checkpoints(resume_from))
     return TrainResult(checkpoint=chosen, epochs=int(state["epoch"]), history=list(state["history"]))
 
 
@@ -645,8 +698,29 @@ def is_checkpoint(directory: str | Path) -> bool:
     return (Path(directory) / CHECKPOINT_FILE).is_file()
 
 
+# The run ids train() is given (an MLflow run, a Tune trial) or makes (a timestamp): how a checkpoint
+# written before checkpoints named their pipeline is told apart from another pipeline's ('mnist-large-…').
+_RUN_ID = re.compile(r"[0-9a-f]{32}|\d{8}-\d{6}|[0-9a-f]{5}_\d{5}")
+
+
 def latest_checkpoint(pipeline: str, storage: str | Path | None = None) -> str | None:
-    """The newest checkpoint directory of any earlier run of `pipeline`, or None."""
+    """The newest checkpoint directory of any earlier run of `pipeline`, or None.
+
+    Run folders are PIPELINE-RUNID, so `mnist-*` also matches `mnist-large-*`: a checkpoint counts
+    only when its state names `pipeline` (or, from before it did, its folder is `pipeline-` + a run id).
+    """
     root = Path(storage or checkpoints_dir())
-    found = [path.parent for path in root.glob(f"{pipeline}-*/checkpoint_*/{CHECKPOINT_FILE}")]
-    return str(max(found, key=lambda p: (p / CHECKPOINT_FILE).stat().st_mtime)) if found else None
+    found = sorted(
+        (path.parent for path in root.glob(f"{pipeline}-*/checkpoint_*/{CHECKPOINT_FILE}")),
+        key=lambda p: (p / CHECKPOINT_FILE).stat().st_mtime,
+        reverse=True,
+    )
+    for directory in found:
+        try:
+            owner = _state_header(directory).get("pipeline")
+        except Exception:  # noqa: BLE001 - an unreadable checkpoint is not one to resume from
+            continue
+        run = directory.parent.name[len(pipeline) + 1 :]
+        if owner == pipeline or (owner is None and _RUN_ID.fullmatch(run)):
+            return str(directory)
+    return None
