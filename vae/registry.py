@@ -303,19 +303,31 @@ def _champion(mlflow_client, name: str):
         return None
 
 
-def _nll_on(
-    mlflow_client, name: str, version, dataset_version: str, evaluate: Callable[[str], float] | None
-) -> float | None:
-    """A version's test NLL on `dataset_version`: its own tag, a cached re-evaluation, or a new one."""
-    if version.tags.get("dataset_version") == dataset_version:
+def evaluation_protocol(dataset_version: str, k: int, split: str, seed: int) -> str:
+    """What makes two NLLs comparable: the same dataset version, split, number of importance samples
+    (a smaller k biases log p̂(x) down, so the NLL up) and binarisation draw of the evaluated split."""
+    return f"{dataset_version}.k{int(k)}.{split}.seed{int(seed)}"
+
+
+def _protocol_of(tags: dict[str, str]) -> str:
+    """A version's evaluation protocol: its tag, or for versions from before it, the defaults they
+    were evaluated with (test split, seed 0) and their own dataset version and k."""
+    if tags.get("evaluated_as"):
+        return tags["evaluated_as"]
+    return f"{tags.get('dataset_version', '?')}.k{tags.get('k', '?')}.test.seed0"  # '?' matches no protocol
+
+
+def _nll_on(mlflow_client, name: str, version, protocol: str, evaluate: Callable[[str], float] | None) -> float | None:
+    """A version's NLL under `protocol`: its own tag, a cached re-evaluation, or a new one."""
+    if _protocol_of(version.tags) == protocol:
         return float(version.tags["test_nll"])
-    cached = version.tags.get(f"test_nll_on.{dataset_version}")
+    cached = version.tags.get(f"test_nll_on.{protocol}")
     if cached is not None:
         return float(cached)
     if evaluate is None:
         return None
     nll = float(evaluate(f"models:/{name}/{version.version}"))
-    mlflow_client.set_model_version_tag(name, str(version.version), f"test_nll_on.{dataset_version}", repr(nll))
+    mlflow_client.set_model_version_tag(name, str(version.version), f"test_nll_on.{protocol}", repr(nll))
     return nll
 
 
@@ -339,7 +351,7 @@ def promote_if_better(
     name: str,
     number: int,
     nll: float,
-    dataset_version: str,
+    protocol: str,
     margin: float,
     evaluate: Callable[[str], float] | None = None,
     settle_seconds: float = 0.2,
@@ -347,8 +359,9 @@ def promote_if_better(
 ) -> tuple[bool, float | None]:
     """Move `champion` to version `number` iff its NLL beats the champion's on the same data by > margin.
 
-    The champion is compared on the new version's dataset (re-evaluated with `evaluate` when it
-    was registered on another dataset version). After each write the alias is read back: a
+    The champion is compared under the new version's evaluation protocol (`evaluation_protocol`:
+    dataset version, split, k, binarisation seed), re-evaluated with `evaluate` when it was scored
+    under another one. After each write the alias is read back: a
     concurrent gate that overwrote it with a worse model is overruled, a better one stands.
     NLLs are compared rounded to 6 decimals (older versions' tags hold no more), so an identical
     rerun ties and the champion stays. NLLs of different kinds (`kind`: an exact 8-bit NLL against a
@@ -367,7 +380,7 @@ def promote_if_better(
                     f"is of {kind} data, the champion's of "
                     f"{nll_kind(current.tags)}; the champion stays (set the alias by hand to switch likelihoods)"
                 )
-            current_nll = _nll_on(mlflow_client, name, current, dataset_version, evaluate)
+            current_nll = _nll_on(mlflow_client, name, current, protocol, evaluate)
             if current_nll is None:  # not comparable and no way to evaluate it: keep the champion
                 return False, None
             previous = current_nll if previous is None else previous
@@ -506,6 +519,7 @@ def register_model(
         )
     number = int(version.version)
     kind = evaluation.get("bits_per_dim_kind", "binary")
+    protocol = evaluation_protocol(dataset["version"], evaluation["k"], evaluation["split"], config.evaluation.seed)
     tags = {
         "dataset_hash": dataset["content_hash"],
         "dataset_version": dataset["version"],
@@ -515,6 +529,7 @@ def register_model(
         "bits_per_dim": f"{evaluation.get('bits_per_dim', math.nan):.4f} ({kind})",
         "nll_kind": kind,
         "k": str(evaluation["k"]),
+        "evaluated_as": protocol,
         "code_version": code_version(),
     }
     for key, value in tags.items():
@@ -528,7 +543,7 @@ def register_model(
                 name,
                 number,
                 float(evaluation["nll"]),
-                dataset["version"],
+                protocol,
                 config.registry.promote_margin,
                 evaluate_champion,
                 kind=kind,

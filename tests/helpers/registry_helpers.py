@@ -48,13 +48,15 @@ def register(
     evaluate_champion=None,
     uri: str | None = None,
     kind: str = "binary",
+    k: int = 10,
+    split: str = "test",
 ) -> registry.Registration:
     dataset = dataset or ingest(config.dataset).to_dict()
     manifest = read_manifest(dataset["path"])
     images, _ = load_split(dataset["path"], "test")
     run_id = registry.start_run(config, dataset, uri)
     checkpoint = save_checkpoint(workdir / f"ckpt-{seed}", config.model, 64, seed)
-    evaluation = {"nll": nll, "nll_stderr": 0.1, "k": 10, "split": "test", "bits_per_dim_kind": kind}
+    evaluation = {"nll": nll, "nll_stderr": 0.1, "k": k, "split": split, "bits_per_dim_kind": kind}
     return registry.register_model(
         config,
         run_id,

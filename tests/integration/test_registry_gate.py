@@ -69,9 +69,35 @@ def test_champion_on_another_dataset_version_is_re_evaluated_on_the_new_one(tmp_
     kept = register(config, 29.0, seed=1, workdir=tmp_path, dataset=new, evaluate_champion=champion_scores(28.0))
     assert (kept.champion, kept.previous_champion_nll, seen) == (False, 28.0, ["models:/vae-redata/1"])
     # The re-evaluation is cached on the champion's version as a tag; no second evaluation.
-    assert MlflowClient(tracking_uri()).get_model_version("vae-redata", "1").tags["test_nll_on.newdata00000"] == "28.0"
+    tags = MlflowClient(tracking_uri()).get_model_version("vae-redata", "1").tags
+    assert tags["test_nll_on.newdata00000.k10.test.seed0"] == "28.0"
     moved = register(config, 27.0, seed=2, workdir=tmp_path, dataset=new, evaluate_champion=champion_scores(99.0))
     assert (moved.champion, moved.previous_champion_nll, len(seen)) == (True, 28.0, 1)
+
+
+def test_a_champion_scored_with_another_k_or_split_is_re_evaluated_before_comparing(tmp_path):
+    """log p̂(x) at small k is biased low (NLL high): a champion scored at k = 10 against a challenger
+    at k = 5000 would be an unfair race. Before, its own tag was used whenever the dataset matched."""
+    config = gate_config("vae-protocol")
+    dataset = ingest(config.dataset).to_dict()
+    register(config, 30.0, seed=0, workdir=tmp_path, dataset=dataset)  # k = 10 on test, seed 0
+    seen = []
+
+    def evaluate(model_uri: str) -> float:
+        seen.append(model_uri)
+        return 28.5  # the champion at k = 5000
+
+    kept = register(config, 29.0, seed=1, workdir=tmp_path, dataset=dataset, evaluate_champion=evaluate, k=5000)
+    assert (kept.champion, kept.previous_champion_nll, seen) == (False, 28.5, ["models:/vae-protocol/1"])
+    tags = MlflowClient(tracking_uri()).get_model_version("vae-protocol", "1").tags
+    assert tags["evaluated_as"] == f"{dataset['version']}.k10.test.seed0"
+    assert tags[f"test_nll_on.{dataset['version']}.k5000.test.seed0"] == "28.5"
+    other_split = register(
+        config, 29.5, seed=2, workdir=tmp_path, dataset=dataset, evaluate_champion=evaluate, split="validation"
+    )
+    assert (other_split.champion, other_split.previous_champion_nll, len(seen)) == (False, 28.5, 2)
+    same = register(config, 29.9, seed=3, workdir=tmp_path, dataset=dataset, evaluate_champion=evaluate)
+    assert (same.champion, same.previous_champion_nll, len(seen)) == (True, 30.0, 2)  # same protocol: its own tag
 
 
 def test_nlls_of_different_kinds_are_not_compared(tmp_path):
