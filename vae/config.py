@@ -9,6 +9,8 @@ NAME_PATTERN, so that nothing built from them leaves its root (`inside`).
 
 from __future__ import annotations
 
+import itertools
+import math
 import re
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
@@ -526,6 +528,9 @@ class SearchConfig(_Frozen):
     schedule: ScheduleConfig | None = None  # when the Prefect deployment 'tune/NAME' runs by itself
 
 
+MAX_COMBINATIONS = 4096  # of one section's searched candidates checked when pipelines.yaml is read
+
+
 class PipelineConfig(_Frozen):
     """One named pipeline of pipelines.yaml."""
 
@@ -560,6 +565,41 @@ class PipelineConfig(_Frozen):
                     f"model {what} needs 8-bit pixels 0..255: dataset.max_value must be 255 or unset "
                     f"(got {self.dataset.max_value:g})"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _draws_fit_the_pipeline(self) -> "PipelineConfig":
+        """Every draw a trial can make, laid over this pipeline, passes the pipeline's own checks:
+        `prior: vampprior` on a conv pipeline is refused here, not trial by trial.
+
+        A section's rules read only that section's fields (ModelConfig's cross-field checks; the
+        pipeline-level ones involve no searchable field), so each section's searched fields are
+        checked together, every combination of their candidates (every choice, both ends of a range).
+        A space too big for that (over MAX_COMBINATIONS in a section) is left to vae.tuning.trial_config.
+        """
+        if self.search is None:
+            return self
+        body = self.model_dump()
+        body["search"] = None
+        given = self.search.space.given()
+        for section in ("model", "training"):
+            names = [name for name in given if SEARCHABLE[name] == section]
+            pools = [given[name].candidates for name in names]
+            if not names or math.prod(len(pool) for pool in pools) > MAX_COMBINATIONS:
+                continue
+            for values in itertools.product(*pools):
+                draw = dict(zip(names, values))
+                laid = {**body[section], **{n: list(v) if isinstance(v, tuple) else v for n, v in draw.items()}}
+                try:
+                    PipelineConfig.model_validate({**body, section: laid})
+                except ValidationError as exc:
+                    error = exc.errors()[0]
+                    drawn = ", ".join(f"{name}: {value!r}" for name, value in draw.items())
+                    raise ValueError(
+                        f"search.space: a trial could draw {drawn}, which this pipeline refuses "
+                        f"(field '{'.'.join(str(part) for part in error['loc'])}'): "
+                        f"{describe_error(error).removeprefix('expected: ')}"
+                    ) from None
         return self
 
     @property

@@ -147,3 +147,23 @@ def test_a_search_draws_model_families(tmp_path):
     assert type(build_model(plain.model, 64)) is VAE
     assert isinstance(build_model(vamp.model, 64), LatentFamily)
     assert "prior: 'vamp' is not a valid model.prior" in _error(tmp_path, "space: {prior: {choice: [standard, vamp]}}")
+
+
+def test_draws_the_pipeline_refuses_are_one_line_when_the_file_is_read(tmp_path):
+    """Values laid over this pipeline, with every combination of the other searched model fields:
+    before, each was only checked against the section's defaults and failed trial by trial."""
+    conv = BASE.replace("model: {latent_dim: 4, hidden: [32]}", "model: {latent_dim: 4, architecture: conv}")
+    path = tmp_path / "pipelines.yaml"
+    path.write_text(conv + "      space: {prior: {choice: [standard, vampprior]}}\n")
+    with pytest.raises(ConfigError) as caught:
+        load_pipeline("p", path)
+    assert str(caught.value) == (
+        f"{path}: pipeline 'p': search.space: a trial could draw prior: 'vampprior', which this pipeline refuses "
+        "(field 'model'): prior 'vampprior' is built for architecture 'mlp' only, got architecture 'conv'"
+    )
+    # Searching the architecture too: vampprior is refused only beside conv, which a trial can still draw.
+    path.write_text(conv + "      space: {prior: {choice: [vampprior]}, architecture: {choice: [mlp, conv]}}\n")
+    with pytest.raises(ConfigError, match=r"could draw architecture: 'conv', prior: 'vampprior'|could draw prior"):
+        load_pipeline("p", path)
+    path.write_text(conv + "      space: {prior: {choice: [vampprior, standard]}, architecture: {choice: [mlp]}}\n")
+    assert load_pipeline("p", path).search.space.prior.choice == ("vampprior", "standard")  # conv is never drawn
