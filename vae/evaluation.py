@@ -268,13 +268,22 @@ def resolve_dataset(name_or_path: str, root: Path | None = None) -> str:
         found = candidate
     else:
         base = (root or datasets_dir()) / name_or_path
-        versions = sorted(base.glob("*/manifest.json")) if base.is_dir() else []
+        # Dot-folders are ingest's staging (one a killed ingest left behind is not a version).
+        versions = [m for m in sorted(base.glob("*/manifest.json")) if not m.parent.name.startswith(".")]
         if not versions:
             raise DataError(
                 f"dataset '{name_or_path}': not found under {base.parent} (run `vae ingest` first, "
                 "or pass a dataset directory)"
             )
-        found = max(versions, key=lambda m: (json.loads(m.read_text()).get("created_at", ""), m.stat().st_mtime)).parent
+
+        def created(manifest: Path) -> tuple[str, float]:
+            try:
+                stamp = json.loads(manifest.read_text()).get("created_at", "")
+            except (OSError, ValueError):
+                stamp = ""  # a corrupt manifest: the newest by time may still be it, and says so below
+            return str(stamp), manifest.stat().st_mtime
+
+        found = max(versions, key=created).parent
     problem = dataset_problem(found)
     if problem:
         raise DataError(f"{found}: damaged dataset version: {problem} (run `vae ingest` again to rewrite it)")

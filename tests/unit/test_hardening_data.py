@@ -329,3 +329,24 @@ def test_content_hash_is_checked_on_request(tmp_path):
         "rewritten (train.parquet does not match its sha256 in the manifest)",
     )
     assert train.read_bytes() == good
+
+
+def test_resolving_a_dataset_by_name_skips_staging_folders_and_names_a_corrupt_manifest(tmp_path):
+    """A killed ingest can leave its dot-folder staging with a manifest; it is not a version. A corrupt
+    manifest was a raw JSONDecodeError: now the damaged-version line."""
+    from vae.evaluation import resolve_dataset
+
+    real = ingest(DatasetConfig(name="digits", source="sklearn:digits"), root=tmp_path)
+    staging = tmp_path / "digits" / ".0123456789ab-partial"
+    staging.mkdir()
+    (staging / "manifest.json").write_text(json.dumps({"created_at": "2999-01-01T00:00:00"}))
+    assert resolve_dataset("digits", root=tmp_path) == real.path
+    corrupt = tmp_path / "digits" / "fffffffffff0"
+    corrupt.mkdir()
+    (corrupt / "manifest.json").write_text("{not json")
+    later = os.stat(real.path).st_mtime + 100
+    os.utime(corrupt / "manifest.json", (later, later))
+    assert resolve_dataset("digits", root=tmp_path) == real.path  # no creation time: not the newest
+    shutil.rmtree(real.path)
+    with pytest.raises(DataError, match=r"fffffffffff0: damaged dataset version: manifest.json is unreadable"):
+        resolve_dataset("digits", root=tmp_path)
