@@ -339,8 +339,11 @@ def _trials_table(results, runs: dict[str, str]) -> list[dict[str, Any]]:
     return rows
 
 
-def _start_or_resume(config: PipelineConfig, dataset: DatasetRef, resume: bool, uri: str) -> tuple[Path, dict, bool]:
-    """The search folder and its record: the newest one to resume, or a new one with its parent run."""
+def _start_or_resume(
+    config: PipelineConfig, dataset: DatasetRef, resume: bool, uri: str, budget: dict[str, Any]
+) -> tuple[Path, dict, bool]:
+    """The search folder and its record: the newest one to resume, or a new one with its parent run.
+    `budget` ({trials, max_minutes}) is recorded with a new search: a resumed one keeps its own."""
     if resume:
         folder = latest_search(config.name)
         if folder is None:
@@ -357,7 +360,13 @@ def _start_or_resume(config: PipelineConfig, dataset: DatasetRef, resume: bool, 
     folder.mkdir(parents=True, exist_ok=False)
     search = config.search.model_dump(mode="json", exclude_none=True)
     parent = registry.start_search_run(config, dataset.to_dict(), search, uri)
-    record = {"pipeline": config.name, "parent_run_id": parent, "dataset": dataset.to_dict(), "status": "running"}
+    record = {
+        "pipeline": config.name,
+        "parent_run_id": parent,
+        "dataset": dataset.to_dict(),
+        "status": "running",
+        "budget": budget,
+    }
     _write_json(folder / SEARCH_FILE, record)
     return folder, record, False
 
@@ -383,9 +392,11 @@ def search(
     started = time.perf_counter()
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Tune's own tables off: the lines are ours
     uri = tracking_uri()
-    trials = trials or config.search.trials
-    max_minutes = max_minutes or config.search.max_minutes
-    folder, record, resumed = _start_or_resume(config, dataset, resume, uri)
+    budget = {"trials": trials or config.search.trials, "max_minutes": max_minutes or config.search.max_minutes}
+    folder, record, resumed = _start_or_resume(config, dataset, resume, uri, budget)
+    # A resumed search counts against what it started with (--trials 20 stays 20, whatever the file says);
+    # records from before the budget was kept fall back to the search section.
+    trials, max_minutes = record.get("budget", budget)["trials"], record.get("budget", budget)["max_minutes"]
     if record.get("status") == "done":
         if echo:
             echo(f"the search at {folder} already finished; its result stands")

@@ -1,5 +1,6 @@
 """`vae tune` on real Ray Tune, Ray Train and the test MLflow store: a tiny search, interrupted with
-Ctrl-C (SIGINT) after the first of its two trials ends, then resumed; the finished trial is not trained again,
+Ctrl-C (SIGINT) after the first of its two trials ends, then resumed (keeping its --trials 2, not the file's 1);
+the finished trial is not trained again,
 MLflow holds one parent run with a child per trial, and the best trial went through the gate."""
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ pipelines:
     evaluation: {k: 20}
     registry: {model_name: vae-tune-it}
     search:
-      trials: 2
+      trials: 1            # the search below asks for 2 (--trials); its resume must keep 2
       concurrent: 1
       scheduler: {kind: fifo}
       space:
@@ -55,7 +56,7 @@ def test_an_interrupted_search_resumes_without_rerunning_finished_trials(ray_ses
             os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C: Tune stops and saves its state
 
     with pytest.raises(tuning.SearchInterrupted) as caught:
-        tuning.search(config, dataset, echo=interrupt_after_the_first_trial)
+        tuning.search(config, dataset, trials=2, echo=interrupt_after_the_first_trial)
     assert "--resume" in str(caught.value) and "1 of 2 trials ended" in str(caught.value)
     folder = tuning.latest_search("tune-it")
     finished = [p.parent.name for p in (folder / "checkpoints").glob(f"*/{tuning.TRIAL_FILE}")]
@@ -63,7 +64,9 @@ def test_an_interrupted_search_resumes_without_rerunning_finished_trials(ray_ses
     [first] = finished
     record = folder / "checkpoints" / first / tuning.TRIAL_FILE
     written = record.stat().st_mtime_ns
-    parent = json.loads((folder / tuning.SEARCH_FILE).read_text())["parent_run_id"]
+    record_json = json.loads((folder / tuning.SEARCH_FILE).read_text())
+    parent = record_json["parent_run_id"]
+    assert record_json["budget"] == {"trials": 2, "max_minutes": None}
     assert registry.client().get_run(parent).info.status == "KILLED"
 
     resumed: list[str] = []
