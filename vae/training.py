@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import os
 import re
@@ -445,10 +446,13 @@ def _follow_progress(
     stop: threading.Event,
     echo: Callable[[str], None] | None,
     on_epoch: Callable[[dict[str, float]], None] | None,
+    failures: list[str],
 ) -> None:
     """Driver-side thread: for each epoch rank 0 reports, print its line and call `on_epoch`.
 
-    The driver is the one place metrics arrive (e.g. one writer on a sqlite MLflow store).
+    The driver is the one place metrics arrive (e.g. one writer on a sqlite MLflow store). An
+    `on_epoch` that raises (a locked database) does not end the thread: the epoch is recorded in
+    `failures` and training goes on; `train` says afterwards what was not logged.
     """
     from ray.util.queue import Empty
 
@@ -464,7 +468,10 @@ def _follow_progress(
         if echo:
             echo(format_epoch(metrics, epochs))
         if on_epoch:
-            on_epoch(metrics)
+            try:
+                on_epoch(metrics)
+            except Exception as exc:  # noqa: BLE001 - reported after fit: training must not stop for it
+                failures.append(f"epoch {int(metrics['epoch'])}: {type(exc).__name__}: {exc}".splitlines()[0])
 
 
 def _dataset(path: str, shuffle: bool = False):
@@ -566,8 +573,11 @@ def _fit(trainer, progress, epochs: int, echo, on_epoch, staging: Path):
 
     stop = threading.Event()
     follower = None
+    failures: list[str] = []
     if progress is not None:
-        follower = threading.Thread(target=_follow_progress, args=(progress, epochs, stop, echo, on_epoch), daemon=True)
+        follower = threading.Thread(
+            target=_follow_progress, args=(progress, epochs, stop, echo, on_epoch, failures), daemon=True
+        )
         follower.start()
     try:
         return trainer.fit()
@@ -582,6 +592,12 @@ def _fit(trainer, progress, epochs: int, echo, on_epoch, staging: Path):
             follower.join(timeout=60)
             ray.kill(progress.actor)
         shutil.rmtree(staging, ignore_errors=True)  # what a killed worker left half-written
+        if failures:
+            line = f"metrics of {len(failures)} epoch(s) were not recorded by on_epoch; the first: {failures[0]}"
+            if echo:
+                echo(f"warning: {line}")
+            else:
+                logging.getLogger(__name__).warning(line)
 
 
 def train(

@@ -77,18 +77,35 @@ def test_resume_continues_at_the_next_epoch_and_shards_partition_the_split(ray_s
     assert seen[0] + seen[1] == split
     assert abs(sum(seen[0].values()) - sum(seen[1].values())) <= 1
 
-    # Stopped after 2 of 4 epochs, restarted with --resume: it trains epochs 3 and 4 only.
+    # Stopped after 2 of 4 epochs, restarted with --resume: it trains epochs 3 and 4 only. An on_epoch
+    # that fails (a locked MLflow store) neither stops training nor the later epochs' callbacks.
+    logged: list[int] = []
+
+    def flaky_log(metrics: dict) -> None:
+        if metrics["epoch"] == 3:
+            raise RuntimeError("database is locked")
+        logged.append(int(metrics["epoch"]))
+
+    resumed_lines: list[str] = []
     second = training.train(
         _config(epochs=4),
         dataset,
         storage_path=tmp_path / "runs",
-        echo=None,
+        echo=resumed_lines.append,
+        on_epoch=flaky_log,
         resume=True,
         hooks=training.RowAudit(str(second_audit)),
     )
     assert _started(second_audit) == [3, 4]
     assert [int(h["epoch"]) for h in second.history] == [1, 2, 3, 4]
     assert second.history[:2] == first.history
+    assert logged == [4] and resumed_lines[-1] == (
+        "warning: metrics of 1 epoch(s) were not recorded by on_epoch; the first: epoch 3: RuntimeError: database is locked"
+    )
+
+    # All 4 epochs done: resuming again trains nothing and returns the last checkpoint.
+    third = training.train(_config(epochs=4), dataset, storage_path=tmp_path / "runs", echo=None, resume=True)
+    assert (third.checkpoint, third.epochs) == (second.checkpoint, 4)
 
 
 def test_a_killed_worker_is_replaced_and_training_resumes_from_the_latest_checkpoint(ray_session, tmp_path):
