@@ -297,7 +297,11 @@ def _trainable(config: PipelineConfig, dataset: DatasetRef, folder: Path):
 
 
 def _best_trial(results, folder: Path, pipeline: str) -> tuple[str, dict, dict]:
-    """The trial with the best last validation ELBO among those with a checkpoint; its config and training record."""
+    """The trial to score: among trials with a checkpoint, those trained to the end first, then the
+    best last validation ELBO (README "The best trial"); its id, config and training record.
+
+    A trial stopped by ASHA or cut by the time budget counts only when none trained to the end: its
+    last ELBO is of fewer epochs, and its record is its newest checkpoint, not a chosen one."""
     usable = []
     for result in results:
         metrics = result.metrics or {}
