@@ -507,6 +507,16 @@ def check_pixel_range(config: PipelineConfig, dataset: DatasetRef) -> None:
         )
 
 
+def check_validation_rows(dataset: DatasetRef, needed_by: str | None) -> None:
+    """What ranks epochs or trials by validation ELBO (`needed_by`) needs validation rows: without them
+    the ELBO is NaN, no epoch improves, and early stopping fires after `patience` epochs whatever."""
+    if needed_by and not int(read_manifest(dataset.path)["rows"].get("validation") or 0):
+        raise VAEError(
+            f"dataset '{dataset.name}' has no validation rows, and {needed_by} ranks by validation ELBO: "
+            "set dataset.validation_fraction above 0"
+        )
+
+
 def _plan(
     config: PipelineConfig, dataset: DatasetRef, workers: int, staging: Path, resume_from: str | None
 ) -> WorkerPlan:
@@ -634,6 +644,7 @@ def train(
         if echo:
             echo(f"resuming from {resume_from}")
     check_pixel_range(config, dataset)
+    check_validation_rows(dataset, training.early_stopping_patience and "training.early_stopping_patience")
     if resume_from is not None:
         done = _already_trained(training, resume_from)
         if done is not None:

@@ -393,6 +393,7 @@ def search(
 
     if config.search is None:
         raise ConfigError(f"pipeline '{config.name}' has no 'search:' section (expected one to run `vae tune`)")
+    training.check_validation_rows(dataset, "vae tune (ASHA and the best trial)")
     started = time.perf_counter()
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Tune's own tables off: the lines are ours
     uri = tracking_uri()

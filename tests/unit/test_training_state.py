@@ -73,3 +73,31 @@ def test_resuming_a_finished_run_returns_its_best_checkpoint_without_training(tm
     )
     assert without_patience.checkpoint == str(last)
     assert not ray.is_initialized()
+
+
+def test_early_stopping_or_a_search_without_validation_rows_is_one_line_before_ray(tmp_path):
+    """No validation rows: the ELBO is NaN, no epoch improves and early stopping fired at epoch
+    `patience` whatever the model did; a search ranked its trials by NaN."""
+    import ray
+    import pytest
+
+    from vae import tuning
+    from vae.errors import VAEError
+
+    config = _config(6, patience=3)
+    config = config.model_copy(
+        update={"dataset": DatasetConfig(name="digits", source="sklearn:digits", validation_fraction=0.0)}
+    )
+    dataset = ingest(config.dataset, root=tmp_path / "data")
+    with pytest.raises(VAEError) as caught:
+        train(config, dataset, storage_path=tmp_path, echo=None)
+    assert str(caught.value) == (
+        "dataset 'digits' has no validation rows, and training.early_stopping_patience ranks by validation ELBO: "
+        "set dataset.validation_fraction above 0"
+    )
+    searched = PipelineConfig.model_validate(
+        {**config.model_dump(), "search": {"space": {"learning_rate": {"loguniform": [1e-3, 1e-2]}}}}
+    )
+    with pytest.raises(VAEError, match=r"has no validation rows, and vae tune \(ASHA and the best trial\) ranks"):
+        tuning.search(searched, dataset, echo=None)
+    assert not ray.is_initialized() and tuning.latest_search(config.name) is None  # no search folder, no MLflow run
