@@ -413,8 +413,8 @@ class SampleConfig(_Frozen):
     schedule: ScheduleConfig | None = None
 
 
-# What a search may vary, and the pipeline section each belongs to. `model.prior` / `model.body`
-# (vae.families, once pipelines.yaml can choose them) join with one line each here and in SearchSpace.
+# What a search may vary, and the pipeline section each belongs to; a new field joins with one line
+# here and one in SearchSpace.
 SEARCHABLE = {
     "learning_rate": "training",
     "lr_decay": "training",

@@ -80,7 +80,7 @@ def sample(
     model: ModelArgument,
     out: Annotated[Path, typer.Option("--out", "-o", help="A .png (grid of pixel means) or .npz (arrays) path.")],
     n: Annotated[int, typer.Option("-n", help="How many samples.")] = 64,
-    seed: Annotated[int, typer.Option(help="Seed of z ~ N(0, I) and of x ~ p(x|z).")] = 0,
+    seed: Annotated[int, typer.Option(help="Seed of z ~ p(z) (the model's prior) and of x ~ p(x|z).")] = 0,
     overwrite: OverwriteOption = False,
     as_json: JsonOption = False,
     verbose: VerboseOption = False,

@@ -92,8 +92,8 @@ def deploy(
     ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show Prefect logs.")] = False,
 ) -> None:
-    """Create or update the Prefect deployments 'pipeline/NAME', 'embed/NAME' (and 'score/NAME', 'sample/NAME'
-    for pipelines with those sections) from the pipelines file.
+    """Create or update the Prefect deployments 'pipeline/NAME', 'embed/NAME' (and 'score/NAME', 'sample/NAME',
+    'tune/NAME' for pipelines with those sections) from the pipelines file.
 
     The whole file is validated first: a bad entry changes nothing.
     """
