@@ -292,7 +292,8 @@ class TrainingConfig(_Frozen):
     checkpoints_to_keep: Int = Field(2, ge=1)
     checkpoint_every: Int = Field(1, ge=1)  # epochs between checkpoints (the last epoch always has one)
     # 'elbo' (Kingma & Welling) or 'iwae' with iwae_k samples (Burda et al.); beta scales the KL of
-    # the ELBO, ramped linearly from 0 over kl_warmup_epochs.
+    # the ELBO, ramped linearly from 0 over kl_warmup_epochs. Under 'iwae' both are unused (the bound
+    # log 1/k sum p(x,z_i)/q(z_i|x) has no separate KL term); a search may still draw them beside it.
     objective: Literal["elbo", "iwae"] = "elbo"
     iwae_k: Int = Field(5, ge=1)
     beta: Float = Field(1.0, gt=0.0)
