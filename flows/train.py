@@ -4,6 +4,8 @@ Cached (flows/cache_keys.py): unchanged data and settings reuse the finished run
 flow that crashed after training reruns without training again.
 """
 
+import threading
+
 from prefect import flow, task
 from prefect.tasks import exponential_backoff
 
@@ -16,6 +18,9 @@ from vae.datasets import DatasetRef
 
 # MLflow runs this process started or continued; an interrupt marks those still RUNNING as KILLED.
 ACTIVE_RUNS: set[str] = set()
+# Set by `vae run`'s interrupt handler before it marks runs: Ctrl-C reaches the Ray workers too (one
+# process group), so training may fail from it in this thread; such a run is KILLED, not FAILED.
+INTERRUPTED = threading.Event()
 
 
 @task(name="start-mlflow-run", **cached(training_key), retries=3, retry_delay_seconds=exponential_backoff(2))
@@ -35,7 +40,8 @@ def train_task(settings: PipelineConfig, dataset: DatasetRef, run_id: str, worke
         result = training.train(settings, dataset, run_id=run_id, workers=workers, use_gpu=gpu, resume=resume,
                                 on_epoch=log_epoch)  # fmt: skip
     except Exception:
-        registry.end_run(run_id, "FAILED")
+        if not INTERRUPTED.is_set():
+            registry.end_run(run_id, "FAILED")
         raise
     return {"checkpoint": result.checkpoint, "epochs": result.epochs, "history": result.history}
 

@@ -236,10 +236,19 @@ def end_run(run_id: str, status: str = "FINISHED", uri: str | None = None) -> No
     client(uri).set_terminated(run_id, status)
 
 
-def kill_if_running(run_id: str, uri: str | None = None) -> bool:
-    """Mark an interrupted run KILLED (a run that finished before, e.g. a reused one, stays as it is)."""
+def kill_if_running(run_id: str, uri: str | None = None, failed_within: float | None = None) -> bool:
+    """Mark an interrupted run KILLED (a run that finished before, e.g. a reused one, stays as it is).
+    With `failed_within` (seconds), a run that FAILED that recently is taken to have failed from the
+    interrupt itself and is marked KILLED too."""
     mlflow_client = client(uri)
-    if mlflow_client.get_run(run_id).info.status != "RUNNING":
+    info = mlflow_client.get_run(run_id).info
+    recent_failure = (
+        failed_within is not None
+        and info.status == "FAILED"
+        and info.end_time is not None
+        and time.time() * 1000 - info.end_time <= failed_within * 1000
+    )
+    if info.status != "RUNNING" and not recent_failure:
         return False
     mlflow_client.set_terminated(run_id, "KILLED")
     return True

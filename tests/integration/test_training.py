@@ -41,15 +41,18 @@ def _started(audit: Path) -> list[int]:
 
 
 def _processes_named(fragment: str) -> list[int]:
-    """PIDs whose command line (Ray sets it to the actor's name) contains `fragment`."""
+    """This test's own PIDs (descendants of the pytest process, which started the local Ray) whose
+    command line (Ray sets it to the actor's name) contains `fragment`: another Ray on the machine
+    is never touched."""
+    import psutil
+
     found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if fragment in (entry / "cmdline").read_bytes().decode(errors="replace"):
-                    found.append(int(entry.name))
-            except OSError:
-                continue
+    for process in psutil.Process(os.getpid()).children(recursive=True):
+        try:
+            if fragment in " ".join(process.cmdline()):
+                found.append(process.pid)
+        except psutil.Error:
+            continue
     return sorted(found)
 
 

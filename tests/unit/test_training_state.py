@@ -57,8 +57,6 @@ def test_resuming_a_finished_run_returns_its_best_checkpoint_without_training(tm
     """All epochs done: before, the loop ran nothing and the user read 'finished without a checkpoint'.
     With early stopping the answer is the best checkpoint of the run, from before the resume too
     (a later checkpoint of an explicitly older resume point is another branch: not a candidate)."""
-    import ray
-
     dataset = ingest(DatasetConfig(name="digits", source="sklearn:digits"), root=tmp_path / "data")
     run = tmp_path / "runs" / "digits-20261127-101010"
     best = _checkpoint(run / "checkpoint_000", 4, -20.5, "digits", when=1000)
@@ -72,13 +70,12 @@ def test_resuming_a_finished_run_returns_its_best_checkpoint_without_training(tm
         _config(6, patience=None), dataset, resume_from=str(last), storage_path=tmp_path, echo=None
     )
     assert without_patience.checkpoint == str(last)
-    assert not ray.is_initialized()
+    assert list(tmp_path.glob("digits-*")) == []  # no Ray Train run was started
 
 
 def test_early_stopping_or_a_search_without_validation_rows_is_one_line_before_ray(tmp_path):
     """No validation rows: the ELBO is NaN, no epoch improves and early stopping fired at epoch
     `patience` whatever the model did; a search ranked its trials by NaN."""
-    import ray
     import pytest
 
     from vae import tuning
@@ -100,4 +97,4 @@ def test_early_stopping_or_a_search_without_validation_rows_is_one_line_before_r
     )
     with pytest.raises(VAEError, match=r"has no validation rows, and vae tune \(ASHA and the best trial\) ranks"):
         tuning.search(searched, dataset, echo=None)
-    assert not ray.is_initialized() and tuning.latest_search(config.name) is None  # no search folder, no MLflow run
+    assert list(tmp_path.glob("digits-*")) == [] and tuning.latest_search(config.name) is None  # no run, no search

@@ -50,6 +50,9 @@ def _stop_processes(pids: list[int], grace: float = 5.0) -> None:
             os.kill(pid, signal.SIGKILL)
 
 
+FAILED_BY_INTERRUPT_SECONDS = 30.0
+
+
 def on_interrupt(pipeline: str) -> None:
     """Ctrl-C or SIGTERM during `vae run`: mark the MLflow run KILLED, stop Ray and the Prefect server,
     remove the checkpoint staging folder, one line, exit 130. The next `vae run` resumes."""
@@ -60,13 +63,18 @@ def on_interrupt(pipeline: str) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     killed: list[str] = []
 
+    from flows.train import ACTIVE_RUNS, INTERRUPTED
+
+    INTERRUPTED.set()  # a training that fails from here on failed from this interrupt
+
     def mark_killed() -> None:
-        from flows.train import ACTIVE_RUNS
         from vae import registry
 
         for run_id in sorted(ACTIVE_RUNS):
             with contextlib.suppress(Exception):
-                if registry.kill_if_running(run_id):
+                # The same Ctrl-C reached the Ray workers: a run whose training failed from it just
+                # before this handler ran is KILLED too.
+                if registry.kill_if_running(run_id, failed_within=FAILED_BY_INTERRUPT_SECONDS):
                     killed.append(run_id)
 
     # In a thread with a deadline: the interrupted main thread may hold a lock the store needs.
