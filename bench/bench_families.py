@@ -114,6 +114,8 @@ def main() -> None:
             "device": summary.get("device"),
             "train_wall_seconds": round(trained, 1),
             "training_minutes": round(result.history[-1].get("training_minutes", 0.0), 1) if result.history else None,
+            # --from-trial: the trial's own checkpoint trained on; train_wall_seconds is this invocation's only
+            "continued_from_trial": name == "tuned" and args.from_trial,
             "workers": config.training.workers,
             "cpus_per_worker": config.training.cpus_per_worker,
             "epochs": result.epochs,
