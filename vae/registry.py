@@ -323,7 +323,9 @@ def _protocol_of(tags: dict[str, str]) -> str:
     were evaluated with (test split, seed 0) and their own dataset version and k."""
     if tags.get("evaluated_as"):
         return tags["evaluated_as"]
-    return f"{tags.get('dataset_version', '?')}.k{tags.get('k', '?')}.test.seed0"  # '?' matches no protocol
+    if "dataset_version" not in tags or "k" not in tags:
+        return "?"  # matches no protocol: re-evaluated
+    return evaluation_protocol(tags["dataset_version"], int(tags["k"]), "test", 0)
 
 
 def _nll_on(mlflow_client, name: str, version, protocol: str, evaluate: Callable[[str], float] | None) -> float | None:

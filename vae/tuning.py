@@ -401,7 +401,8 @@ def search(
     folder, record, resumed = _start_or_resume(config, dataset, resume, uri, budget)
     # A resumed search counts against what it started with (--trials 20 stays 20, whatever the file says);
     # records from before the budget was kept fall back to the search section.
-    trials, max_minutes = record.get("budget", budget)["trials"], record.get("budget", budget)["max_minutes"]
+    kept = record.get("budget", budget)
+    trials, max_minutes = kept["trials"], kept["max_minutes"]
     if record.get("status") == "done":
         if echo:
             echo(f"the search at {folder} already finished; its result stands")
