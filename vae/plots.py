@@ -16,6 +16,8 @@ def plot_elbo_curve(history: list[dict[str, float]], path: str | Path) -> Path:
     figure, axes = plt.subplots(figsize=(6, 4), dpi=100)
     axes.plot(epochs, [h["train_elbo"] for h in history], marker="o", label="train ELBO")
     axes.plot(epochs, [h["validation_elbo"] for h in history], marker="s", label="validation ELBO")
+    if history and "validation_iwae" in history[0]:
+        axes.plot(epochs, [h["validation_iwae"] for h in history], marker="^", label="validation IWAE bound L_k")
     axes.set_xlabel("epoch")
     axes.set_ylabel("ELBO (nats per image)")
     axes.set_title("ELBO per epoch")

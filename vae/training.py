@@ -35,7 +35,7 @@ from vae.datasets import DatasetRef, read_manifest, split_path
 from vae.inputs import prepare_inputs
 from vae.errors import TrainingDivergedError, VAEError
 from vae.model import CHECKPOINT_FILE, VAE, build_model, load_checkpoint, read_checkpoint_state
-from vae.objectives import elbo
+from vae.objectives import elbo, iwae_bound
 from vae.stepper import Objective, Stepper, make_optimizer, restore_optimizer
 
 MATERIALIZE_BELOW_BYTES = 256 * 2**20
@@ -233,16 +233,22 @@ def _train_one_epoch(
 
 @torch.no_grad()
 def _validate(plan: WorkerPlan, model: VAE, batches, device: torch.device) -> torch.Tensor:
-    """Sum of the ELBO over this worker's validation rows and their count, on the device: (2,) float64.
+    """This worker's validation sums on the device, (3,) float64: the ELBO, the row count, and (with
+    `validation_k` > 1) the IWAE bound L_k = log 1/k sum_i p(x, z_i)/q(z_i|x) (Burda et al., Eq. 8).
 
-    Dynamic binarisation uses the same fixed draw every epoch, so epochs compare like with like.
+    Dynamic binarisation and the L_k noise use the same fixed draws every epoch, so epochs compare
+    like with like.
     """
+    k = plan.training.validation_k
     generator = torch.Generator(device=device).manual_seed(plan.training.seed)
-    sums = torch.zeros(2, dtype=torch.float64, device=device)
+    noise = torch.Generator(device=device).manual_seed(plan.training.seed + 1)
+    sums = torch.zeros(3, dtype=torch.float64, device=device)
     for images in batches:
         x = prepare_inputs(images, plan.max_value, plan.binarize, generator=generator)  # (B, D)
         sums[0] += elbo(model, x).elbo.double().sum()
         sums[1] += x.shape[0]
+        if k > 1:
+            sums[2] += iwae_bound(model, x, k, generator=noise).double().sum()
     return sums
 
 
@@ -333,12 +339,17 @@ class _Shards:
         return (b["image"] for b in self.validation.iter_torch_batches(batch_size=batch, device=self.device))
 
 
-def _epoch_metrics(worker: _Worker, validation: torch.Tensor, epoch: int, world: int, seconds: list[float]) -> dict:
+def _epoch_metrics(
+    worker: _Worker, validation: torch.Tensor, epoch: int, world: int, seconds: list[float], validation_k: int
+) -> dict:
     """All-reduce the epoch's sums (one collective, on the worker's device) into the metrics every rank agrees on."""
     device = validation.device
     times = torch.tensor(seconds, dtype=torch.float64, device=device)  # (2,) train seconds, epoch seconds
     totals = all_reduce_sums(torch.cat([worker.stepper.sums, validation, times])).tolist()
-    objective_sum, elbo_sum, recon_sum, kl_sum, count, val_sum, val_count, train_time, epoch_time = totals
+    objective_sum, elbo_sum, recon_sum, kl_sum, count, val_sum, val_count, val_iwae_sum, train_time, epoch_time = totals
+    iwae = {}
+    if validation_k > 1:
+        iwae["validation_iwae"] = val_iwae_sum / val_count if val_count else float("nan")
     return {
         "epoch": epoch,
         "train_objective": objective_sum / max(count, 1),
@@ -350,6 +361,7 @@ def _epoch_metrics(worker: _Worker, validation: torch.Tensor, epoch: int, world:
         "epoch_seconds": epoch_time / world,
         "learning_rate": float(worker.scheduler.get_last_lr()[0]),
         "cuda_graph": 1.0 if worker.stepper.graph is not None else 0.0,  # 0 on CPU, or eager after a failed capture
+        **iwae,
     }
 
 
@@ -423,7 +435,7 @@ def _train_loop_per_worker(config: dict[str, Any]) -> None:
         # epoch_seconds: this epoch's wall time, the previous epoch's report and checkpoint included, so
         # max_minutes budgets wall time.
         now = time.perf_counter()
-        metrics = _epoch_metrics(worker, validation, epoch, world, [train_seconds, now - mark])
+        metrics = _epoch_metrics(worker, validation, epoch, world, [train_seconds, now - mark], training.validation_k)
         mark = now
         stop = _should_stop(training, worker.progress, metrics)
         _checkpoint_and_report(plan, worker, metrics, rank, epoch == training.epochs or stop, config.get("progress"))
@@ -436,7 +448,8 @@ def format_epoch(metrics: dict[str, float], epochs: int) -> str:
     return (
         f"epoch {int(metrics['epoch']):>3}/{epochs}  train ELBO {metrics['train_elbo']:9.3f}  "
         f"val ELBO {metrics['validation_elbo']:9.3f}  KL {metrics['train_kl']:7.3f}  "
-        f"{metrics['samples_per_second']:8.0f} samples/s"
+        + (f"val IWAE {metrics['validation_iwae']:9.3f}  " if "validation_iwae" in metrics else "")
+        + f"{metrics['samples_per_second']:8.0f} samples/s"
     )
 
 

@@ -3,7 +3,8 @@
 In Ray 2.60 (Train V2) a Trainer is no longer handed to a Tuner; each trial is a Tune function that
 calls `vae.training.train` (TorchTrainer.fit inside), so checkpoints, Ray Data input and GPU workers
 hold inside a trial. Training's `on_epoch` callback reports every epoch's metrics to Tune, and ASHA
-stops weak trials on the validation ELBO. A Tune callback on the driver keeps the MLflow record (one
+stops weak trials on `search.metric`: the validation ELBO, or the validation IWAE bound L_k, which
+ranks trials trained by different objectives alike (Burda et al. 2016). A Tune callback on the driver keeps the MLflow record (one
 writer on a sqlite store): a parent run per search, a child run per trial with its params and curve.
 The best trial is scored at the pipeline's k and registered through the champion gate like any run.
 
@@ -36,7 +37,16 @@ from vae.paths import inside, tracking_uri, vae_home
 SEARCH_FILE = "search.json"
 TRIAL_FILE = "trial.json"  # written by a trial that trained to the end: its checkpoint and history
 # The per-epoch metrics a trial's MLflow run records (the rest of Tune's result is bookkeeping).
-CURVE = ("train_elbo", "train_objective", "train_kl", "validation_elbo", "learning_rate", "samples_per_second")
+CURVE = (
+    "train_elbo",
+    "train_objective",
+    "train_kl",
+    "validation_elbo",
+    "validation_iwae",
+    "learning_rate",
+    "samples_per_second",
+)
+LABELS = {"validation_elbo": "val ELBO", "validation_iwae": "val IWAE"}  # search.metric in progress lines
 
 
 class SearchInterrupted(VAEError):
@@ -83,6 +93,8 @@ def trial_config(base: PipelineConfig, drawn: dict[str, dict[str, Any]]) -> Pipe
         # A checkpoint every epoch: a trial stopped early or cut by the time budget can still be the best.
         epochs = search.epochs or base.training.epochs
         body["training"].update(workers=search.workers, epochs=epochs, checkpoint_every=1)
+        if search.metric == "validation_iwae":  # every epoch reports L_k at the search's k
+            body["training"]["validation_k"] = search.validation_k
     try:
         return PipelineConfig.model_validate(body)
     except ValidationError as exc:
@@ -145,8 +157,12 @@ class _Search:
     finished: int = 0
     said_at: dict[str, float] = field(default_factory=dict)  # trial id → when its last progress line was printed
 
+    @property
+    def metric(self) -> str:
+        return self.base.search.metric
 
-PROGRESS_SECONDS = 30.0  # a running trial prints its epoch and validation ELBO at most this often
+
+PROGRESS_SECONDS = 30.0  # a running trial prints its epoch and search metric at most this often
 
 
 _SEARCHES: dict[str, _Search] = {}
@@ -189,8 +205,10 @@ def _trial_runs_class():
             now = time.monotonic()
             if search.echo and now - search.said_at.get(trial.trial_id, -math.inf) >= PROGRESS_SECONDS:
                 search.said_at[trial.trial_id] = now
-                elbo = float(result.get("validation_elbo", math.nan))
-                search.echo(f"  running  {trial.trial_id}  epoch {epoch:>3}/{search.epochs}  val ELBO {elbo:9.3f}")
+                value = float(result.get(search.metric, math.nan))
+                search.echo(
+                    f"  running  {trial.trial_id}  epoch {epoch:>3}/{search.epochs}  {LABELS[search.metric]} {value:9.3f}"
+                )
 
         def on_trial_complete(self, iteration, trials, trial, **info):
             search = _SEARCHES[self.key]
@@ -200,11 +218,12 @@ def _trial_runs_class():
             outcome = "trained to the end" if finished else f"stopped early after epoch {epoch}"
             registry.set_tags(search.runs[trial.trial_id], {"outcome": outcome}, search.uri)
             registry.end_run(search.runs[trial.trial_id], "FINISHED", search.uri)
-            elbo = last.get("validation_elbo", math.nan)
+            value = last.get(search.metric, math.nan)
             self._say(
                 search,
                 trial,
-                f"epoch {epoch:>3}/{search.epochs}  val ELBO {elbo:9.3f}  {'done' if finished else 'stopped'}",
+                f"epoch {epoch:>3}/{search.epochs}  {LABELS[search.metric]} {value:9.3f}  "
+                + ("done" if finished else "stopped"),
             )
 
         def on_trial_error(self, iteration, trials, trial, **info):
@@ -296,16 +315,16 @@ def _trainable(config: PipelineConfig, dataset: DatasetRef, folder: Path):
     )
 
 
-def _best_trial(results, folder: Path, pipeline: str) -> tuple[str, dict, dict]:
+def _best_trial(results, folder: Path, pipeline: str, metric: str) -> tuple[str, dict, dict]:
     """The trial to score: among trials with a checkpoint, those trained to the end first, then the
-    best last validation ELBO (README "The best trial"); its id, config and training record.
+    best last `metric` (search.metric; README "The best trial"); its id, config and training record.
 
     A trial stopped by ASHA or cut by the time budget counts only when none trained to the end: its
-    last ELBO is of fewer epochs, and its record is its newest checkpoint, not a chosen one."""
+    last value is of fewer epochs, and its record is its newest checkpoint, not a chosen one."""
     usable = []
     for result in results:
         metrics = result.metrics or {}
-        value = metrics.get("validation_elbo")
+        value = metrics.get(metric)
         if result.error is not None or value is None or not math.isfinite(value):
             continue
         storage = folder / "checkpoints" / metrics["trial_id"]
@@ -320,7 +339,7 @@ def _best_trial(results, folder: Path, pipeline: str) -> tuple[str, dict, dict]:
         usable.append((record_file.exists(), value, metrics["trial_id"], result.config, record))
     if not usable:
         raise VAEError(
-            f"search {folder}: no trial reached a checkpoint with a finite validation ELBO (with a time budget: "
+            f"search {folder}: no trial reached a checkpoint with a finite {metric} (with a time budget: "
             "too short for one epoch of any trial; raise search.max_minutes or pass --max-minutes)"
         )
     _, _, trial_id, drawn, record = max(usable, key=lambda item: (item[0], item[1]))
@@ -337,6 +356,7 @@ def _trials_table(results, runs: dict[str, str]) -> list[dict[str, Any]]:
             "run_id": runs.get(trial_id),
             "epochs": metrics.get("epoch"),
             "validation_elbo": metrics.get("validation_elbo"),
+            **({"validation_iwae": metrics["validation_iwae"]} if "validation_iwae" in metrics else {}),
             "config": {name: _plain(v) for section in result.config.values() for name, v in section.items()},
             "error": None if result.error is None else str(result.error).splitlines()[0],
         })  # fmt: skip
@@ -445,7 +465,8 @@ def _finish(config, dataset, folder, record, results, runs, uri, echo, started) 
     parent = record["parent_run_id"]
     for run_id in runs.values():  # trials the time budget cut off
         registry.kill_if_running(run_id, uri)
-    trial_id, drawn, trained = _best_trial(results, folder, config.name)
+    metric = config.search.metric
+    trial_id, drawn, trained = _best_trial(results, folder, config.name, metric)
     run_id = runs.get(trial_id) or registry.child_runs(parent, uri)[trial_id]
     table = _trials_table(results, runs)
     if echo:
@@ -467,12 +488,10 @@ def _finish(config, dataset, folder, record, results, runs, uri, echo, started) 
         "run_id": run_id,
         "checkpoint": checkpoint,
         "epochs": trained["epochs"],
-        "validation_elbo": next(row["validation_elbo"] for row in table if row["trial_id"] == trial_id),
+        **{name: row[name] for row in table if row["trial_id"] == trial_id for name in ("validation_elbo", metric)},
         "config": {name: _plain(v) for section in drawn.values() for name, v in section.items()},
     }
-    registry.log_metrics(
-        parent, {"best_validation_elbo": best["validation_elbo"], f"best_{split}_nll": summary["nll"]}, uri
-    )
+    registry.log_metrics(parent, {f"best_{metric}": best[metric], f"best_{split}_nll": summary["nll"]}, uri)
     registry.set_tags(parent, {"best_trial": trial_id, "best_run_id": run_id, "model_uri": registered.model_uri}, uri)
     registry.end_run(parent, "FINISHED", uri)
     result = SearchResult(

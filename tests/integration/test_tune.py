@@ -1,7 +1,8 @@
 """`vae tune` on real Ray Tune, Ray Train and the test MLflow store: a tiny search, interrupted with
 Ctrl-C (SIGINT) after the first of its two trials ends, then resumed (keeping its --trials 2, not the file's 1);
 the finished trial is not trained again,
-MLflow holds one parent run with a child per trial, and the best trial went through the gate."""
+MLflow holds one parent run with a child per trial, and the best trial (by the validation IWAE bound,
+search.metric) went through the gate."""
 
 from __future__ import annotations
 
@@ -30,15 +31,17 @@ pipelines:
       trials: 1            # the search below asks for 2 (--trials); its resume must keep 2
       concurrent: 1
       scheduler: {kind: fifo}
+      metric: validation_iwae   # L_5 on the validation rows every epoch
+      validation_k: 5
       space:
         learning_rate: {loguniform: [0.001, 0.01]}
         latent_dim: {randint: [2, 3]}
 """
 
 
-def _curve(run_id: str) -> list[int]:
-    """The epochs a trial's run logged its validation ELBO at (a rerun would log them twice)."""
-    history = registry.client().get_metric_history(run_id, "validation_elbo")
+def _curve(run_id: str, metric: str = "validation_elbo") -> list[int]:
+    """The epochs a trial's run logged `metric` at (a rerun would log them twice)."""
+    history = registry.client().get_metric_history(run_id, metric)
     return sorted(int(metric.step) for metric in history)
 
 
@@ -80,13 +83,14 @@ def test_an_interrupted_search_resumes_without_rerunning_finished_trials(ray_ses
     children = registry.child_runs(parent)
     assert sorted(children) == sorted(row["trial_id"] for row in result.trials) and len(children) == 2
     for trial_id, run_id in children.items():
-        assert _curve(run_id) == [1, 2], trial_id
+        assert _curve(run_id) == [1, 2] and _curve(run_id, "validation_iwae") == [1, 2], trial_id
         run = registry.client().get_run(run_id)
         assert run.data.tags["mlflow.parentRunId"] == parent and "training.learning_rate" in run.data.params
 
-    # The best trial (by last validation ELBO) was scored at the pipeline's k and met the gate.
-    best = max(result.trials, key=lambda row: row["validation_elbo"])
+    # The best trial (by last validation IWAE bound) was scored at the pipeline's k and met the gate.
+    best = max(result.trials, key=lambda row: row["validation_iwae"])
     assert result.best["trial_id"] == best["trial_id"] and result.best["run_id"] == children[best["trial_id"]]
+    assert result.best["validation_iwae"] == best["validation_iwae"]
     assert result.evaluation["k"] == 20
     version = registry.client().get_model_version("vae-tune-it", str(result.registration["version"]))
     assert version.run_id == result.best["run_id"] and version.tags["gate"] == "promoted"
@@ -95,6 +99,7 @@ def test_an_interrupted_search_resumes_without_rerunning_finished_trials(ray_ses
     assert (
         parent_run.info.status == "FINISHED" and parent_run.data.tags["model_uri"] == result.registration["model_uri"]
     )
+    assert parent_run.data.metrics["best_validation_iwae"] == best["validation_iwae"]
 
     # Resuming a finished search changes nothing and says so.
     again: list[str] = []

@@ -22,7 +22,10 @@ from vae.errors import VAEError
 def _print_result(result: dict[str, Any]) -> None:
     best, evaluation, registration = result["best"], result["evaluation"], result["registration"]
     typer.echo("")
-    typer.echo(f"best trial    {best['trial_id']}  val ELBO {best['validation_elbo']:.3f}  ({best['epochs']} epochs)")
+    iwae = f"  val IWAE {best['validation_iwae']:.3f}" if "validation_iwae" in best else ""
+    typer.echo(
+        f"best trial    {best['trial_id']}  val ELBO {best['validation_elbo']:.3f}{iwae}  ({best['epochs']} epochs)"
+    )
     typer.echo(f"settings      {' '.join(f'{k}={v}' for k, v in best['config'].items())}")
     typer.echo(
         f"test NLL      {evaluation['nll']:.3f} ± {evaluation['nll_stderr']:.3f} nats "
