@@ -4,8 +4,9 @@ In Ray 2.60 (Train V2) a Trainer is no longer handed to a Tuner; each trial is a
 calls `vae.training.train` (TorchTrainer.fit inside), so checkpoints, Ray Data input and GPU workers
 hold inside a trial. Training's `on_epoch` callback reports every epoch's metrics to Tune, and ASHA
 stops weak trials on `search.metric`: the validation ELBO, or the validation IWAE bound L_k, which
-ranks trials trained by different objectives alike (Burda et al. 2016). A Tune callback on the driver keeps the MLflow record (one
-writer on a sqlite store): a parent run per search, a child run per trial with its params and curve.
+ranks trials trained by different objectives alike (Burda et al. 2016). A Tune callback on the
+driver keeps the MLflow record (one writer on a sqlite store): a parent run per search, a child run
+per trial with its params and curve.
 The best trial is scored at the pipeline's k and registered through the champion gate like any run.
 
 Each search lives in VAE_HOME/tune/NAME/STAMP: `ray/` (Tune's experiment), `checkpoints/TRIAL/`
