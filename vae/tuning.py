@@ -244,9 +244,63 @@ def _trial_runs_class():
     return TrialRuns
 
 
+BUDGET_FILE = "budget.json"  # the search's time budget and the seconds its trials have used so far
+
+
+def _search_budget_class():
+    """The Tune stopper that holds a search's time budget across `--resume`.
+
+    Tune pickles its controller's stopper into the experiment state and a restored search runs on the
+    restored one, so the budget counts the time of every run of the search, not of this process. The
+    live stopper writes the seconds used to BUDGET_FILE (at most every 5 s, and when it runs out):
+    `search` reads it to tell a search the budget ended from one Ctrl-C stopped. Built on first use
+    (Ray is imported lazily) and registered as `vae.tuning.SearchBudget` so its pickles load.
+    """
+    from ray.tune import Stopper
+
+    class SearchBudget(Stopper):
+        def __init__(self, folder: str, seconds: float):
+            self.folder, self.seconds, self.used = folder, float(seconds), 0.0
+            self._last: float | None = None  # set at the first check: start-up is not counted
+            self._written = -math.inf
+
+        def __call__(self, trial_id, result) -> bool:
+            return False
+
+        def stop_all(self) -> bool:
+            now = time.monotonic()
+            if self._last is not None:
+                self.used += now - self._last
+            self._last = now
+            out = self.used >= self.seconds
+            if out or now - self._written >= 5.0:
+                self._written = now
+                _write_json(Path(self.folder) / BUDGET_FILE, {"seconds": self.seconds, "used": self.used})
+            return out
+
+        def __setstate__(self, state: dict) -> None:  # restored: the time away does not count
+            state["_last"], state["_written"] = None, -math.inf
+            self.__dict__.update(state)
+
+    SearchBudget.__module__, SearchBudget.__qualname__ = __name__, "SearchBudget"
+    return SearchBudget
+
+
+def budget_used_up(folder: Path) -> bool:
+    """Whether the search in `folder` has used its whole time budget (BUDGET_FILE; no file: no budget
+    or not started)."""
+    try:
+        record = json.loads((Path(folder) / BUDGET_FILE).read_text())
+    except (OSError, ValueError):
+        return False
+    return float(record["used"]) >= float(record["seconds"])
+
+
 def __getattr__(name: str):
-    if name == "TrialRuns":  # built once, on first use (see _trial_runs_class)
-        globals()["TrialRuns"] = cls = _trial_runs_class()
+    # Built once, on first use (see _trial_runs_class, _search_budget_class).
+    builders = {"TrialRuns": _trial_runs_class, "SearchBudget": _search_budget_class}
+    if name in builders:
+        globals()[name] = cls = builders[name]()
         return cls
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
@@ -295,11 +349,12 @@ def _tuner(config: PipelineConfig, dataset: DatasetRef, folder: Path, trials: in
             scheduler=scheduler,
             # The limit goes to the generator itself: Tune ignores max_concurrent_trials beside one.
             search_alg=BasicVariantGenerator(random_state=search.seed, max_concurrent=search.concurrent),
-            time_budget_s=max_minutes * 60 if max_minutes else None,
         ),
         run_config=tune.RunConfig(
             name="ray",
             storage_path=str(folder),
+            # The time budget (not TuneConfig.time_budget_s): one that says afterwards whether it ran out.
+            stop=sys.modules[__name__].SearchBudget(str(folder), max_minutes * 60) if max_minutes else None,
             callbacks=[sys.modules[__name__].TrialRuns(str(folder))],
             failure_config=tune.FailureConfig(max_failures=0),
             verbose=0,
@@ -451,7 +506,7 @@ def search(
         _SEARCHES.pop(str(folder), None)
     # Trials end through the callback (trained to the end, stopped by ASHA, or failed); fewer, with
     # time left, means Ctrl-C or SIGTERM stopped the search. Trials cut by the time budget are KILLED.
-    out_of_time = max_minutes is not None and time.perf_counter() - started >= 60 * max_minutes
+    out_of_time = max_minutes is not None and budget_used_up(folder)
     if state.finished < trials and not out_of_time:
         registry.kill_if_running(parent, uri)
         raise SearchInterrupted(

@@ -106,3 +106,34 @@ def test_an_interrupted_search_resumes_without_rerunning_finished_trials(ray_ses
     assert tuning.search(config, dataset, resume=True, echo=again.append).registration == result.registration
     assert "already finished" in again[-1]
     assert Path(result.folder) == folder
+
+
+def test_a_resumed_search_spends_only_the_budget_it_had_left(ray_session, tmp_path):
+    """Tune restores its stopper with the experiment: a search interrupted after part of its time budget
+    gets the rest on `--resume`, and when that runs out it finishes (best scored and registered)
+    instead of reporting itself interrupted."""
+    path = tmp_path / "pipelines.yaml"
+    path.write_text(
+        PIPELINES.replace("training: {epochs: 2,", "training: {epochs: 400,").replace(
+            "      trials: 1 ", "      max_minutes: 1.5\n      trials: 1 "
+        )
+    )
+    config = load_pipeline("tune-it", path)
+    assert config.search.max_minutes == 1.5 and config.training.epochs == 400
+    dataset = ingest(config.dataset)
+
+    def interrupt_at_the_first_epoch(line: str) -> None:
+        if line.strip().startswith("running"):
+            os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(tuning.SearchInterrupted):
+        tuning.search(config, dataset, echo=interrupt_at_the_first_epoch)
+    folder = tuning.latest_search("tune-it")
+    first = json.loads((folder / tuning.BUDGET_FILE).read_text())
+    assert 0 < first["used"] < first["seconds"] == 90.0 and not tuning.budget_used_up(folder)
+
+    result = tuning.search(config, dataset, resume=True)
+    after = json.loads((folder / tuning.BUDGET_FILE).read_text())
+    assert tuning.budget_used_up(folder) and after["used"] < 90.0 + 10.0
+    assert result.evaluation["k"] == 20 and result.registration["model_uri"]
+    assert 0 < result.best["epochs"] < 400

@@ -111,3 +111,24 @@ def test_the_best_trial_is_the_best_by_the_search_metric(tmp_path):
         results.append(SimpleNamespace(metrics=metrics, error=None, config={"training": {}}))
     assert _best_trial(results, tmp_path, "p", "validation_elbo")[0] == "elbo-trained"
     assert _best_trial(results, tmp_path, "p", "validation_iwae")[0] == "iwae-trained"
+
+
+def test_the_search_budget_counts_across_a_resume_and_says_when_it_ran_out(tmp_path, monkeypatch):
+    """Tune pickles the stopper with the experiment and a restored search runs on the restored one:
+    the seconds used carry over, the time away does not count, and the file tells `search` whether
+    the budget (not Ctrl-C) ended it."""
+    import pickle
+
+    from vae import tuning
+
+    clock = [100.0]
+    monkeypatch.setattr(tuning.time, "monotonic", lambda: clock[0])
+    budget = tuning.SearchBudget(str(tmp_path), seconds=60.0)
+    assert budget.stop_all() is False  # the first check starts the clock
+    clock[0] += 40.0
+    assert budget.stop_all() is False and not tuning.budget_used_up(tmp_path)
+    restored = pickle.loads(pickle.dumps(budget))  # interrupted, then `--resume`
+    clock[0] += 3600.0  # away for an hour
+    assert restored.stop_all() is False and restored.used == 40.0
+    clock[0] += 25.0
+    assert restored.stop_all() is True and tuning.budget_used_up(tmp_path)
