@@ -16,8 +16,9 @@ def plot_elbo_curve(history: list[dict[str, float]], path: str | Path) -> Path:
     figure, axes = plt.subplots(figsize=(6, 4), dpi=100)
     axes.plot(epochs, [h["train_elbo"] for h in history], marker="o", label="train ELBO")
     axes.plot(epochs, [h["validation_elbo"] for h in history], marker="s", label="validation ELBO")
-    if history and "validation_iwae" in history[0]:
-        axes.plot(epochs, [h["validation_iwae"] for h in history], marker="^", label="validation IWAE bound L_k")
+    iwae = [(int(h["epoch"]), h["validation_iwae"]) for h in history if "validation_iwae" in h]
+    if iwae:  # only the epochs that had training.validation_k > 1 (a resume may have changed it)
+        axes.plot(*zip(*iwae), marker="^", label="validation IWAE bound L_k")
     axes.set_xlabel("epoch")
     axes.set_ylabel("ELBO (nats per image)")
     axes.set_title("ELBO per epoch")

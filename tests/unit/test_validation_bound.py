@@ -1,4 +1,5 @@
-"""The validation IWAE bound L_k (training.validation_k, search.metric 'validation_iwae').
+"""The validation IWAE bound L_k (training.validation_k, search.metric 'validation_iwae'), and the
+search's time budget across `--resume` (vae.tuning.SearchBudget).
 
 L_k = log 1/k sum_i p(x, z_i)/q(z_i|x) rises to log p(x) as k grows (Burda et al. 2016, Eq. 8) and
 is at least the ELBO in expectation. With a one-dimensional latent, log p(x) = log ∫ p(x|z) p(z) dz
