@@ -91,7 +91,7 @@ def register_run(
         uri,
     )
     images, labels = load_split(dataset["path"], split)
-    model, _ = load_checkpoint(checkpoint_dir)
+    model, state = load_checkpoint(checkpoint_dir)
     x, _ = evaluation.load_inputs(
         dataset["path"], split, model.data_dim, config.dataset.binarize, config.evaluation.seed
     )
@@ -126,7 +126,7 @@ def register_run(
     registry.describe_version(
         registration.model_name,
         registration.version,
-        card_tags(summary, history, registration, compared),
+        card_tags(summary, history, registration, compared, model_epoch=int(state["epoch"])),
         lambda tags: model_card(config, registration, tags, manifest),
         uri,
     )
@@ -135,10 +135,19 @@ def register_run(
 
 
 def card_tags(
-    summary: dict[str, Any], history: list[dict], registration: registry.Registration, compared: str | None
+    summary: dict[str, Any],
+    history: list[dict],
+    registration: registry.Registration,
+    compared: str | None,
+    model_epoch: int | None = None,
 ) -> dict[str, str]:
-    """What the card states beyond the gate's tags, as version tags too (searchable, and the card's source)."""
+    """What the card states beyond the gate's tags, as version tags too (searchable, and the card's source).
+
+    `model_epoch` is the epoch of the registered checkpoint: under early stopping, the best one, not
+    the last epoch trained (tagged `model_epoch` only when they differ).
+    """
     last = history[-1] if history else {}
+    trained = int(last.get("epoch", len(history)))
     minutes = last.get("training_minutes", sum(h.get("epoch_seconds", 0.0) for h in history) / 60)
     if compared is None or compared == str(registration.version):
         compared_with = "none (first version)" if compared is None else "none (this version was already champion)"
@@ -153,7 +162,8 @@ def card_tags(
         "n": str(summary.get("n", "")),
         "elbo": f"{summary['elbo']:.3f}",
         "elbo_gap": f"{summary['elbo_gap']:.3f}",
-        "epochs": str(int(last.get("epoch", len(history)))),
+        "epochs": str(trained),
+        "model_epoch": str(model_epoch) if model_epoch is not None and model_epoch != trained else "",
         "training_minutes": f"{minutes:.2f}",
         "evaluation_device": str(summary.get("device", "cpu")),
         "compared_with": compared_with,
@@ -200,7 +210,13 @@ def model_card(
         f"{model.latent_dim} latent dimensions, "
         f"{model.likelihood} likelihood |",
         f"| objective | {objective}, learning rate {training.learning_rate:g}, batch {training.batch_size} per worker |",
-        f"| training | {tags.get('epochs', '?')} epochs in {tags.get('training_minutes', '?')} min |",
+        f"| training | {tags.get('epochs', '?')} epochs in {tags.get('training_minutes', '?')} min"
+        + (
+            f"; this model is epoch {tags['model_epoch']}'s checkpoint (best validation ELBO)"
+            if "model_epoch" in tags
+            else ""
+        )
+        + " |",
         f"| hardware | training: {hardware}; evaluation: {tags.get('evaluation_device', '?')} |",
         f"| test NLL | {tags['test_nll_pm']} nats (± s.e.) at k={tags['k']} importance samples, "
         f"{tags.get('n', '?')} {tags.get('split', 'test')} images |",

@@ -219,8 +219,10 @@ def test_model_card_states_the_version_tags(registered, tmp_path):
     assert tags["test_nll_pm"] == "29.500 ± 0.250" and tags["k"] == "10"
     assert f"| ELBO gap | {tags['elbo_gap']} nats" in card and tags["elbo_gap"] == "1.750"
     assert f"| active units | {tags['active_units']} " in card and tags["active_units"] == "2 of 2"
-    assert f"| training | {tags['epochs']} epochs in {tags['training_minutes']} min |" in card
-    assert (tags["epochs"], tags["training_minutes"]) == ("2", "0.10")
+    # the checkpoint is epoch 1's of a 2-epoch history: the card names the registered model's own epoch
+    trained = f"{tags['epochs']} epochs in {tags['training_minutes']} min; this model is epoch {tags['model_epoch']}'s"
+    assert f"| training | {trained} checkpoint (best validation ELBO) |" in card
+    assert (tags["epochs"], tags["training_minutes"], tags["model_epoch"]) == ("2", "0.10", "1")
     assert f"digits@{tags['dataset_version']} (content hash `{tags['dataset_hash']}`)" in card
     assert tags["dataset_hash"] == dataset["content_hash"]
     assert f"| champion gate | {tags['gate']}; compared with version {first.version} (test NLL 30.000" in card

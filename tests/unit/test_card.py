@@ -78,6 +78,18 @@ def test_every_number_of_the_card_is_a_tag():
     assert card.startswith("# vae-card, version 3\n") and "## Intended use" in card and "## Limits" in card
 
 
+def test_an_early_stopped_model_names_its_own_epoch():
+    registration = _registration(3, True, 22.5)
+    same = card_tags(SUMMARY, HISTORY, registration, compared="2", model_epoch=40)
+    assert "model_epoch" not in same  # the last epoch's checkpoint: nothing to add
+    tags = {**_gate_tags(SUMMARY), **card_tags(SUMMARY, HISTORY, registration, compared="2", model_epoch=25)}
+    assert (tags["epochs"], tags["model_epoch"]) == ("40", "25")
+    rows = dict(
+        re.findall(r"^\| ([^|]+) \| (.+) \|$", model_card(CONFIG, registration, tags, MANIFEST), flags=re.MULTILINE)
+    )
+    assert rows["training"] == "40 epochs in 1.00 min; this model is epoch 25's checkpoint (best validation ELBO)"
+
+
 def test_a_card_without_active_units_has_no_such_row():
     registration = _registration(1, True, None)
     summary = {**SUMMARY, "active_units": None}
