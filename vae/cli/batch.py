@@ -13,15 +13,24 @@ from typing import Annotated, Optional
 import typer
 
 from vae.cli.app import app, build_config, check_binarize, fail, json_stdout, quiet_logs
-from vae.cli.jobs import BinarizeOption, JsonOption, ModelArgument, OverwriteOption, VerboseOption
+from vae.cli.jobs import (
+    BinarizeOption,
+    DatasetOption,
+    GpuOption,
+    JsonOption,
+    ModelArgument,
+    OverwriteOption,
+    ParquetOutOption,
+    VerboseOption,
+)
 from vae.errors import VAEError
 
 
 @app.command()
 def score(
     model: ModelArgument,
-    dataset: Annotated[str, typer.Option("--dataset", "-d", help="A dataset name (newest version) or directory.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="The Parquet file to write.")],
+    dataset: DatasetOption,
+    out: ParquetOutOption,
     split: Annotated[Optional[list[str]], typer.Option(help="Splits to score (repeatable; default: test).")] = None,
     k: Annotated[int, typer.Option("--k", help="Importance samples per image.")] = 5000,
     seed: Annotated[
@@ -29,10 +38,7 @@ def score(
     ] = 0,
     workers: Annotated[int, typer.Option(help="Ray Data scoring actors.")] = 1,
     batch_size: Annotated[int, typer.Option(help="Images per actor call.")] = 256,
-    gpu: Annotated[
-        Optional[bool],
-        typer.Option("--gpu/--cpu", help="Actors on GPUs (default: when the cluster has them).", show_default=False),
-    ] = None,
+    gpu: GpuOption = None,
     binarize: BinarizeOption = "threshold",
     overwrite: OverwriteOption = False,
     as_json: JsonOption = False,

@@ -27,22 +27,25 @@ BinarizeOption = Annotated[
 OverwriteOption = Annotated[bool, typer.Option("--overwrite", help="Replace the output file if it exists.")]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print the result as one JSON object.")]
 VerboseOption = Annotated[bool, typer.Option("--verbose", "-v", help="Show Ray and MLflow logs.")]
+DatasetOption = Annotated[str, typer.Option("--dataset", "-d", help="A dataset name (newest version) or directory.")]
+ParquetOutOption = Annotated[Path, typer.Option("--out", "-o", help="The Parquet file to write.")]
+GpuOption = Annotated[
+    Optional[bool],
+    typer.Option(
+        "--gpu/--cpu", help="Ray Data actors on GPUs (default: when the cluster has them).", show_default=False
+    ),
+]
 
 
 @app.command()
 def embed(
     model: ModelArgument,
-    dataset: Annotated[str, typer.Option("--dataset", "-d", help="A dataset name (newest version) or directory.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="The Parquet file to write.")],
+    dataset: DatasetOption,
+    out: ParquetOutOption,
     split: Annotated[Optional[list[str]], typer.Option(help="Splits to embed (repeatable; default: all).")] = None,
     workers: Annotated[int, typer.Option(min=1, help="Ray Data encoder actors.")] = 1,
     batch_size: Annotated[int, typer.Option(min=1, help="Rows per encoder call.")] = 4096,
-    gpu: Annotated[
-        Optional[bool],
-        typer.Option(
-            "--gpu/--cpu", help="Encoder actors on GPUs (default: when the cluster has them).", show_default=False
-        ),
-    ] = None,
+    gpu: GpuOption = None,
     binarize: BinarizeOption = "threshold",
     overwrite: OverwriteOption = False,
     as_json: JsonOption = False,
