@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
@@ -173,6 +174,39 @@ def matmul_precision(tf32: bool):
         torch.set_float32_matmul_precision(previous)
 
 
+def reduce_log_weights(chunks: Iterable[torch.Tensor], k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per example, from k log-weights log w_i = log p(x, z_i) - log q(z_i|x) arriving in chunks (Kc, B):
+    log p̂(x) = log 1/k sum_i w_i (Burda et al. 2016, Eq. 8), the Monte Carlo ELBO 1/k sum_i log w_i
+    and the effective sample size (sum w)^2 / sum w^2, each (B,) float64. A running float64
+    logsumexp, so only one chunk of weights is ever held."""
+    lse = lse2 = total = None
+    for log_w in chunks:
+        log_w = log_w.double()
+        first, second = torch.logsumexp(log_w, dim=0), torch.logsumexp(2.0 * log_w, dim=0)  # (B,)
+        if lse is None:
+            lse, lse2, total = first, second, log_w.sum(0)
+        else:
+            lse, lse2, total = torch.logaddexp(lse, first), torch.logaddexp(lse2, second), total + log_w.sum(0)
+    if lse is None:
+        raise ValueError("no log-weights: k must be >= 1")
+    return lse - math.log(k), total / k, torch.exp(2.0 * lse - lse2)
+
+
+def _standard_log_weights(model: VAE, xb, mean, logvar, e, x_projected, u) -> torch.Tensor:
+    """log w = log p(x|z) + log p(z) - log q(z|x) for z = mean + exp(logvar/2) * e, p(z) = N(0, I).
+
+    The Gaussian constants cancel, so it depends on z only through e and z^2:
+    log w = log p(x|z) - 1/2 |z|^2 + 1/2 |e|^2 + 1/2 sum logvar.   e: (Kc, B, L) → (Kc, B)
+    """
+    z = torch.addcmul(mean, torch.exp(0.5 * logvar), e)  # (Kc, B, L)
+    return (
+        model.log_likelihood(xb, z, x_projected, u)
+        - 0.5 * (z * z).sum(-1)
+        + 0.5 * (e * e).sum(-1)
+        + 0.5 * logvar.sum(-1)
+    )
+
+
 @torch.no_grad()
 def estimate_log_likelihood(
     model: VAE,
@@ -213,29 +247,11 @@ def estimate_log_likelihood(
                 if model.dequantized
                 else None
             )
-            # log q(z|x) - log p(z) depends on z only through eps and z^2 (Gaussian constants cancel):
-            # log w = log p(x|z) - 1/2 |z|^2 + 1/2 |eps|^2 + 1/2 sum logvar.
-            half_log_det = 0.5 * logvar.sum(-1)  # (B,)
             chunk = chunk_size or chunk_size_for(k, xb.shape[0], widest, max_memory_bytes // 2, rows)
-            lse = torch.full((xb.shape[0],), -math.inf, dtype=torch.float64, device=xb.device)  # (B,)
-            lse2 = lse.clone()  # logsumexp of 2 log w, for the ESS
-            total = torch.zeros_like(lse)  # sum of log w, for the ELBO
-            for done in range(0, k, chunk):
-                kc = min(chunk, k - done)
-                e = eps[done : done + kc]  # (Kc, B, L)
-                z = torch.addcmul(mean, torch.exp(0.5 * logvar), e)  # (Kc, B, L)
-                log_w = (
-                    model.log_likelihood(xb, z, x_projected, u)  # (Kc, B)
-                    - 0.5 * (z * z).sum(-1)
-                    + 0.5 * (e * e).sum(-1)
-                    + half_log_det
-                ).double()
-                lse = torch.logaddexp(lse, torch.logsumexp(log_w, dim=0))
-                lse2 = torch.logaddexp(lse2, torch.logsumexp(2.0 * log_w, dim=0))
-                total += log_w.sum(0)
-            log_px.append(lse - math.log(k))  # log 1/k sum w
-            elbos.append(total / k)
-            ess.append(torch.exp(2.0 * lse - lse2))  # (sum w)^2 / sum w^2
+            chunks = (_standard_log_weights(model, xb, mean, logvar, e, x_projected, u) for e in eps.split(chunk))
+            estimate = reduce_log_weights(chunks, k)  # (B,) each
+            for found, value in zip((log_px, elbos, ess), estimate):
+                found.append(value)
     return LogLikelihoodEstimate(
         log_px=torch.cat(log_px).cpu(), elbo=torch.cat(elbos).cpu(), ess=torch.cat(ess).cpu(), k=k
     )

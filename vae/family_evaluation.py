@@ -11,7 +11,6 @@ one latent layer (and handles 8-bit likelihoods and dequantisation, which the fa
 
 from __future__ import annotations
 
-import math
 
 import torch
 from torch import nn
@@ -24,6 +23,7 @@ from vae.estimators import (
     chunk_size_for,
     estimate_log_likelihood,
     matmul_precision,
+    reduce_log_weights,
 )
 from vae.families import LatentFamily
 
@@ -77,17 +77,9 @@ def estimate_family_log_likelihood(
             xb = x[lo : lo + batch_size]  # (B, D)
             eps = block_noise(k, model.noise_dim, first_index + lo, xb.shape[0], seed, xb.device).to(xb)  # (K, B, S)
             chunk = chunk_size or chunk_size_for(k, xb.shape[0], widest, max_memory_bytes // 2, rows)
-            lse = torch.full((xb.shape[0],), -math.inf, dtype=torch.float64, device=xb.device)  # (B,)
-            lse2, total = lse.clone(), torch.zeros_like(lse)
-            for done in range(0, k, chunk):
-                e = eps[done : done + chunk]  # (Kc, B, S)
-                log_w = model.log_weights(xb, e.shape[0], noise=e).double()  # (Kc, B)
-                lse = torch.logaddexp(lse, torch.logsumexp(log_w, dim=0))
-                lse2 = torch.logaddexp(lse2, torch.logsumexp(2.0 * log_w, dim=0))
-                total += log_w.sum(0)
-            log_px.append(lse - math.log(k))
-            elbos.append(total / k)
-            ess.append(torch.exp(2.0 * lse - lse2))  # (sum w)^2 / sum w^2
+            chunks = (model.log_weights(xb, e.shape[0], noise=e) for e in eps.split(chunk))  # (Kc, B) each
+            for found, value in zip((log_px, elbos, ess), reduce_log_weights(chunks, k)):
+                found.append(value)
     return LogLikelihoodEstimate(
         log_px=torch.cat(log_px).cpu(), elbo=torch.cat(elbos).cpu(), ess=torch.cat(ess).cpu(), k=k
     )

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from tests.helpers.linear_gaussian import bernoulli_1d_exact, make_bernoulli_1d, make_linear_gaussian, mean_and_se
-from vae.estimators import estimate_log_likelihood
+from vae.estimators import estimate_log_likelihood, reduce_log_weights
 from vae.model import diagonal_normal_log_density, standard_normal_log_density
 from vae.objectives import elbo, gaussian_kl, iwae_bound, sample_latents
 
@@ -99,3 +99,18 @@ def test_bernoulli_likelihood_is_the_stable_form_of_the_log_density():
 
     assert torch.allclose(bernoulli_log_likelihood(x, logits), reference)
     assert torch.isfinite(bernoulli_log_likelihood(x, logits)).all()
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 500])
+def test_chunked_reduction_of_log_weights_is_the_one_shot_answer(chunk):
+    """log 1/k sum w, 1/k sum log w and (sum w)^2 / sum w^2, computed directly in float64, whatever the chunking."""
+    log_w = 30.0 * torch.randn(500, 6, generator=torch.Generator().manual_seed(0))  # (K, B): weights spanning e^±90
+    log_px, elbo_, ess = reduce_log_weights(iter(log_w.float().split(chunk)), 500)
+    w = log_w.float().double()
+    torch.testing.assert_close(log_px, torch.logsumexp(w, 0) - math.log(500), rtol=0, atol=1e-12)
+    torch.testing.assert_close(elbo_, w.mean(0), rtol=0, atol=1e-12)
+    expected = torch.exp(2 * torch.logsumexp(w, 0) - torch.logsumexp(2 * w, 0))
+    torch.testing.assert_close(ess, expected, rtol=1e-12, atol=0)
+    assert bool((ess >= 1).all() and (ess <= 500).all())
+    with pytest.raises(ValueError, match="no log-weights"):
+        reduce_log_weights(iter(()), 1)
