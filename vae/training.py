@@ -34,7 +34,7 @@ from vae.paths import checkpoints_dir, inside
 from vae.datasets import DatasetRef, read_manifest, split_path
 from vae.inputs import prepare_inputs
 from vae.errors import TrainingDivergedError, VAEError
-from vae.model import CHECKPOINT_FILE, VAE, build_model, load_checkpoint, read_checkpoint_state
+from vae.model import CHECKPOINT_FILE, VAE, build_model, read_checkpoint_state
 from vae.objectives import elbo, iwae_bound
 from vae.stepper import Objective, Stepper, make_optimizer, restore_optimizer
 
@@ -684,7 +684,7 @@ def train(
     result = _fit(trainer, progress, training.epochs, echo, on_epoch, staging)
     if result.checkpoint is None:
         raise VAEError(f"training run '{name}' finished without a checkpoint")
-    _, state = load_checkpoint(result.checkpoint.path)
+    state = _state_header(result.checkpoint.path)  # its epoch and history; the weights are not read
     chosen = result.checkpoint.path
     if training.early_stopping_patience and result.best_checkpoints:
         found = [(checkpoint.path, metrics.get("validation_elbo")) for checkpoint, metrics in result.best_checkpoints]
