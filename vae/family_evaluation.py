@@ -11,7 +11,6 @@ one latent layer (and handles 8-bit likelihoods and dequantisation, which the fa
 
 from __future__ import annotations
 
-
 import torch
 from torch import nn
 
