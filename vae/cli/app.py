@@ -12,7 +12,7 @@ import os
 import re
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Optional
 
 import typer
 
@@ -26,6 +26,25 @@ app = typer.Typer(
 )
 
 PipelinesFile = Annotated[Path, typer.Option("--file", "-f", help="The pipelines file.", show_default=True)]
+
+# What the commands that read a model share: embed (vae.cli.jobs), score and sample (vae.cli.batch), evaluate.
+ModelArgument = Annotated[
+    str, typer.Argument(help="models:/NAME@ALIAS, models:/NAME/VERSION, runs:/ID/model, or a checkpoint directory.")
+]
+BinarizeOption = Annotated[
+    str, typer.Option(help="For a bare checkpoint: how it was trained (threshold, dynamic or none).")
+]
+OverwriteOption = Annotated[bool, typer.Option("--overwrite", help="Replace the output file if it exists.")]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print the result as one JSON object.")]
+VerboseOption = Annotated[bool, typer.Option("--verbose", "-v", help="Show Ray and MLflow logs.")]
+DatasetOption = Annotated[str, typer.Option("--dataset", "-d", help="A dataset name (newest version) or directory.")]
+ParquetOutOption = Annotated[Path, typer.Option("--out", "-o", help="The Parquet file to write.")]
+GpuOption = Annotated[
+    Optional[bool],
+    typer.Option(
+        "--gpu/--cpu", help="Ray Data actors on GPUs (default: when the cluster has them).", show_default=False
+    ),
+]
 
 
 def fail(message: str, code: int = 1) -> None:

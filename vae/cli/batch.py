@@ -12,8 +12,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from vae.cli.app import app, build_config, check_binarize, fail, json_stdout, quiet_logs
-from vae.cli.jobs import (
+from vae.cli.app import (
     BinarizeOption,
     DatasetOption,
     GpuOption,
@@ -22,6 +21,12 @@ from vae.cli.jobs import (
     OverwriteOption,
     ParquetOutOption,
     VerboseOption,
+    app,
+    build_config,
+    check_binarize,
+    fail,
+    json_stdout,
+    quiet_logs,
 )
 from vae.errors import VAEError
 

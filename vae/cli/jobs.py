@@ -13,28 +13,24 @@ from typing import Annotated, Optional
 
 import typer
 
-from vae.cli.app import PipelinesFile, check_binarize, fail, json_stdout, quiet_logs, app
+from vae.cli.app import (
+    BinarizeOption,
+    DatasetOption,
+    GpuOption,
+    JsonOption,
+    ModelArgument,
+    OverwriteOption,
+    ParquetOutOption,
+    PipelinesFile,
+    VerboseOption,
+    app,
+    check_binarize,
+    fail,
+    json_stdout,
+    quiet_logs,
+)
 from vae.config import DEFAULT_PIPELINES_FILE
 from vae.errors import VAEError
-
-# What the batch jobs' commands (embed here, score and sample in vae.cli.batch) share.
-ModelArgument = Annotated[
-    str, typer.Argument(help="models:/NAME@ALIAS, models:/NAME/VERSION, runs:/ID/model, or a checkpoint directory.")
-]
-BinarizeOption = Annotated[
-    str, typer.Option(help="For a bare checkpoint: how it was trained (threshold, dynamic or none).")
-]
-OverwriteOption = Annotated[bool, typer.Option("--overwrite", help="Replace the output file if it exists.")]
-JsonOption = Annotated[bool, typer.Option("--json", help="Print the result as one JSON object.")]
-VerboseOption = Annotated[bool, typer.Option("--verbose", "-v", help="Show Ray and MLflow logs.")]
-DatasetOption = Annotated[str, typer.Option("--dataset", "-d", help="A dataset name (newest version) or directory.")]
-ParquetOutOption = Annotated[Path, typer.Option("--out", "-o", help="The Parquet file to write.")]
-GpuOption = Annotated[
-    Optional[bool],
-    typer.Option(
-        "--gpu/--cpu", help="Ray Data actors on GPUs (default: when the cluster has them).", show_default=False
-    ),
-]
 
 
 @app.command()

@@ -9,16 +9,25 @@ from typing import Annotated, Optional
 
 import typer
 
-from vae.cli.app import app, build_config, check_binarize, check_output_file, fail, json_stdout, quiet_logs
+from vae.cli.app import (
+    BinarizeOption,
+    DatasetOption,
+    ModelArgument,
+    app,
+    build_config,
+    check_binarize,
+    check_output_file,
+    fail,
+    json_stdout,
+    quiet_logs,
+)
 from vae.errors import VAEError
 
 
 @app.command()
 def evaluate(
-    model: Annotated[
-        str, typer.Argument(help="models:/NAME@ALIAS, models:/NAME/VERSION, runs:/ID/model, or a checkpoint directory.")
-    ],
-    dataset: Annotated[str, typer.Option("--dataset", "-d", help="A dataset name (newest version) or directory.")],
+    model: ModelArgument,
+    dataset: DatasetOption,
     k: Annotated[int, typer.Option("--k", help="Importance samples per image.")] = 5000,
     split: Annotated[str, typer.Option(help="Which split: test or validation.")] = "test",
     max_memory: Annotated[int, typer.Option("--max-memory", help="Memory budget for samples, MiB.")] = 256,
@@ -30,7 +39,7 @@ def evaluate(
     tf32: Annotated[
         bool, typer.Option("--tf32", help="Let float32 matmuls use TF32 on the GPU (faster; changes the numbers).")
     ] = False,
-    binarize: Annotated[str, typer.Option(help="For a bare checkpoint: threshold, dynamic or none.")] = "threshold",
+    binarize: BinarizeOption = "threshold",
     output: Annotated[
         Optional[Path], typer.Option(help="Per-example Parquet (default: under VAE_HOME/evaluations).")
     ] = None,
