@@ -51,7 +51,7 @@ def tune(
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as one JSON object.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show Ray and Tune logs.")] = False,
 ) -> None:
-    """Search hyperparameters with Ray Tune (ASHA on validation ELBO); register the best through the gate."""
+    """Search hyperparameters with Ray Tune (ASHA on search.metric); register the best through the gate."""
     quiet_logs(verbose)
     from vae.config import load_pipeline
 
