@@ -16,6 +16,7 @@ _STATE = Path(tempfile.mkdtemp(prefix="vae-tests-"))
 os.environ["VAE_HOME"] = str(_STATE / "home")
 os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{_STATE / 'home' / 'mlflow.db'}"
 os.environ["PREFECT_HOME"] = str(_STATE / "prefect")
+os.environ["VAE_STATE_KEY_FILE"] = str(_STATE / "keys" / "state.key")  # outside VAE_HOME, like ~/.config/vae
 os.environ.pop("RAY_ADDRESS", None)
 os.environ.pop("PREFECT_API_URL", None)
 (_STATE / "home").mkdir(parents=True, exist_ok=True)

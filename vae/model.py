@@ -9,6 +9,7 @@ Shapes: B images, D = prod(image shape) pixels, L latent dimensions, K samples p
 from __future__ import annotations
 
 import math
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -269,13 +270,21 @@ def model_from_state(state: dict[str, Any]) -> Model:
     return model.eval()
 
 
-def read_checkpoint_state(checkpoint_dir: str | Path) -> dict[str, Any]:
-    """The contents of a training checkpoint directory, loaded to the CPU (weights_only: no code runs)."""
+def read_checkpoint_state(checkpoint_dir: str | Path, *, mmap: bool = False) -> dict[str, Any]:
+    """The contents of a training checkpoint directory, loaded to the CPU (weights_only: no code runs).
+
+    `mmap` maps the tensors instead of reading them (for the epoch and history alone). A file that
+    weights_only refuses (a planted pickle naming code) or cannot read is one line, nothing loaded."""
     path = Path(checkpoint_dir) / CHECKPOINT_FILE
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except FileNotFoundError:
         raise VAEError(f"{path}: checkpoint not found (expected a training checkpoint directory)") from None
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as exc:
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise VAEError(
+            f"{path}: not a checkpoint this project wrote (only tensors and plain values are loaded; {reason})"
+        ) from None
 
 
 def load_checkpoint(checkpoint_dir: str | Path) -> tuple[Model, dict[str, Any]]:

@@ -694,7 +694,7 @@ def train(
 
 def _state_header(directory: str | Path) -> dict[str, Any]:
     """A checkpoint's state with its tensors memory-mapped, not read: for its epoch and history."""
-    return torch.load(Path(directory) / CHECKPOINT_FILE, map_location="cpu", weights_only=True, mmap=True)
+    return read_checkpoint_state(directory, mmap=True)
 
 
 def _best(candidates: list[tuple[str, float | None]]) -> str:

@@ -12,7 +12,9 @@ The best trial is scored at the pipeline's k and registered through the champion
 Each search lives in VAE_HOME/tune/NAME/STAMP: `ray/` (Tune's experiment), `checkpoints/TRIAL/`
 (each trial's training) and `search.json` (the parent run; the result once done). An interrupted
 search continues with `Tuner.restore`: finished trials are not rerun, an unfinished one resumes
-from its newest checkpoint. (Tune keeps its state as pickles: resume only searches you started.)
+from its newest checkpoint. Tune keeps its state as pickles, so `ray/` is signed with this user's key
+when the search stops (`state.sig`, vae.integrity) and checked before `Tuner.restore` opens it: a
+planted or changed file is refused in one line, and nothing is loaded.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vae import evaluation, registration, registry, training
+from vae import evaluation, integrity, registration, registry, training
 from vae.cluster import ensure_ray
 from vae.config import SEARCHABLE, Distribution, PipelineConfig, SearchSpace
 from vae.datasets import DatasetRef
@@ -36,6 +38,7 @@ from vae.errors import ConfigError, VAEError
 from vae.paths import inside, tracking_uri, vae_home
 
 SEARCH_FILE = "search.json"
+STATE_SIGNATURE = "state.sig"  # the HMAC of every file of Tune's experiment (`ray/`), written when the search stops
 TRIAL_FILE = "trial.json"  # written by a trial that trained to the end: its checkpoint and history
 # The per-epoch metrics a trial's MLflow run records (the rest of Tune's result is bookkeeping).
 CURVE = (
@@ -429,6 +432,8 @@ def _start_or_resume(
         if folder is None:
             raise VAEError(f"--resume: no search of pipeline '{config.name}' under {searches_dir(config.name)}")
         record = json.loads((folder / SEARCH_FILE).read_text())
+        if record.get("status") != "done":  # Tune's pickles are opened only when this user signed them
+            integrity.verify_tree(folder / "ray", folder / STATE_SIGNATURE)
         if record.get("dataset", {}).get("content_hash") != dataset.content_hash:
             raise VAEError(
                 f"--resume: the search at {folder} ran on dataset version {record['dataset']['version']}, "
@@ -473,6 +478,8 @@ def search(
     started = time.perf_counter()
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Tune's own tables off: the lines are ours
     uri = tracking_uri()
+    if not resume:
+        integrity.load_key(create=True)  # a key that cannot be kept is one line now, not after the trials
     budget = {"trials": trials or config.search.trials, "max_minutes": max_minutes or config.search.max_minutes}
     folder, record, resumed = _start_or_resume(config, dataset, resume, uri, budget)
     # A resumed search counts against what it started with (--trials 20 stays 20, whatever the file says);
@@ -494,6 +501,8 @@ def search(
     if echo:
         verb = "resuming" if resumed else "searching"
         echo(f"{verb} {trials} trials of {config.name} ({folder}); MLflow parent run {parent}")
+    signature = folder / STATE_SIGNATURE
+    signature.unlink(missing_ok=True)  # state that changes from here on is unsigned until the search stops
     try:
         if resumed:
             tuner = tune.Tuner.restore(
@@ -504,6 +513,7 @@ def search(
         results = tuner.fit()
     finally:
         _SEARCHES.pop(str(folder), None)
+        integrity.sign_tree(experiment, signature)  # Ctrl-C and errors too: what Tune saved is resumable
     # Trials end through the callback (trained to the end, stopped by ASHA, or failed); fewer, with
     # time left, means Ctrl-C or SIGTERM stopped the search. Trials cut by the time budget are KILLED.
     out_of_time = max_minutes is not None and budget_used_up(folder)

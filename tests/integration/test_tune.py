@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import signal
 from pathlib import Path
 
 import pytest
 
-from vae import registry, tuning
+from vae import integrity, registry, tuning
 from vae.config import load_pipeline
 from vae.ingest import ingest
 
@@ -37,6 +38,16 @@ pipelines:
         learning_rate: {loguniform: [0.001, 0.01]}
         latent_dim: {randint: [2, 3]}
 """
+
+
+class _Payload:
+    """A pickle that runs code when loaded: creates `marker`."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.mkdir, (str(self.marker),))
 
 
 def _curve(run_id: str, metric: str = "validation_elbo") -> list[int]:
@@ -71,6 +82,19 @@ def test_an_interrupted_search_resumes_without_rerunning_finished_trials(ray_ses
     parent = record_json["parent_run_id"]
     assert record_json["budget"] == {"trials": 2, "max_minutes": None}
     assert registry.client().get_run(parent).info.status == "KILLED"
+
+    # Someone who can write into VAE_HOME overwrites Tune's pickles: the resume refuses before loading any.
+    pickles = sorted((folder / "ray").rglob("*.pkl"))
+    assert len(pickles) >= 2, pickles  # tuner.pkl and each trial's params.pkl
+    originals = {path: path.read_bytes() for path in pickles}
+    marker = tmp_path / "payload-ran"
+    for path in pickles:
+        path.write_bytes(pickle.dumps(_Payload(marker)))
+    with pytest.raises(integrity.StateIntegrityError, match="refusing to resume: .*not written by this user"):
+        tuning.search(config, dataset, resume=True, echo=None)
+    assert not marker.exists()
+    for path, content in originals.items():  # the user's own state, byte for byte: it verifies again
+        path.write_bytes(content)
 
     resumed: list[str] = []
     result = tuning.search(config, dataset, resume=True, echo=resumed.append)
