@@ -30,6 +30,7 @@ from pydantic import (
 )
 
 from vae.errors import ConfigError
+from vae.likelihood_kinds import EIGHT_BIT_LIKELIHOODS, LIKELIHOOD_KINDS
 from vae.urls import redact_url
 
 DEFAULT_PIPELINES_FILE = "pipelines.yaml"
@@ -150,6 +151,30 @@ class DatasetConfig(_Frozen):
         return redact_url(self.source)
 
 
+LikelihoodName = Literal[tuple(LIKELIHOOD_KINDS)]  # the names of vae.likelihoods.LIKELIHOODS
+IMPORT_PATH = re.compile(r"[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*")
+
+
+class NetworkSpec(_Frozen):
+    """A user's network: `factory` is `package.module:attr`, called with image_shape=(C, H, W),
+    latent_dim=L, params_per_subpixel=P and `args` (vae.networks). Written as the string alone when
+    there are no args."""
+
+    factory: str
+    args: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_string(cls, value: Any) -> Any:
+        return {"factory": value} if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _import_path(self) -> "NetworkSpec":
+        if not IMPORT_PATH.fullmatch(self.factory):
+            raise ValueError(f"factory '{self.factory}': expected an import path 'package.module:attr'")
+        return self
+
+
 class ModelConfig(_Frozen):
     """A VAE: q(z|x) = N(mu(x), diag sigma^2(x)), p(z) = N(0, I), p(x|z) by `likelihood`.
 
@@ -160,8 +185,8 @@ class ModelConfig(_Frozen):
     on 8-bit pixels), and for 8-bit pixels `discretized_logistic`, `logistic_mixture` (with
     `components`) and `categorical` (vae.likelihoods).
 
-    Stronger families (vae.families), built for the `mlp` architecture and the `bernoulli` and
-    `gaussian` likelihoods (without `dequantize`); anything else is refused in one line:
+    Stronger families (vae.families), on every architecture and likelihood (the VampPrior's
+    pseudo-inputs take the image's shape); what is ill-defined is refused in one line:
     - `prior: vampprior`: p(z) = 1/K sum_k q(z|u_k) over K = `pseudo_inputs` learned pseudo-images u_k
       (Tomczak & Welling 2018, Eq. 9; they use K = 500). Default `standard`: p(z) = N(0, I).
     - `body: gated`: every hidden layer a gated linear unit h = (W x + b) * sigmoid(V x + c)
@@ -170,8 +195,11 @@ class ModelConfig(_Frozen):
       layers): z1 has `latent_dim` dimensions, z2 `latent_dim2`, and the nets between them the widths
       `latent_hidden` (Burda et al.: latent 100 + 50, hidden [200, 200], latent_hidden [100, 100], tanh).
       Its top prior is N(0, I): `prior: vampprior` with `levels: 2` is refused.
-    With all four at their defaults the model is vae.model.VAE, unchanged, and the family fields are
-    left out of model_dump (checkpoints, MLflow params and cache keys of existing pipelines stay as they were).
+      `body: gated` gates dense layers: with `architecture: conv` it is refused.
+    Users' own networks: `encoder` and/or `decoder` name a factory `package.module:attr` (vae.networks)
+    with keyword `args`; a module beside pipelines.yaml is found.
+    With all of these at their defaults the model is vae.model.VAE, unchanged, and the fields are left
+    out of model_dump (checkpoints, MLflow params and cache keys of existing pipelines stay as they were).
     """
 
     architecture: Literal["mlp", "conv"] = "mlp"
@@ -179,9 +207,7 @@ class ModelConfig(_Frozen):
     hidden: tuple[Int, ...] = (128, 128)
     channels: tuple[Int, ...] = Field((32, 64), min_length=1)
     activation: Literal["relu", "tanh"] = "relu"
-    likelihood: Literal["bernoulli", "gaussian", "discretized_logistic", "logistic_mixture", "categorical"] = (
-        "bernoulli"
-    )
+    likelihood: LikelihoodName = "bernoulli"  # a name of the table vae.likelihoods.LIKELIHOODS
     # logistic_mixture only: mixture components per subpixel (PixelCNN++ uses 10 for CIFAR-10).
     components: Int = Field(5, ge=1)
     # Gaussian likelihood only: a fixed observation std, or null to learn one per pixel.
@@ -196,6 +222,9 @@ class ModelConfig(_Frozen):
     levels: Int = Field(1, ge=1, le=2)
     latent_dim2: Int | None = Field(None, ge=1)  # levels 2 only: dimensions of the top level z2
     latent_hidden: tuple[Int, ...] = (100, 100)  # levels 2 only: widths of the nets between z1 and z2
+    # Users' own networks by import path (vae.networks): they replace the built-in ones of that side.
+    encoder: NetworkSpec | None = None
+    decoder: NetworkSpec | None = None
     FAMILY_FIELDS: ClassVar[tuple[str, ...]] = (
         "prior",
         "pseudo_inputs",
@@ -203,6 +232,8 @@ class ModelConfig(_Frozen):
         "levels",
         "latent_dim2",
         "latent_hidden",
+        "encoder",
+        "decoder",
     )
 
     @model_validator(mode="after")
@@ -238,14 +269,8 @@ class ModelConfig(_Frozen):
         )
         if self.prior == "vampprior" and self.levels == 2:
             raise ValueError("prior 'vampprior' with levels 2 is not built (the two-level VAE's top prior is N(0, I))")
-        if self.architecture != "mlp":
-            raise ValueError(f"{what} is built for architecture 'mlp' only, got architecture '{self.architecture}'")
-        if self.likelihood not in ("bernoulli", "gaussian"):
-            raise ValueError(
-                f"{what} is built for likelihood 'bernoulli' or 'gaussian' only, got likelihood '{self.likelihood}'"
-            )
-        if self.dequantize:
-            raise ValueError(f"{what} is not built with dequantize: true (set dequantize: false)")
+        if self.body == "gated" and self.architecture == "conv":
+            raise ValueError(f"{what} gates dense layers: architecture 'conv' has none to gate (use body 'mlp')")
         return self
 
     @model_serializer(mode="wrap")
@@ -268,8 +293,10 @@ class ModelConfig(_Frozen):
         """Whether p(x|z) is a probability of 8-bit pixels: a discretised or categorical likelihood, or dequantised."""
         return self.likelihood in EIGHT_BIT_LIKELIHOODS or self.dequantize
 
-
-EIGHT_BIT_LIKELIHOODS = ("discretized_logistic", "logistic_mixture", "categorical")
+    @property
+    def network_specs(self) -> tuple[NetworkSpec, ...]:
+        """The users' networks this model imports (encoder, decoder), those given."""
+        return tuple(spec for spec in (self.encoder, self.decoder) if spec is not None)
 
 
 class TrainingConfig(_Frozen):
@@ -442,6 +469,8 @@ SEARCHABLE = {
     "architecture": "model",
     "prior": "model",
     "body": "model",
+    "encoder": "model",
+    "decoder": "model",
 }
 
 
@@ -490,6 +519,8 @@ class SearchSpace(_Frozen):
     architecture: Distribution | None = None
     prior: Distribution | None = None  # standard | vampprior (with the pipeline's pseudo_inputs, default 500)
     body: Distribution | None = None  # mlp | gated
+    encoder: Distribution | None = None  # choice of users' networks (import paths or {factory, args})
+    decoder: Distribution | None = None
 
     @model_validator(mode="after")
     def _draws_fit_the_schema(self) -> "SearchSpace":
@@ -645,7 +676,7 @@ def _parse_pipeline(path: Path, name: str, body: Any) -> PipelineConfig:
     if not isinstance(body, dict):
         raise ConfigError(f"{path}: pipeline '{name}': expected a mapping of sections, got {body!r}")
     try:
-        return PipelineConfig(name=name, **body)
+        config = PipelineConfig(name=name, **body)
     except ValidationError as exc:
         first = exc.errors()[0]
         if not first["loc"]:  # a check across sections
@@ -656,6 +687,21 @@ def _parse_pipeline(path: Path, name: str, body: Any) -> PipelineConfig:
         raise ConfigError(f"{path}: pipeline '{name}': field '{field}': {describe_error(first)}") from None
     except TypeError as exc:  # e.g. a section given twice through ** expansion
         raise ConfigError(f"{path}: pipeline '{name}': {exc}") from None
+    specs = {
+        field: spec
+        for field, spec in (("model.encoder", config.model.encoder), ("model.decoder", config.model.decoder))
+        if spec is not None
+    }
+    space = config.search.space if config.search is not None else None
+    for field in ("encoder", "decoder"):
+        drawn = getattr(space, field, None)
+        for i, value in enumerate(drawn.candidates if drawn is not None else ()):
+            specs[f"search.space.{field}.choice[{i}]"] = NetworkSpec.model_validate(value)
+    if specs:  # users' networks are imported (and so torch) only when a pipeline names some
+        from vae.user_code import check_importable
+
+        check_importable(specs, path.resolve().parent, f"{path}: pipeline '{name}'")
+    return config
 
 
 class _DuplicateKeyError(yaml.MarkedYAMLError):

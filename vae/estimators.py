@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from vae.likelihoods import BITS_PER_DIM_UNIT
-from vae.model import VAE, Model
+from vae.latent_model import LatentVariableModel as Model
 
 # What bits/dim means for each kind of likelihood (VAE.bits_per_dim_kind): NLL / (D ln 2) either way.
 BITS_PER_DIM_MEANING = {
@@ -137,20 +137,9 @@ def block_uniform(data_dim: int, first: int, count: int, seed: int, device: torc
     return torch.cat(parts)[offset : offset + count]  # (B, D)
 
 
-def decoder_width(model: VAE) -> int:
-    """Floats per latent sample in the decoder's widest activation: its output D*P, or a wider layer."""
-    widths = [model.data_dim * model.per_subpixel, *model.config.hidden]
-    if model.config.architecture == "conv":  # the feature maps: one latent through the decoder, measured
-        sizes: list[int] = []
-        hooks = [m.register_forward_hook(lambda _m, _i, out: sizes.append(out.numel())) for m in model.decoder]
-        try:
-            with torch.no_grad():
-                model.decoder(torch.zeros((1, model.latent_dim), device=next(model.parameters()).device))
-        finally:
-            for hook in hooks:
-                hook.remove()
-        widths += sizes
-    return max(widths)
+def decoder_width(model: Model) -> int:
+    """Floats per latent sample in the widest activation of one log-weight (the model's sample_width)."""
+    return model.sample_width()
 
 
 def _aligned_batches(first_index: int, n: int, batch_size: int):
@@ -192,24 +181,9 @@ def reduce_log_weights(chunks: Iterable[torch.Tensor], k: int) -> tuple[torch.Te
     return lse - math.log(k), total / k, torch.exp(2.0 * lse - lse2)
 
 
-def _standard_log_weights(model: VAE, xb, mean, logvar, e, x_projected, u) -> torch.Tensor:
-    """log w = log p(x|z) + log p(z) - log q(z|x) for z = mean + exp(logvar/2) * e, p(z) = N(0, I).
-
-    The Gaussian constants cancel, so it depends on z only through e and z^2:
-    log w = log p(x|z) - 1/2 |z|^2 + 1/2 |e|^2 + 1/2 sum logvar.   e: (Kc, B, L) → (Kc, B)
-    """
-    z = torch.addcmul(mean, torch.exp(0.5 * logvar), e)  # (Kc, B, L)
-    return (
-        model.log_likelihood(xb, z, x_projected, u)
-        - 0.5 * (z * z).sum(-1)
-        + 0.5 * (e * e).sum(-1)
-        + 0.5 * logvar.sum(-1)
-    )
-
-
 @torch.no_grad()
 def estimate_log_likelihood(
-    model: VAE,
+    model: Model,
     x: torch.Tensor,
     k: int,
     *,
@@ -220,35 +194,37 @@ def estimate_log_likelihood(
     first_index: int = 0,
     tf32: bool = False,
 ) -> LogLikelihoodEstimate:
-    """Estimate log p(x) per example with k importance samples from q(z|x), on x's device.
+    """Estimate log p(x) per example with k importance samples from q(s|x), on x's device, for any
+    model of the contract (vae.latent_model): log p̂(x) = logsumexp_i log w_i - log k,
+    log w_i = log p(x, s_i) - log q(s_i|x) (Burda et al. 2016, Eq. 8).
 
-    x: (N, D); row n uses the noise of global example `first_index + n` (see `block_noise`).
-    batch_size None: as many images per batch as the memory budget allows (the GPU setting).
-    Returns per-example log p̂(x), Monte Carlo ELBO and ESS, all (N,) float64, on the CPU.
+    x: (N, D); row n uses the noise of global example `first_index + n` (see `block_noise`), and
+    with dequantisation one u per example (`block_uniform`), fixed across its k samples (Theis et
+    al. 2016, Sec. 3.1). batch_size None: as many images per batch as the memory budget allows (the
+    GPU setting). Returns per-example log p̂(x), Monte Carlo ELBO and ESS, all (N,) float64, on the CPU.
     """
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
     model.eval()
-    widest = decoder_width(model)
+    widest = model.sample_width()
     rows = DEVICE_ROWS if x.device.type == "cuda" else CACHE_ROWS
-    # The noise for a batch is K * B * L floats: keep it within half the budget.
-    fits = max(1, max_memory_bytes // 2 // (k * model.latent_dim * 4))
+    # The noise for a batch is K * B * S floats: keep it within half the budget.
+    fits = max(1, max_memory_bytes // 2 // (k * model.noise_dim * 4))
     batch_size = max(1, min(batch_size or x.shape[0], fits))
     log_px, elbos, ess = [], [], []
     with matmul_precision(tf32):
         for lo, hi in _aligned_batches(first_index, x.shape[0], batch_size):
             xb = x[lo:hi]  # (B, D)
-            mean, logvar = model.encode(xb)  # (B, L): once per image, never per sample
-            eps = block_noise(k, mean.shape[-1], first_index + lo, xb.shape[0], seed, xb.device).to(mean)  # (K, B, L)
-            x_projected = model.project_inputs(xb) if model.config.likelihood == "bernoulli" else None
-            # Dequantisation: one u per example, fixed across its k samples (Theis et al. 2016, Sec. 3.1).
             u = (
                 block_uniform(model.data_dim, first_index + lo, xb.shape[0], seed, xb.device)
                 if model.dequantized
                 else None
-            )
+            )  # (B, D)
+            proposal = model.proposal(xb, u)  # q(s|x)'s per-image part: once per image, never per sample
+            eps = block_noise(k, model.noise_dim, first_index + lo, xb.shape[0], seed, xb.device)  # (K, B, S)
+            eps = eps.to(proposal.mean)
             chunk = chunk_size or chunk_size_for(k, xb.shape[0], widest, max_memory_bytes // 2, rows)
-            chunks = (_standard_log_weights(model, xb, mean, logvar, e, x_projected, u) for e in eps.split(chunk))
+            chunks = (model.log_weights_given_noise(xb, e, proposal) for e in eps.split(chunk))  # (Kc, B) each
             estimate = reduce_log_weights(chunks, k)  # (B,) each
             for found, value in zip((log_px, elbos, ess), estimate):
                 found.append(value)
@@ -322,7 +298,8 @@ def annealed_importance_sampling(
     log w = sum_t (b_t - b_{t-1}) log p(x | s_{t-1}),  s_t ~ HMC leaving f_t invariant  (Neal 2001, Eq. 3)
     p̂(x) = mean over chains of w, an unbiased estimate of p(x). x: (N, D) → (N,)
     s is the model's full latent state: z for vae.model.VAE (p(z) = N(0, I)), [z1, z2] for a two-level
-    vae.families model; the model supplies sample_prior, log_prior, log_likelihood_state and state_dim.
+    vae.families model; any model of the contract (vae.latent_model) supplies sample_prior, log_prior,
+    log_likelihood_state and state_dim.
     """
     model.eval()
     generator = torch.Generator(device=x.device).manual_seed(seed)

@@ -1,7 +1,7 @@
 """Score a model on a dataset split: load, prepare inputs, estimate log p(x) locally or across Ray.
 
-Glue between the pure estimators (vae.estimators; vae.family_evaluation for the VampPrior, gated
-and two-level families), the stored data (vae.data) and Ray tasks.
+Glue between the pure estimators (vae.estimators: one IS estimator and one AIS for every model of
+the contract, vae.latent_model), the stored data (vae.data) and Ray tasks.
 Every example draws its noise from its own seeded stream, so splitting the set across workers
 gives the same numbers as one process.
 """
@@ -24,8 +24,7 @@ from vae.config import EvaluationConfig
 from vae.datasets import check_pixels, dataset_problem, load_split, read_manifest
 from vae.inputs import prepare_inputs
 from vae.errors import DataError
-from vae.estimators import LogLikelihoodEstimate, device_memory_budget
-from vae.family_evaluation import log_likelihood_estimator
+from vae.estimators import LogLikelihoodEstimate, device_memory_budget, estimate_log_likelihood
 from vae.model import Model, load_checkpoint, model_from_state
 
 
@@ -94,8 +93,8 @@ def estimate_on_device(
 ) -> LogLikelihoodEstimate:
     """Estimate on `device`: on a GPU the batch and decoder chunks are sized from its free memory.
 
-    A vae.families model is estimated from its own log-weights (vae.family_evaluation), with the
-    same per-example noise streams (block_noise by global index) and the same summary fields.
+    Every model of the contract is estimated by the one IS estimator (vae.estimators), from its own
+    log-weights, with the same per-example noise streams (block_noise by global index).
 
     With `progress`, the images go in steps of PROGRESS_IMAGES (identical numbers: an example's
     noise depends only on its index) and progress(done, total) is called after each step.
@@ -103,7 +102,7 @@ def estimate_on_device(
     device = device or evaluation_device(config)
     budget = device_memory_budget(device, config.max_memory_mb * 2**20)
     model = model.to(device)
-    estimate = log_likelihood_estimator(model)  # the family's own log-weights for a vae.families model
+    estimate = estimate_log_likelihood
     step = x.shape[0] if progress is None or device.type == "cuda" else PROGRESS_IMAGES
     parts = []
     for start in range(0, x.shape[0], step):

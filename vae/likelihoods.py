@@ -1,4 +1,16 @@
-"""Likelihoods of 8-bit pixels, uniform dequantisation and bits/dim: pure torch, no framework imports.
+"""Likelihoods p(x|z) as one table of small classes, their log densities, and bits/dim: pure torch.
+
+LIKELIHOODS maps each name pipelines.yaml accepts (model.likelihood) to a class that knows its
+parameter count per subpixel, log-density, mean, sampler and what its bits/dim counts:
+  bernoulli             binary pixels, P = 1 logit
+  gaussian              continuous pixels, P = 1 mean (std fixed or learned per pixel, held by the model);
+                        with dequantize: true a bound on 8-bit pixels (DequantizedGaussian)
+  discretized_logistic  8-bit pixels, P = 2
+  logistic_mixture      8-bit pixels, P = 3K
+  categorical           8-bit pixels, P = 256
+Adding one is a class here with its entry in LIKELIHOODS, and its test.
+
+The 8-bit likelihoods:
 
 Pixels x are whole numbers in {0..255} (a float or integer tensor) of shape (..., D), D = C*H*W
 subpixels. Parameters live in PixelCNN++'s [-1, 1] scale: pixel value v sits at the bin centre
@@ -21,10 +33,16 @@ import math
 import torch
 import torch.nn.functional as F
 
+from vae.likelihood_kinds import EIGHT_BIT_LIKELIHOODS, LIKELIHOOD_KINDS
+
 LOGISTIC = "discretized_logistic"
 MIXTURE = "logistic_mixture"
 CATEGORICAL = "categorical"
-EIGHT_BIT_KINDS = (LOGISTIC, MIXTURE, CATEGORICAL)
+EIGHT_BIT_KINDS = EIGHT_BIT_LIKELIHOODS
+# Where 8-bit likelihoods' scales start: a logistic scale of e^-2 in [-1, 1] units (about 17 pixel
+# levels) and, for the dequantised Gaussian, a std of e^-2.5 on [0, 1] (about 21 levels) alike.
+INITIAL_LOG_SCALE = -2.0
+INITIAL_DEQUANTIZED_LOG_STD = -2.5
 
 LEVELS = 256
 HALF_BIN = 1.0 / 255.0  # half a bin's width in the [-1, 1] scale
@@ -32,13 +50,7 @@ MIN_LOG_SCALE = -7.0  # as PixelCNN++: keeps 1/s finite; s = e^-7 already puts 9
 LOG_256 = math.log(LEVELS)
 
 # What a negative log-likelihood measures, for bits_per_dim: the data a likelihood is a probability of.
-DATA_KIND = {
-    "bernoulli": "binary",
-    LOGISTIC: "8bit",
-    MIXTURE: "8bit",
-    CATEGORICAL: "8bit",
-    "gaussian": "continuous",
-}
+DATA_KIND = LIKELIHOOD_KINDS
 BITS_PER_DIM_UNIT = {
     "binary": "bits per binary pixel",
     "8bit": "bits per 8-bit subpixel",
@@ -234,3 +246,188 @@ def bits_per_dim(nll_nats, data_dim: int, kind: str):
     if data_dim < 1:
         raise ValueError(f"data_dim must be >= 1, got {data_dim}")
     return nll_nats / (data_dim * math.log(2.0))
+
+
+# --- Bernoulli and Gaussian log densities ---------------------------------------------------------
+
+LOG_2PI = math.log(2.0 * math.pi)
+
+
+def bernoulli_log_likelihood(x: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """log p(x|z) = sum_d x_d l_d - softplus(l_d), the stable form of x log s(l) + (1-x) log(1-s(l)).
+
+    x: (..., D) in {0, 1}; logits: (..., D) → (...,)
+    """
+    return (x * logits - F.softplus(logits)).sum(-1)
+
+
+def gaussian_log_likelihood(x: torch.Tensor, mean: torch.Tensor, log_std: torch.Tensor) -> torch.Tensor:
+    """log N(x; mean, diag exp(2 log_std)) = -sum_d [ (x_d-m_d)^2 / 2s_d^2 + log s_d + log(2pi)/2 ].
+
+    x, mean: (..., D); log_std broadcasts to (..., D) → (...,)
+    """
+    return -(0.5 * ((x - mean) * torch.exp(-log_std)) ** 2 + log_std + 0.5 * LOG_2PI).sum(-1)
+
+
+def pixels(x: torch.Tensor) -> torch.Tensor:
+    """Inputs x = v/255 back to whole pixel values v in {0..255}. (B, D) → (B, D)
+
+    Inputs that are not v/255 (a dataset whose max_value is not 255, or binarised) are refused in one line.
+    """
+    from vae.errors import VAEError  # plain exceptions module; kept local so this file stays torch-only
+
+    scaled = x * 255.0  # (B, D)
+    v = torch.round(scaled).clamp(0, 255)  # (B, D)
+    if not torch.compiler.is_compiling() and bool(((scaled - v).abs() > 1e-3).any()):
+        raise VAEError(
+            "8-bit likelihood: inputs are not pixel values v/255 with v in 0..255 "
+            "(expected a dataset of 8-bit pixels, value_range [0, 255], and dataset.binarize 'none')"
+        )
+    return v
+
+
+# --- the table ----------------------------------------------------------------------------------
+
+
+class Likelihood:
+    """p(x|z) from the decoder's output `out` (..., D*P), each subpixel's P values contiguous.
+
+    Inputs x are on the model's [0, 1] scale (8-bit kinds read them back as v = 255 x). `log_std`
+    is the model's per-pixel Gaussian std (D,), unused by the others; `noise` is the dequantisation
+    u (B, D) when there is one.
+    """
+
+    name = ""
+    data_kind = ""  # what NLL / (D ln 2) counts: 'binary', '8bit' or 'continuous'
+    eight_bit = False  # reads x as 8-bit pixels v/255
+    dequantized = False
+    initial_log_scale: float | None = None  # where the logistics' log-scales start (the last k of P)
+
+    def __init__(self, components: int = 1):
+        self.components = components
+
+    @property
+    def params_per_subpixel(self) -> int:
+        return 1
+
+    @property
+    def bits_per_dim_kind(self) -> str:
+        return "dequantized" if self.dequantized else self.data_kind
+
+    def initial_log_std(self) -> float:
+        """Where a learned per-pixel Gaussian log-std starts (its value for a fixed std of 1)."""
+        return 0.0
+
+    def split(self, out: torch.Tensor) -> torch.Tensor:
+        """(..., D*P) → (..., D, P)"""
+        p = self.params_per_subpixel
+        return out.reshape(*out.shape[:-1], out.shape[-1] // p, p)
+
+    def log_prob(self, x, out, log_std, noise=None) -> torch.Tensor:  # (B, D), (..., B, D*P) → (..., B)
+        raise NotImplementedError
+
+    def mean(self, out, log_std) -> torch.Tensor:  # E[x|z] on the inputs' [0, 1] scale, (..., D)
+        raise NotImplementedError
+
+    def sample(self, out, log_std, generator=None) -> torch.Tensor:  # x ~ p(x|z), (..., D)
+        raise NotImplementedError
+
+
+class Bernoulli(Likelihood):
+    """Binary pixels: out are logits l, log p(x|z) = sum_d x_d l_d - softplus(l_d)."""
+
+    name, data_kind = "bernoulli", "binary"
+
+    def log_prob(self, x, out, log_std, noise=None):
+        return bernoulli_log_likelihood(x, out)
+
+    def mean(self, out, log_std):
+        return torch.sigmoid(out)
+
+    def sample(self, out, log_std, generator=None):
+        u = torch.rand(out.shape, generator=generator, dtype=out.dtype, device=out.device)
+        return (u < torch.sigmoid(out)).to(out.dtype)
+
+
+class Gaussian(Likelihood):
+    """Continuous pixels: out are means, log p(x|z) = log N(x; out, diag exp(2 log_std))."""
+
+    name, data_kind = "gaussian", "continuous"
+
+    def log_prob(self, x, out, log_std, noise=None):
+        return gaussian_log_likelihood(x, out, log_std)
+
+    def mean(self, out, log_std):
+        return out
+
+    def sample(self, out, log_std, generator=None):
+        eps = torch.randn(out.shape, generator=generator, dtype=out.dtype, device=out.device)
+        return out + torch.exp(log_std) * eps  # (..., D)
+
+
+class DequantizedGaussian(Gaussian):
+    """A Gaussian density on x~ = (v + u)/256, u ~ U[0, 1)^D, minus D log 256: its expectation over u
+    is a lower bound on log P(v|z) of 8-bit pixels (Theis et al. 2016, Sec. 3.1; see `dequantize`)."""
+
+    data_kind, eight_bit, dequantized = "8bit", True, True
+
+    def initial_log_std(self) -> float:
+        return INITIAL_DEQUANTIZED_LOG_STD
+
+    def log_prob(self, x, out, log_std, noise=None):
+        v = pixels(x)  # (B, D)
+        u = torch.rand(x.shape, dtype=x.dtype, device=x.device) if noise is None else noise  # (B, D)
+        x_tilde = (v + u) / LEVELS  # (B, D) in [0, 1)
+        return gaussian_log_likelihood(x_tilde, out, log_std) - x.shape[-1] * LOG_256
+
+    def mean(self, out, log_std):
+        return (LEVELS * out - 0.5) / 255.0
+
+    def sample(self, out, log_std, generator=None):
+        x = super().sample(out, log_std, generator)  # x~ falls in the bin of v = floor(256 x~)
+        return torch.floor(LEVELS * x).clamp(0, 255) / 255.0
+
+
+class _EightBit(Likelihood):
+    """A probability over 256 levels per subpixel, from params (..., D, P) in this module's layout."""
+
+    data_kind, eight_bit = "8bit", True
+
+    @property
+    def params_per_subpixel(self) -> int:
+        return param_count(self.name, self.components)
+
+    def log_prob(self, x, out, log_std, noise=None):
+        return discrete_log_likelihood(self.name, pixels(x), self.split(out))
+
+    def mean(self, out, log_std):
+        return mean_pixels(self.name, self.split(out)) / 255.0
+
+    def sample(self, out, log_std, generator=None):
+        return sample_pixels(self.name, self.split(out), generator) / 255.0
+
+
+class DiscretizedLogistic(_EightBit):
+    name, initial_log_scale = LOGISTIC, INITIAL_LOG_SCALE
+
+
+class LogisticMixture(_EightBit):
+    name, initial_log_scale = MIXTURE, INITIAL_LOG_SCALE
+
+
+class Categorical(_EightBit):
+    name = CATEGORICAL
+
+
+LIKELIHOODS: dict[str, type[Likelihood]] = {
+    cls.name: cls for cls in (Bernoulli, Gaussian, DiscretizedLogistic, LogisticMixture, Categorical)
+}
+assert {name: cls.data_kind for name, cls in LIKELIHOODS.items()} == LIKELIHOOD_KINDS, "vae.likelihood_kinds"
+
+
+def make_likelihood(name: str, *, components: int = 1, dequantize: bool = False) -> Likelihood:
+    """The table's likelihood `name` (with dequantize, the Gaussian's DequantizedGaussian)."""
+    if name not in LIKELIHOODS:
+        raise ValueError(f"unknown likelihood '{name}' (expected one of {', '.join(LIKELIHOODS)})")
+    cls = DequantizedGaussian if dequantize and name == Gaussian.name else LIKELIHOODS[name]
+    return cls(components)

@@ -1,14 +1,15 @@
-"""Encoder q(z|x), prior p(z) = N(0, I), decoder p(x|z) and its likelihoods; build_model and checkpoints.
+"""The standard VAE: q(z|x) = N(mu(x), diag sigma^2(x)), p(z) = N(0, I), p(x|z) by the likelihood;
+build_model for every model of the contract (vae.latent_model), and checkpoints.
 
 build_model also builds the stronger families of vae.families (VampPrior, gated body, two levels)
-when the ModelConfig asks for one; a checkpoint's model_config rebuilds the same class.
+when the ModelConfig asks for one, and users' own encoder/decoder (vae.networks) when it names them;
+a checkpoint's model_config rebuilds the same class.
 
 Shapes: B images, D = prod(image shape) pixels, L latent dimensions, K samples per image.
 """
 
 from __future__ import annotations
 
-import math
 import pickle
 from pathlib import Path
 from typing import Any
@@ -17,143 +18,54 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vae import likelihoods
+from vae import networks
 from vae.config import ModelConfig
-from vae.conv import conv_nets
-from vae.errors import VAEError
-from vae.families import LatentFamily, build_family
-from vae.objectives import (  # the log densities live with the objectives; imported from here by older code
+from vae.errors import ConfigError, VAEError
+from vae.families import build_family
+from vae.latent_model import LatentVariableModel, Proposal
+from vae.user_code import add_search_paths, one_line
+from vae.likelihoods import (  # the log densities; imported from here by older code
     LOG_2PI as LOG_2PI,
     bernoulli_log_likelihood as bernoulli_log_likelihood,
-    diagonal_normal_log_density as diagonal_normal_log_density,
     gaussian_log_likelihood as gaussian_log_likelihood,
+    pixels,
+)
+from vae.objectives import (
+    ELBOTerms,
+    diagonal_normal_log_density as diagonal_normal_log_density,
+    gaussian_kl,
+    log_importance_weights,
+    sample_latents,
     standard_normal_log_density as standard_normal_log_density,
 )
 
 CHECKPOINT_FILE = "checkpoint.pt"
-# Where 8-bit likelihoods' scales start: a logistic scale of e^-2 in [-1, 1] units (about 17 pixel
-# levels) and, for the dequantised Gaussian, a std of e^-2.5 on [0, 1] (about 21 levels) alike.
-INITIAL_LOG_SCALE = -2.0
-INITIAL_DEQUANTIZED_LOG_STD = -2.5
+mlp = networks.mlp  # older code builds its nets from here
+image_shape_of = networks.image_shape_of
 
 
-def mlp(sizes: list[int], activation: str) -> nn.Sequential:
-    """Linear layers of the given widths with `activation` between them (none after the last)."""
-    act = {"relu": nn.ReLU, "tanh": nn.Tanh}[activation]
-    layers: list[nn.Module] = []
-    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
-        layers.append(nn.Linear(n_in, n_out))
-        if i < len(sizes) - 2:
-            layers.append(act())
-    return nn.Sequential(*layers)
-
-
-def image_shape_of(image_shape: tuple[int, ...] | None, data_dim: int) -> tuple[int, int, int]:
-    """The stored image shape as (C, H, W): grayscale (H, W) is (1, H, W); (C, H, W) is channel-major."""
-    shape = tuple(int(s) for s in image_shape or ())
-    if len(shape) == 2:
-        shape = (1, *shape)
-    if len(shape) != 3 or math.prod(shape) != data_dim:
-        raise VAEError(
-            f"model.architecture 'conv' needs images (H, W) or (C, H, W) of {data_dim} pixels, got shape {image_shape}"
-        )
-    return shape  # (C, H, W)
-
-
-class VAE(nn.Module):
+class VAE(LatentVariableModel):
     """A VAE over flattened images of `data_dim` subpixels (Kingma & Welling, 2014).
 
-    The decoder outputs P values per subpixel (vae.likelihoods.param_count): 1 for Bernoulli logits
-    and Gaussian means; 2, 3K or 256 for the 8-bit likelihoods, laid out (..., D*P) with each
-    subpixel's P values together. The 8-bit likelihoods (and dequantisation) read the inputs
-    x = v/255 of vae.inputs.prepare_inputs back as whole pixel values v = round(255 x).
+    The decoder outputs P values per subpixel (vae.likelihoods): 1 for Bernoulli logits and Gaussian
+    means; 2, 3K or 256 for the 8-bit likelihoods, laid out (..., D*P) with each subpixel's P values
+    together. The 8-bit likelihoods (and dequantisation) read the inputs x = v/255 of
+    vae.inputs.prepare_inputs back as whole pixel values v = round(255 x).
     """
 
     def __init__(self, config: ModelConfig, data_dim: int, image_shape: tuple[int, ...] | None = None):
-        super().__init__()
-        self.config = config
-        self.data_dim = data_dim
-        self.eight_bit = config.likelihood in likelihoods.EIGHT_BIT_KINDS
-        self.per_subpixel = likelihoods.param_count(config.likelihood, config.components) if self.eight_bit else 1
-        out = data_dim * self.per_subpixel  # decoder outputs: D*P
-        if config.architecture == "conv":
-            shape = image_shape_of(image_shape, data_dim)  # (C, H, W)
-            self.encoder, self.decoder = conv_nets(shape, config.latent_dim, config.channels, self.per_subpixel)
-        else:
-            hidden = list(config.hidden)
-            self.encoder = mlp([data_dim, *hidden, 2 * config.latent_dim], config.activation)
-            self.decoder = mlp([config.latent_dim, *hidden[::-1], out], config.activation)
-        if config.likelihood in (likelihoods.LOGISTIC, likelihoods.MIXTURE):
-            self._start_log_scales(INITIAL_LOG_SCALE)
-        if config.likelihood == "gaussian" and config.gaussian_std is None:
-            start = INITIAL_DEQUANTIZED_LOG_STD if config.dequantize else 0.0
-            self.log_std = nn.Parameter(torch.full((data_dim,), start))  # learned per-pixel std
-        else:
-            std = config.gaussian_std or 1.0
-            self.register_buffer("log_std", torch.full((data_dim,), math.log(std)))
+        super().__init__(config, data_dim, image_shape)
+        self.latent_dim = self.state_dim = self.noise_dim = config.latent_dim
+        self.encoder, self.decoder = networks.build_networks(
+            config, data_dim, image_shape, config.latent_dim, self.per_subpixel, body="mlp"
+        )
+        self._likelihood_parameters()
 
-    @torch.no_grad()
-    def _start_log_scales(self, value: float) -> None:
-        """Start the logistics' log-scales at `value` through the last layer's bias, whose outputs are
-        P per subpixel (Linear: D*P) or per channel (ConvTranspose2d: C*P): a scale of 1 (half the
-        [-1, 1] range) would take thousands of Adam steps to shrink."""
-        last = [m for m in self.decoder if isinstance(m, (nn.Linear, nn.ConvTranspose2d))][-1]
-        bias = last.bias.view(-1, self.per_subpixel)  # (D or C, P)
-        k = self.config.components if self.config.likelihood == likelihoods.MIXTURE else 1
-        bias[:, self.per_subpixel - k :] = value  # the log-scales are the last k of each subpixel's P
-
-    @property
-    def latent_dim(self) -> int:
-        return self.config.latent_dim
-
-    @property
-    def dequantized(self) -> bool:
-        """Whether log p(x|z) reads dequantisation noise u (a Gaussian on x~ = (x + u)/256)."""
-        return self.config.dequantize
-
-    @property
-    def bits_per_dim_kind(self) -> str:
-        """What NLL / (D ln 2) counts for this likelihood: 'binary', '8bit', 'dequantized' or 'continuous'."""
-        if self.dequantized:
-            return "dequantized"
-        return likelihoods.DATA_KIND[self.config.likelihood]
-
-    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """q(z|x) parameters. x: (B, D) → mean (B, L), logvar (B, L)"""
-        mean, logvar = self.encoder(x).chunk(2, dim=-1)  # (B, L), (B, L)
-        return mean, logvar
-
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """Decoder output: Bernoulli logits, Gaussian means or 8-bit parameters. z: (..., L) → (..., D*P)"""
-        out = self.decoder(z.reshape(-1, z.shape[-1]))  # (N, D*P)
-        return out.reshape(*z.shape[:-1], self.data_dim * self.per_subpixel)
-
-    def decode_params(self, z: torch.Tensor) -> torch.Tensor:
-        """The 8-bit likelihood's parameters in vae.likelihoods' layout. z: (..., L) → (..., D, P)"""
-        return self.decode(z).reshape(*z.shape[:-1], self.data_dim, self.per_subpixel)
-
-    @staticmethod
-    def pixels(x: torch.Tensor) -> torch.Tensor:
-        """Inputs x = v/255 back to whole pixel values v in {0..255}. (B, D) → (B, D)
-
-        Inputs that are not v/255 (a dataset whose max_value is not 255) are refused in one line.
-        """
-        scaled = x * 255.0  # (B, D)
-        v = torch.round(scaled).clamp(0, 255)  # (B, D)
-        if not torch.compiler.is_compiling() and bool(((scaled - v).abs() > 1e-3).any()):
-            raise VAEError(
-                "8-bit likelihood: inputs are not pixel values v/255 with v in 0..255 "
-                "(expected a dataset of 8-bit pixels, value_range [0, 255], and dataset.binarize 'none')"
-            )
-        return v
-
-    def dequantization_noise(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """u ~ U[0, 1)^D per example for the dequantised Gaussian. x: (B, D) → (B, D)"""
-        return torch.rand(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+    pixels = staticmethod(pixels)
 
     @property
     def _linear_output(self) -> bool:
-        return isinstance(self.decoder[-1], nn.Linear)
+        return isinstance(self.decoder, nn.Sequential) and isinstance(self.decoder[-1], nn.Linear)
 
     def project_inputs(self, x: torch.Tensor) -> torch.Tensor | None:
         """x W for the decoder's last layer W: (B, D) → (B, H); reusable across samples of z."""
@@ -172,10 +84,7 @@ class VAE(nn.Module):
         Sec. 3.1), whose expectation over u is a lower bound on log P(v|z); `noise` is u (B, D),
         drawn fresh when None (training), fixed by the caller when it must not move (IS, AIS).
         """
-        kind = self.config.likelihood
-        if kind == "bernoulli" and not self._linear_output:
-            return bernoulli_log_likelihood(x, self.decode(z))
-        if kind == "bernoulli":
+        if self.config.likelihood == "bernoulli" and self._linear_output:
             # sum_d x_d l_d with l = W h + b equals h·(W^T x) + b·x: a (..., B, H) dot instead of
             # a (..., B, D) product, so only softplus(l) touches the full decoder output.
             *body, last = self.decoder
@@ -184,45 +93,9 @@ class VAE(nn.Module):
             xw = self.project_inputs(x) if x_projected is None else x_projected  # (B, H)
             x_dot_logits = (h * xw).sum(-1) + x @ last.bias  # (..., B)
             return x_dot_logits - F.softplus(logits).sum(-1)
-        if self.eight_bit:
-            return likelihoods.discrete_log_likelihood(kind, self.pixels(x), self.decode_params(z))  # (..., B)
-        if self.dequantized:
-            v = self.pixels(x)  # (B, D)
-            u = self.dequantization_noise(x) if noise is None else noise  # (B, D)
-            x_tilde = (v + u) / likelihoods.LEVELS  # (B, D) in [0, 1)
-            return gaussian_log_likelihood(x_tilde, self.decode(z), self.log_std) - self.data_dim * likelihoods.LOG_256
-        return gaussian_log_likelihood(x, self.decode(z), self.log_std)
+        return super().log_likelihood(x, z, noise)
 
-    def mean_image(self, z: torch.Tensor) -> torch.Tensor:
-        """E[x|z] on the inputs' [0, 1] scale: sigmoid(logits) for Bernoulli, the mean for Gaussian,
-        E[v]/255 for 8-bit likelihoods (and (256 E[x~] - 1/2)/255 when dequantised). z: (..., L) → (..., D)"""
-        if self.eight_bit:
-            return likelihoods.mean_pixels(self.config.likelihood, self.decode_params(z)) / 255.0  # (..., D)
-        out = self.decode(z)  # (..., D)
-        if self.config.likelihood == "bernoulli":
-            return torch.sigmoid(out)
-        return (likelihoods.LEVELS * out - 0.5) / 255.0 if self.dequantized else out
-
-    def sample_image(self, z: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """x ~ p(x|z) on the inputs' [0, 1] scale (8-bit kinds: v/255). z: (..., L) → (..., D)"""
-        if self.eight_bit:
-            return likelihoods.sample_pixels(self.config.likelihood, self.decode_params(z), generator) / 255.0
-        out = self.decode(z)  # (..., D)
-        if self.config.likelihood == "bernoulli":
-            u = torch.rand(out.shape, generator=generator, dtype=out.dtype, device=out.device)
-            return (u < torch.sigmoid(out)).to(out.dtype)
-        eps = torch.randn(out.shape, generator=generator, dtype=out.dtype, device=out.device)
-        x = out + torch.exp(self.log_std) * eps  # (..., D)
-        if self.dequantized:  # x~ falls in the bin of v = floor(256 x~)
-            return torch.floor(likelihoods.LEVELS * x).clamp(0, 255) / 255.0
-        return x
-
-    # --- the latent state, as vae.families models expose it (AIS, prior samples) -------------------
-
-    @property
-    def state_dim(self) -> int:
-        """Dimensions of the full latent state: z itself."""
-        return self.config.latent_dim
+    # --- the latent state: z itself, p(z) = N(0, I) -----------------------------------------------
 
     def log_prior(self, z: torch.Tensor) -> torch.Tensor:
         """log p(z) = log N(z; 0, I). z: (..., L) → (...,)"""
@@ -230,41 +103,131 @@ class VAE(nn.Module):
 
     def sample_prior(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """z ~ N(0, I) on the model's device. → (n, L)"""
-        weight = next(self.parameters())
+        weight = self._parameter()
         return torch.randn((n, self.latent_dim), generator=generator, device=weight.device, dtype=weight.dtype)
-
-    def decoder_latent(self, state: torch.Tensor) -> torch.Tensor:
-        """The latent the decoder reads: the whole state. (..., L) → (..., L)"""
-        return state
 
     def log_likelihood_state(
         self, x: torch.Tensor, state: torch.Tensor, noise: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """log p(x|z) for the state z, with `noise` the fixed dequantisation u (B, D) when dequantised.
-
-        x: (B, D), state: (..., B, L) → (..., B)
-        """
+        """log p(x|z) for the state z. x: (B, D), state: (..., B, L) → (..., B)"""
         return self.log_likelihood(x, state, None, noise)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.encode(x)
+    # --- importance weights and objectives -----------------------------------------------------------
+
+    def proposal(self, x: torch.Tensor, noise: torch.Tensor | None = None) -> Proposal:
+        mean, logvar = self.encode(x)  # (B, L): once per image, never per sample
+        x_projected = self.project_inputs(x) if self.config.likelihood == "bernoulli" else None  # (B, H)
+        return Proposal(mean, logvar, noise, x_projected)
+
+    def log_weights_given_noise(self, x: torch.Tensor, eps: torch.Tensor, proposal: Proposal) -> torch.Tensor:
+        """log w = log p(x|z) + log p(z) - log q(z|x) for z = mean + exp(logvar/2) * eps, p(z) = N(0, I).
+
+        The Gaussian constants cancel, so it depends on z only through eps and z^2:
+        log w = log p(x|z) - 1/2 |z|^2 + 1/2 |eps|^2 + 1/2 sum logvar.   eps: (Kc, B, L) → (Kc, B)
+        """
+        mean, logvar = proposal.mean, proposal.logvar
+        z = torch.addcmul(mean, torch.exp(0.5 * logvar), eps)  # (Kc, B, L)
+        return (
+            self.log_likelihood(x, z, proposal.x_projected, proposal.noise)
+            - 0.5 * (z * z).sum(-1)
+            + 0.5 * (eps * eps).sum(-1)
+            + 0.5 * logvar.sum(-1)
+        )
+
+    def log_weight_terms(self, x, eps, proposal) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(log p(x|z), log p(z), log q(z|x)) at z = mean + exp(logvar/2) eps. eps: (K, B, L) → 3 × (K, B)"""
+        z = proposal.mean + torch.exp(0.5 * proposal.logvar) * eps  # (K, B, L)
+        log_q = diagonal_normal_log_density(z, proposal.mean, proposal.logvar)
+        return self.log_likelihood(x, z, proposal.x_projected, proposal.noise), standard_normal_log_density(z), log_q
+
+    def elbo_terms(self, x: torch.Tensor, generator: torch.Generator | None = None) -> ELBOTerms:
+        """ELBO(x) = E_q[log p(x|z)] - KL(q(z|x) || p(z)), one reparameterised sample, analytic KL.
+
+        Kingma & Welling (2014), Eq. 10 (the SGVB estimator B). x: (B, D) → terms of shape (B,)
+        """
+        mean, logvar = self.encode(x)  # (B, L), (B, L)
+        z = sample_latents(mean, logvar, generator=generator)  # (B, L)
+        reconstruction = self.log_likelihood(x, z)  # (B,)
+        kl = gaussian_kl(mean, logvar)  # (B,)
+        return ELBOTerms(elbo=reconstruction - kl, reconstruction=reconstruction, kl=kl)
+
+    def iwae_bound(self, x: torch.Tensor, k: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """L_k(x) = log 1/k sum_{i=1..k} w_i, w_i = p(x, z_i) / q(z_i|x), z_i ~ q(z|x) (Burda et al. 2016, Eq. 8).
+
+        x: (B, D) → (B,)
+        """
+        mean, logvar = self.encode(x)  # (B, L), (B, L)
+        z = sample_latents(mean, logvar, k, generator=generator)  # (K, B, L)
+        log_w = log_importance_weights(self, x, mean, logvar, z)  # (K, B)
+        return torch.logsumexp(log_w, dim=0) - torch.log(torch.tensor(float(k), dtype=log_w.dtype))
+
+    def sample_width(self) -> int:
+        """Floats per latent sample in the decoder's widest activation: its output D*P, a wider hidden
+        layer or (conv, a user's decoder) a feature map, measured on one latent."""
+        widths = [self.data_dim * self.per_subpixel, *self.config.hidden]
+        if self.config.architecture == "conv" or self.config.decoder is not None:
+            sizes: list[int] = []
+            modules = list(self.decoder.modules())
+            hooks = [m.register_forward_hook(lambda _m, _i, out: sizes.append(out.numel())) for m in modules]
+            try:
+                with torch.no_grad():
+                    self.decoder(torch.zeros((1, self.latent_dim), device=self._parameter().device))
+            finally:
+                for hook in hooks:
+                    hook.remove()
+            widths += sizes
+        return max(widths)
 
 
-Model = VAE | LatentFamily  # what build_model returns: the standard VAE or a vae.families model
+Model = LatentVariableModel  # what build_model returns: any model of the contract
 
 
 def build_model(config: ModelConfig, data_dim: int, image_shape: tuple[int, ...] | None = None) -> Model:
     """The model `config` names: vae.model.VAE, or with a VampPrior, gated body or two levels
     (config.family) the vae.families model (vae.families.build_family)."""
     if config.family:
-        return build_family(config, data_dim)
+        return build_family(config, data_dim, image_shape)
     return VAE(config, data_dim, image_shape)
+
+
+def check_networks(config: ModelConfig, data_dim: int, image_shape: tuple[int, ...] | None) -> None:
+    """Build the model and run its users' networks on a dummy batch of 2: their outputs must be the
+    encoder's (2, 2L) and the decoder's (2, D*P); one ConfigError line names the field otherwise."""
+    if not config.network_specs:
+        return
+    model = build_model(config, data_dim, image_shape)
+    shape = networks.user_shape(image_shape, data_dim)
+    checks = (
+        ("model.encoder", config.encoder, model.encoder, (2, data_dim), (2, 2 * model.latent_dim),
+         f"the mean and log-variance of latent_dim {model.latent_dim}"),
+        ("model.decoder", config.decoder, model.decoder, (2, model.latent_dim), (2, data_dim * model.per_subpixel),
+         f"{model.per_subpixel} {config.likelihood} parameter(s) for each of {data_dim} subpixels"),
+    )  # fmt: skip
+    for field, spec, network, given, expected, meaning in checks:
+        if spec is None:
+            continue
+        try:
+            with torch.no_grad():
+                out = network(torch.zeros(given))
+        except Exception as exc:  # noqa: BLE001 - one line, whatever the user's forward raises
+            raise ConfigError(
+                f"{field} '{spec.factory}': on a dummy batch of shape {list(given)} (images {list(shape)}) "
+                f"it raised {one_line(exc)}"
+            ) from None
+        got = list(getattr(out, "shape", []))
+        if got != list(expected):
+            raise ConfigError(
+                f"{field} '{spec.factory}': output shape {got} on a batch of shape {list(given)} "
+                f"(images {list(shape)}); expected {list(expected)}: {meaning}"
+            )
 
 
 def model_from_state(state: dict[str, Any]) -> Model:
     """The model a checkpoint's contents describe (model_config, data_dim, image_shape, weights), in eval mode.
 
-    model_config decides the class (build_model), so a family checkpoint rebuilds its family."""
+    model_config decides the class (build_model), so a family checkpoint rebuilds its family; a model
+    with users' networks finds their modules in the checkpoint's `code_dirs` (or on sys.path)."""
+    add_search_paths(state.get("code_dirs", ()))
     model = build_model(ModelConfig(**state["model_config"]), int(state["data_dim"]), state.get("image_shape"))
     model.load_state_dict(state["model"])
     return model.eval()

@@ -4,9 +4,9 @@ log p(x) >= E_q[log p(x|z) + log p(z) - log q(z|x)]              (ELBO, by Jense
 log p(x) - ELBO = KL(q(z|x) || p(z|x))                             (the gap, exactly)
 log p(x) >= E[log 1/k sum_i p(x, z_i) / q(z_i|x)], z_i ~ q(z|x)    (IWAE, Burda et al. 2016, Eq. 8)
 
-`elbo` and `iwae_bound` take a vae.model.VAE (p(z) = N(0, I), one latent layer) or a vae.families
-model, which brings its own `elbo_terms` / `iwae_bound` (a VampPrior, two stochastic layers).
-This module imports no other of ours, so vae.model and vae.families can both build on it.
+`elbo` and `iwae_bound` take any model of the contract (vae.latent_model): each model computes its
+own terms (the standard VAE's analytic KL, a VampPrior's or two levels' single-sample estimate).
+This module imports no other of ours, so every model can build on its pure functions.
 """
 
 from __future__ import annotations
@@ -15,26 +15,9 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 LOG_2PI = math.log(2.0 * math.pi)
-
-
-def bernoulli_log_likelihood(x: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-    """log p(x|z) = sum_d x_d l_d - softplus(l_d), the stable form of x log s(l) + (1-x) log(1-s(l)).
-
-    x: (..., D) in {0, 1}; logits: (..., D) → (...,)
-    """
-    return (x * logits - F.softplus(logits)).sum(-1)
-
-
-def gaussian_log_likelihood(x: torch.Tensor, mean: torch.Tensor, log_std: torch.Tensor) -> torch.Tensor:
-    """log N(x; mean, diag exp(2 log_std)) = -sum_d [ (x_d-m_d)^2 / 2s_d^2 + log s_d + log(2pi)/2 ].
-
-    x, mean: (..., D); log_std broadcasts to (..., D) → (...,)
-    """
-    return -(0.5 * ((x - mean) * torch.exp(-log_std)) ** 2 + log_std + 0.5 * LOG_2PI).sum(-1)
 
 
 def standard_normal_log_density(z: torch.Tensor) -> torch.Tensor:
@@ -91,31 +74,15 @@ class ELBOTerms:
 
 
 def elbo(model: nn.Module, x: torch.Tensor, generator: torch.Generator | None = None) -> ELBOTerms:
-    """ELBO(x) = E_q[log p(x|z)] - KL(q(z|x) || p(z)), one reparameterised sample, analytic KL.
-
-    Kingma & Welling (2014), Eq. 10 (the SGVB estimator B). x: (B, D) → terms of shape (B,)
-    A vae.families model computes its own (vae.families.LatentFamily.elbo_terms).
-    """
-    own = getattr(model, "elbo_terms", None)
-    if own is not None:
-        return own(x, generator)
-    mean, logvar = model.encode(x)  # (B, L), (B, L)
-    z = sample_latents(mean, logvar, generator=generator)  # (B, L)
-    reconstruction = model.log_likelihood(x, z)  # (B,)
-    kl = gaussian_kl(mean, logvar)  # (B,)
-    return ELBOTerms(elbo=reconstruction - kl, reconstruction=reconstruction, kl=kl)
+    """ELBO(x) = E_q[log p(x|s)] - KL(q(s|x) || p(s)) per example, by the model's own estimator
+    (the standard VAE: one reparameterised sample and the analytic KL, Kingma & Welling 2014, Eq. 10).
+    x: (B, D) → terms of shape (B,)"""
+    return model.elbo_terms(x, generator)
 
 
 def iwae_bound(model: nn.Module, x: torch.Tensor, k: int, generator: torch.Generator | None = None) -> torch.Tensor:
-    """L_k(x) = log 1/k sum_{i=1..k} w_i, w_i = p(x, z_i) / q(z_i|x), z_i ~ q(z|x).
+    """L_k(x) = log 1/k sum_{i=1..k} w_i, w_i = p(x, s_i) / q(s_i|x), s_i ~ q(s|x).
 
-    Burda, Grosse & Salakhutdinov (2016), Eq. 8; L_1 is the ELBO and L_k rises to log p(x).
-    x: (B, D) → (B,). A vae.families model computes its own (vae.families.LatentFamily.iwae_bound).
+    Burda, Grosse & Salakhutdinov (2016), Eq. 8; L_1 is the ELBO and L_k rises to log p(x). x: (B, D) → (B,)
     """
-    own = getattr(model, "iwae_bound", None)
-    if own is not None:
-        return own(x, k, generator)
-    mean, logvar = model.encode(x)  # (B, L), (B, L)
-    z = sample_latents(mean, logvar, k, generator=generator)  # (K, B, L)
-    log_w = log_importance_weights(model, x, mean, logvar, z)  # (K, B)
-    return torch.logsumexp(log_w, dim=0) - torch.log(torch.tensor(float(k), dtype=log_w.dtype))
+    return model.iwae_bound(x, k, generator)

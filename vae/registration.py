@@ -192,6 +192,13 @@ def model_card(
     model, training, data = config.model, config.training, config.dataset
     objective = "ELBO" if training.objective == "elbo" else f"IWAE bound, k={training.iwae_k} (Burda et al. 2016)"
     body = "mlp" if model.architecture == "mlp" else f"conv, channels {list(model.channels)}"
+    if model.network_specs:  # users' own networks, by import path
+        own = [
+            f"{side} `{spec.factory}`"
+            for side, spec in (("encoder", model.encoder), ("decoder", model.decoder))
+            if spec
+        ]
+        body = f"{body}; own {', '.join(own)}"
     hardware = f"{training.workers} Ray Train worker(s), {'GPU (NCCL)' if training.use_gpu else 'CPU (gloo)'}"
     shape = "x".join(str(s) for s in manifest.get("shape", []))
     rows = manifest.get("rows", {})

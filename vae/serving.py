@@ -12,7 +12,7 @@ Images are raw pixel values on the dataset's scale [0, max_value], prepared exac
 training; (N, D) rows are channel-major, as stored. 8-bit likelihoods take whole pixel values 0..255.
 A vae.families model (VampPrior, gated body, two levels) serves all four: encode gives q(z|x) (for
 two levels q(z1|x), L = L1), decode reads the decoder's latent (z1), and score uses the family's own
-importance weights p(x, s) / q(s|x) over its full latent state (vae.family_evaluation).
+importance weights p(x, s) / q(s|x) over its full latent state (vae.estimators, one estimator for all).
 A bad request is one short message with a 4xx status: the array is never echoed.
 """
 
@@ -110,7 +110,7 @@ class VAEModel(PythonModel):
     def predict(self, context, model_input: np.ndarray, params=None):  # np.ndarray: MLflow infers no schema
         import torch
 
-        from vae.family_evaluation import log_likelihood_estimator
+        from vae.estimators import estimate_log_likelihood
 
         params = params or {}
         method = params.get("method", "encode")
@@ -134,6 +134,5 @@ class VAEModel(PythonModel):
         k, seed = int(params.get("k", 1000)), int(params.get("seed", 0))
         if not 1 <= k <= MAX_K:
             raise RequestError(f"params.k {k}: expected 1 <= k <= {MAX_K} importance samples per image")
-        estimate_log_likelihood = log_likelihood_estimator(self.model)  # a family's own, or the VAE's
         estimate = estimate_log_likelihood(self.model, x, k, batch_size=None if x.is_cuda else 128, seed=seed)
         return {"log_px": estimate.log_px.numpy(), "elbo": estimate.elbo.numpy()}

@@ -12,7 +12,7 @@ from scipy import special, stats
 from tests.helpers.linear_gaussian import make_bernoulli_1d, mean_and_se
 from vae.estimators import annealed_importance_sampling, estimate_log_likelihood
 from vae.families import GatedDense, OneLevelVAE, TwoLevelVAE, dense_net
-from vae.family_evaluation import estimate_family_log_likelihood
+from vae.estimators import estimate_log_likelihood as estimate_family_log_likelihood
 
 D = 6  # pixels of the tiny models
 W_DEC = torch.linspace(-2.0, 2.5, D, dtype=torch.float64)  # decoder logits w_d z + c_d

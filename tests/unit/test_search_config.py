@@ -154,16 +154,19 @@ def test_draws_the_pipeline_refuses_are_one_line_when_the_file_is_read(tmp_path)
     before, each was only checked against the section's defaults and failed trial by trial."""
     conv = BASE.replace("model: {latent_dim: 4, hidden: [32]}", "model: {latent_dim: 4, architecture: conv}")
     path = tmp_path / "pipelines.yaml"
-    path.write_text(conv + "      space: {prior: {choice: [standard, vampprior]}}\n")
+    path.write_text(conv + "      space: {body: {choice: [mlp, gated]}}\n")
     with pytest.raises(ConfigError) as caught:
         load_pipeline("p", path)
     assert str(caught.value) == (
-        f"{path}: pipeline 'p': search.space: a trial could draw prior: 'vampprior', which this pipeline refuses "
-        "(field 'model'): prior 'vampprior' is built for architecture 'mlp' only, got architecture 'conv'"
+        f"{path}: pipeline 'p': search.space: a trial could draw body: 'gated', which this pipeline refuses "
+        "(field 'model'): body 'gated' gates dense layers: architecture 'conv' has none to gate (use body 'mlp')"
     )
-    # Searching the architecture too: vampprior is refused only beside conv, which a trial can still draw.
-    path.write_text(conv + "      space: {prior: {choice: [vampprior]}, architecture: {choice: [mlp, conv]}}\n")
-    with pytest.raises(ConfigError, match=r"could draw architecture: 'conv', prior: 'vampprior'|could draw prior"):
+    # Searching the architecture too: gated is refused only beside conv, which a trial can still draw.
+    path.write_text(conv + "      space: {body: {choice: [gated]}, architecture: {choice: [mlp, conv]}}\n")
+    with pytest.raises(ConfigError, match=r"could draw architecture: 'conv', body: 'gated'|could draw body"):
         load_pipeline("p", path)
-    path.write_text(conv + "      space: {prior: {choice: [vampprior, standard]}, architecture: {choice: [mlp]}}\n")
-    assert load_pipeline("p", path).search.space.prior.choice == ("vampprior", "standard")  # conv is never drawn
+    path.write_text(conv + "      space: {body: {choice: [gated, mlp]}, architecture: {choice: [mlp]}}\n")
+    assert load_pipeline("p", path).search.space.body.choice == ("gated", "mlp")  # conv is never drawn
+    # The VampPrior on conv, refused once, is built now.
+    path.write_text(conv + "      space: {prior: {choice: [standard, vampprior]}}\n")
+    assert load_pipeline("p", path).search.space.prior.choice == ("standard", "vampprior")
