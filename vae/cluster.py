@@ -14,13 +14,19 @@ from vae.paths import ray_address
 
 
 def prepare_local_ray() -> None:
-    """Token authentication for a local Ray, on unless the user configured it; call before importing Ray.
+    """A local Ray on loopback with token authentication (unless the user configured it); call before importing Ray.
 
-    Ray 2.60's gRPC servers (GCS, raylet, workers, agents) bind to every interface whatever the
-    node address, so binding to 127.0.0.1 alone cannot keep them closed: a random per-process token
-    does. Ray reads the mode when it is imported; workers inherit both from the environment.
+    Ray 2.60's servers bind to the node address, and on Linux Ray turns a loopback node address into
+    the host's own IP (gRPC then on every interface, the agents' metrics export on 0.0.0.0), unless
+    it is told the node is one machine, as it is by default on macOS and Windows: then every server
+    binds 127.0.0.1. The Prometheus metrics servers ask for no token; every other server (its gRPC
+    health check aside) refuses a client without the random per-process token, other users of this
+    machine included. Ray reads both settings when it is imported; workers inherit them.
     """
-    if ray_address() or "RAY_AUTH_MODE" in os.environ or "ray" in sys.modules:
+    if ray_address() or "ray" in sys.modules:
+        return
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # read by Ray when imported
+    if "RAY_AUTH_MODE" in os.environ:
         return
     os.environ["RAY_AUTH_MODE"] = "token"
     os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
@@ -42,10 +48,10 @@ def ensure_ray(training_cpus: int = 0) -> None:
         logging.getLogger("ray.data").setLevel(logging.ERROR)
     local = {}
     if not address:
-        # Advertised and HTTP addresses on loopback; the dashboard is off (its agent stays, behind the token).
+        # With `prepare_local_ray` every server binds loopback; the dashboard is off (its agent stays, behind the token).
         local = {"_node_ip_address": "127.0.0.1", "num_cpus": max(os.cpu_count() or 1, training_cpus) + 2}
     ray.init(
-        address=address,
+        address=address or "local",  # never a cluster `ray start` left in /tmp/ray/ray_current_cluster
         include_dashboard=False,
         logging_level=logging.INFO if verbose else logging.ERROR,
         # Workers' logs stay in Ray's log files unless asked for; progress comes through a queue.
