@@ -1,5 +1,5 @@
-"""`vae deploy`: pipelines.yaml → Prefect deployments 'pipeline/NAME' and 'embed/NAME' (and
-'score/NAME', 'sample/NAME', 'tune/NAME' for pipelines with a score, sample or search section).
+"""`vae deploy`: pipelines.yaml → Prefect deployments 'pipeline/NAME' and 'embed/NAME' (and 'score/NAME',
+'sample/NAME', 'drift/NAME', 'tune/NAME' for pipelines with a score, sample, drift or search section).
 
 The whole file is validated and every schedule built before the first write, so a bad entry
 changes nothing. Each deployment is upserted (Prefect replaces its schedules wholesale), runs
@@ -24,6 +24,7 @@ from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
 from prefect.settings import get_current_settings
 from prefect.utilities.callables import parameter_schema
 
+from flows.drift import drift_flow
 from flows.embed import embed_flow
 from flows.pipeline import pipeline_flow
 from flows.sample import sample_flow
@@ -38,6 +39,7 @@ ENTRYPOINTS = {
     "embed": ("flows.embed:embed_flow", embed_flow),
     "score": ("flows.score:score_flow", score_flow),
     "sample": ("flows.sample:sample_flow", sample_flow),
+    "drift": ("flows.drift:drift_flow", drift_flow),
     "tune": ("flows.tune:tune_flow", tune_flow),
 }
 
@@ -105,7 +107,7 @@ def desired(pipelines_file: str | Path, only: list[str] | None = None) -> list[C
             ),
             "embed": (settings.embedding.schedule, "embedding", {"pipeline": name, "pipelines_file": str(path)}),
         }
-        for section in ("score", "sample"):  # deployed only when the pipeline has the section
+        for section in ("score", "sample", "drift"):  # deployed only when the pipeline has the section
             if getattr(settings, section) is not None:
                 jobs[section] = (
                     getattr(settings, section).schedule,

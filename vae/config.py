@@ -454,6 +454,44 @@ class SampleConfig(_Frozen):
     schedule: ScheduleConfig | None = None
 
 
+class DriftConfig(_Frozen):
+    """The drift check 'drift/NAME' and `vae drift`: the model scores a reference split of the pipeline's
+    own dataset and the new data with one protocol (k, seed), then tests whether the new data is typical
+    (vae.drift: a typicality test and a two-sample KS test on log p̂(x), each at false_alarm_rate / 2).
+
+    The new data is exactly one of `dataset`, a stored dataset (a name, whose newest version is read
+    on every run, or a directory; ':SPLIT' reads one split, default all), or `ingest`, a source that
+    the flow ingests first on every run (unchanged content is not rewritten).
+    """
+
+    dataset: str | None = Field(None, min_length=1)
+    ingest: DatasetConfig | None = None
+    model_alias: str = Field("champion", min_length=1)
+    reference_split: Literal["train", "validation", "test"] = "test"  # of the pipeline's own dataset
+    k: Int = Field(1000, ge=1)  # importance samples per image, both datasets alike
+    seed: Int = 0  # row n of either set draws the noise of example n, as `vae score`
+    # The verdict's false-alarm rate: the chance that data like the reference is called drift (the
+    # typicality test and the KS test each get half, Bonferroni). Per-row OOD flags: their own rate.
+    false_alarm_rate: Float = Field(0.01, gt=0.0, lt=0.5)
+    row_false_alarm_rate: Float = Field(0.01, gt=0.0, lt=0.5)
+    bootstrap: Int = Field(2000, ge=100, le=1_000_000)  # null draws of the typicality statistic
+    workers: Int = Field(1, ge=1)  # Ray Data scoring actors
+    batch_size: Int = Field(256, ge=1)  # images per actor call
+    max_memory_mb: Int = Field(256, ge=1)
+    use_gpu: bool | None = None  # None: GPU actors when the cluster has GPUs
+    experiment: Name | None = None  # MLflow experiment of the checks; unset: MODEL_NAME-drift
+    schedule: ScheduleConfig | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "DriftConfig":
+        if (self.dataset is None) == (self.ingest is None):
+            raise ValueError(
+                "the new data needs exactly one of 'dataset' (a stored dataset NAME[:SPLIT]) or 'ingest' "
+                "(a dataset section to ingest on every run)"
+            )
+        return self
+
+
 # What a search may vary, and the pipeline section each belongs to; a new field joins with one line
 # here and one in SearchSpace.
 SEARCHABLE = {
@@ -593,6 +631,7 @@ class PipelineConfig(_Frozen):
     embedding: EmbeddingConfig = EmbeddingConfig()
     score: ScoreConfig | None = None  # 'score/NAME' is deployed only when the section is there
     sample: SampleConfig | None = None  # 'sample/NAME' likewise
+    drift: DriftConfig | None = None  # 'drift/NAME' and `vae drift --pipeline NAME` (vae.drift)
     search: SearchConfig | None = None  # `vae tune NAME` (vae.tuning)
 
     @model_validator(mode="after")

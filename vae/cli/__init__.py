@@ -11,7 +11,7 @@ import sys
 import typer
 
 # Each module registers its commands on `app`; this order is the order of `vae --help`.
-from vae.cli import run, models, data, jobs, batch, tune  # noqa: F401  isort: skip
+from vae.cli import run, models, data, jobs, batch, drift, tune  # noqa: F401  isort: skip
 from vae.cli.app import app, environment_error
 
 __all__ = ["app", "main"]
