@@ -51,6 +51,7 @@ def train_flow(settings: PipelineConfig, dataset: DatasetRef, workers: int | Non
                resume: bool = False, force: bool = False) -> training.TrainingRun:  # fmt: skip
     """Train on an ingested dataset; `force` trains again even when the same training exists."""
     fresh = force or resume
+    training.check_inputs(settings, dataset)  # bad data or networks: one line, no MLflow run, no Ray
     run_id, _ = run_cached(
         start_run_task, settings, dataset, workers, gpu, force=fresh, still_valid=registry.run_exists
     )

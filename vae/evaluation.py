@@ -164,6 +164,7 @@ def estimate_across_workers(
             "model_config": state["model_config"],
             "data_dim": state["data_dim"],
             "image_shape": state.get("image_shape"),
+            "code_dirs": state.get("code_dirs", []),  # users' network modules (vae.user_code)
         }
     )
     bounds = np.linspace(0, x.shape[0], config.workers + 1).astype(int)

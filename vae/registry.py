@@ -468,8 +468,14 @@ def _log_and_create_version(
     """Log the pyfunc (models from code: checkpoint + metadata as artifacts) and register it."""
     import torch
 
-    from vae.model import CHECKPOINT_FILE
+    from vae.config import ModelConfig
+    from vae.model import CHECKPOINT_FILE, read_checkpoint_state
+    from vae.user_code import add_search_paths, code_paths
 
+    state = read_checkpoint_state(checkpoint_dir, mmap=True)
+    add_search_paths(state.get("code_dirs", ()))
+    # Users' network modules travel inside the registered model: serving needs nothing else.
+    own_code = code_paths(ModelConfig(**state["model_config"]).network_specs)
     _ensure_registered_model(mlflow_client, name)  # a name the registry refuses fails before anything is logged
     with tempfile.TemporaryDirectory() as staging:
         checkpoint = Path(staging) / CHECKPOINT_FILE
@@ -494,7 +500,7 @@ def _log_and_create_version(
                 artifacts={"checkpoint": str(checkpoint), "metadata": str(metadata)},
                 signature=served_signature(),
                 input_example=example.astype(np.float32),
-                code_paths=[str(Path(__file__).parent)],
+                code_paths=[str(Path(__file__).parent), *own_code],
                 pip_requirements=[
                     f"torch=={torch.__version__.split('+')[0]}",
                     f"numpy=={np.__version__}",

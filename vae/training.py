@@ -34,7 +34,8 @@ from vae.paths import checkpoints_dir, inside
 from vae.datasets import DatasetRef, read_manifest, split_path
 from vae.inputs import prepare_inputs
 from vae.errors import TrainingDivergedError, VAEError
-from vae.model import CHECKPOINT_FILE, VAE, build_model, read_checkpoint_state
+from vae.model import CHECKPOINT_FILE, VAE, build_model, check_networks, read_checkpoint_state
+from vae.user_code import add_search_paths, code_dirs
 from vae.objectives import elbo, iwae_bound
 from vae.stepper import Objective, Stepper, make_optimizer, restore_optimizer
 
@@ -89,6 +90,7 @@ class WorkerPlan:
     staging_dir: str  # where rank 0 writes a checkpoint before Ray copies it (removed by `train`)
     resume_from: str | None = None
     pipeline: str | None = None  # written into every checkpoint: `--resume` takes only its own pipeline's
+    code_dirs: tuple[str, ...] = ()  # folders of users' network modules (vae.user_code): workers import from them
 
 
 class WorkerHooks:
@@ -266,6 +268,7 @@ def _checkpoint_state(plan: WorkerPlan, model: VAE, optimizer, scheduler, epoch:
         "stale_epochs": progress.stale,
         "trained_seconds": progress.trained_seconds,
         "pipeline": plan.pipeline,
+        **({"code_dirs": list(plan.code_dirs)} if plan.code_dirs else {}),  # only with users' networks
     }
 
 
@@ -287,6 +290,7 @@ def _set_up(plan: WorkerPlan, device: torch.device, world: int, hooks: WorkerHoo
 
     training = plan.training
     torch.manual_seed(training.seed)  # identical initial weights everywhere (DDP broadcasts rank 0's anyway)
+    add_search_paths(plan.code_dirs)  # users' network modules, beside their pipelines.yaml
     model = build_model(plan.model, plan.data_dim, plan.image_shape).to(device)
     # A CUDA graph for one GPU worker; DDP's collectives (several workers) and test hooks stay eager.
     graphed = training.cuda_graph and device.type == "cuda" and world == 1 and hooks is None
@@ -504,14 +508,14 @@ def shard_bytes(manifest: dict[str, Any], workers: int) -> int:
     return math.ceil(rows / workers) * int(math.prod(manifest["shape"])) * itemsize
 
 
-def check_pixel_range(config: PipelineConfig, dataset: DatasetRef) -> None:
+def check_pixel_range(config: PipelineConfig, dataset: DatasetRef, manifest: dict[str, Any] | None = None) -> None:
     """An 8-bit likelihood needs a dataset of 8-bit pixels: one line before any worker starts.
 
     The config alone cannot know (digits hold 0..16, `dataset.max_value` may be unset); the manifest can.
     """
     if not config.model.eight_bit:
         return
-    high = float(read_manifest(dataset.path)["value_range"][1])
+    high = float((manifest or read_manifest(dataset.path))["value_range"][1])
     if high != 255:
         what = "dequantize" if config.model.dequantize else f"likelihood '{config.model.likelihood}'"
         raise VAEError(
@@ -520,20 +524,31 @@ def check_pixel_range(config: PipelineConfig, dataset: DatasetRef) -> None:
         )
 
 
-def check_validation_rows(dataset: DatasetRef, needed_by: str | None) -> None:
+def check_validation_rows(dataset: DatasetRef, needed_by: str | None, manifest: dict[str, Any] | None = None) -> None:
     """What ranks epochs or trials by validation ELBO (`needed_by`) needs validation rows: without them
     the ELBO is NaN, no epoch improves, and early stopping fires after `patience` epochs whatever."""
-    if needed_by and not int(read_manifest(dataset.path)["rows"].get("validation") or 0):
+    if needed_by and not int((manifest or read_manifest(dataset.path))["rows"].get("validation") or 0):
         raise VAEError(
             f"dataset '{dataset.name}' has no validation rows, and {needed_by} ranks by validation ELBO: "
             "set dataset.validation_fraction above 0"
         )
 
 
-def _plan(
-    config: PipelineConfig, dataset: DatasetRef, workers: int, staging: Path, resume_from: str | None
-) -> WorkerPlan:
+def check_inputs(config: PipelineConfig, dataset: DatasetRef) -> dict[str, Any]:
+    """What the data and the model can be refused for before an MLflow run or Ray starts, each one
+    line: 8-bit pixels for an 8-bit likelihood, validation rows for early stopping, users' networks'
+    output shapes on a dummy batch. Returns the dataset's manifest."""
     manifest = read_manifest(dataset.path)
+    check_pixel_range(config, dataset, manifest)
+    needed_by = config.training.early_stopping_patience and "training.early_stopping_patience"
+    check_validation_rows(dataset, needed_by, manifest)
+    check_networks(config.model, int(math.prod(manifest["shape"])), tuple(manifest["shape"]))
+    return manifest
+
+
+def _plan(
+    config: PipelineConfig, manifest: dict[str, Any], workers: int, staging: Path, resume_from: str | None
+) -> WorkerPlan:
     return WorkerPlan(
         model=config.model,
         training=config.training,
@@ -546,6 +561,7 @@ def _plan(
         staging_dir=str(staging),
         resume_from=str(resume_from) if resume_from else None,
         pipeline=config.name,
+        code_dirs=tuple(code_dirs(config.model.network_specs)),
     )
 
 
@@ -656,8 +672,7 @@ def train(
             raise VAEError(f"--resume: no checkpoint of pipeline '{config.name}' under {storage}")
         if echo:
             echo(f"resuming from {resume_from}")
-    check_pixel_range(config, dataset)
-    check_validation_rows(dataset, training.early_stopping_patience and "training.early_stopping_patience")
+    manifest = check_inputs(config, dataset)  # the manifest, read once: the checks and the workers' plan
     if resume_from is not None:
         done = _already_trained(training, resume_from)
         if done is not None:
@@ -676,7 +691,7 @@ def train(
     name = f"{config.name}-{run_id or time.strftime('%Y%m%d-%H%M%S')}"
     inside(storage, name)  # names come from a file: every path must stay under storage
     staging = inside(storage, ".staging", name)
-    plan = _plan(config, dataset, num_workers, staging, resume_from)
+    plan = _plan(config, manifest, num_workers, staging, resume_from)
     progress = Queue(actor_options={"num_cpus": 0}) if echo or on_epoch else None
     trainer = _trainer(
         plan, dataset, name, storage, num_workers, use_gpu, {"plan": plan, "progress": progress, "hooks": hooks}

@@ -32,10 +32,11 @@ from typing import Any
 
 from vae import evaluation, integrity, registration, registry, training
 from vae.cluster import ensure_ray
-from vae.config import SEARCHABLE, Distribution, PipelineConfig, SearchSpace
+from vae.config import SEARCHABLE, Distribution, NetworkSpec, PipelineConfig, SearchSpace
 from vae.datasets import DatasetRef
 from vae.errors import ConfigError, VAEError
 from vae.paths import inside, tracking_uri, vae_home
+from vae.user_code import add_search_paths, code_dirs
 
 SEARCH_FILE = "search.json"
 STATE_SIGNATURE = "state.sig"  # the HMAC of every file of Tune's experiment (`ray/`), written when the search stops
@@ -129,9 +130,11 @@ def _write_json(path: Path, value: dict) -> None:
     os.replace(temporary, path)
 
 
-def _run_trial(drawn: dict, *, base: PipelineConfig, dataset: DatasetRef, folder: str) -> None:
+def _run_trial(drawn: dict, *, base: PipelineConfig, dataset: DatasetRef, folder: str, code_dirs=()) -> None:
     """One trial, in a Tune actor: this draw's training, every epoch's metrics reported to Tune."""
     from ray import tune
+
+    add_search_paths(code_dirs)  # users' network modules (a searched choice among them too)
 
     config = trial_config(base, drawn)
     trial_id = tune.get_context().get_trial_id()
@@ -368,10 +371,16 @@ def _tuner(config: PipelineConfig, dataset: DatasetRef, folder: Path, trials: in
 def _trainable(config: PipelineConfig, dataset: DatasetRef, folder: Path):
     from ray import tune
 
-    # The trial function holds a token CPU (Tune refuses none): its Ray Train workers reserve their own.
-    return tune.with_resources(
-        tune.with_parameters(_run_trial, base=config, dataset=dataset, folder=str(folder)), {"CPU": 0.01}
+    # Users' networks: the pipeline's own and every searched choice, imported from their folders.
+    space = config.search.space if config.search is not None else None
+    choices = [getattr(space, side, None) for side in ("encoder", "decoder")]
+    specs = [*config.model.network_specs]
+    specs += [NetworkSpec.model_validate(value) for drawn in choices if drawn is not None for value in drawn.candidates]
+    trial = tune.with_parameters(
+        _run_trial, base=config, dataset=dataset, folder=str(folder), code_dirs=tuple(code_dirs(specs))
     )
+    # The trial function holds a token CPU (Tune refuses none): its Ray Train workers reserve their own.
+    return tune.with_resources(trial, {"CPU": 0.01})
 
 
 def _best_trial(results, folder: Path, pipeline: str, metric: str) -> tuple[str, dict, dict]:
