@@ -108,14 +108,13 @@ def resolve_side(spec: str, role: str, what: str, default_splits: tuple[str, ...
     path = resolve_dataset(name)
     manifest = read_manifest(path)
     rows = {split: int(manifest["rows"].get(split, 0)) for split in SPLITS}
-    if splits is None and default_splits is None:
-        splits = tuple(split for split in SPLITS if rows[split] > 0)
+    if splits is None:
+        splits = default_splits or tuple(split for split in SPLITS if rows[split] > 0)
         if not splits:
             raise DataError(f"{path}: every split is empty (expected at least one image)")
-    for split in splits or default_splits:
+    for split in splits:
         if rows[split] == 0:
             raise DataError(f"{path}: split '{split}' is empty (expected at least one image)")
-    splits = splits or default_splits
     binarized = manifest.get("binarization") or {}
     flags = {split: split == binarized.get("split") for split in splits}
     if len(set(flags.values())) > 1:
@@ -300,6 +299,24 @@ def side_summary(side: DataSide, log_px: np.ndarray, data_dim: int) -> dict[str,
     }
 
 
+def prepare(
+    model_uri: str, reference: str, new: str, settings: DriftConfig, out, binarize: str, overwrite: bool
+) -> tuple[ResolvedModel, DataSide, DataSide, Path]:
+    """Everything that can be wrong, checked before any scoring: the output, both datasets and their splits,
+    the pair, the model (downloaded; an alias resolved once, so both sides meet the same version), its shape."""
+    if out is not None:
+        check_output(out, overwrite)
+    reference_side = resolve_side(reference, "reference", "--reference", ("test",))
+    new_side = resolve_side(new, "new", "--dataset", None)
+    check_sides(reference_side, new_side)
+    model = load_model(model_uri, binarize)
+    check_model_fits(model, reference_side, new_side)
+    if out is None:
+        out = default_output(model.name, model.version, reference_side, new_side, settings)
+        check_output(out, overwrite)
+    return model, reference_side, new_side, Path(out)
+
+
 def check_drift(
     model_uri: str,
     reference: str,
@@ -314,22 +331,11 @@ def check_drift(
     """Score `reference` (NAME[:SPLIT], default split test) and `new` (NAME[:SPLIT], default every split)
     with `model_uri` under one protocol, decide, and write the rows and the verdict to `out` (default
     `default_output`). All checks come before the model is scored; `plain` scores in this process."""
-    started = time.perf_counter()
-    if out is not None:
-        check_output(out, overwrite)
-    reference_side = resolve_side(reference, "reference", "--reference", ("test",))
-    new_side = resolve_side(new, "new", "--dataset", None)
-    check_sides(reference_side, new_side)
-    model = load_model(model_uri, binarize)  # an alias is resolved once: both sides meet the same version
-    check_model_fits(model, reference_side, new_side)
-    if out is None:
-        out = default_output(model.name, model.version, reference_side, new_side, settings)
-        check_output(out, overwrite)
-    out = Path(out)
     from vae.model import model_from_state
 
+    started = time.perf_counter()
+    model, reference_side, new_side, out = prepare(model_uri, reference, new, settings, out, binarize, overwrite)
     data_dim = int(model.state["data_dim"])
-    kind = model_from_state(model.state).bits_per_dim_kind
     with tempfile.TemporaryDirectory(prefix="vae-drift-") as folder:  # the two sides' scores, read back
         scored = {
             side.role: score_side(model, model_uri, side, settings, Path(folder), plain)
@@ -338,15 +344,6 @@ def check_drift(
     nll_ref = -scored["reference"].column("log_px").to_numpy()  # (m,)
     nll_new = -scored["new"].column("log_px").to_numpy()  # (n,)
     decision = decide(nll_ref, nll_new, settings)
-    lineage = {
-        "model_uri": model_uri,
-        "model_name": model.name,
-        "model_version": model.version,
-        "reference_hash": reference_side.content_hash,
-        "new_hash": new_side.content_hash,
-        "k": settings.k,
-        "seed": settings.seed,
-    }
     result = DriftResult(
         path=str(out),
         drift=decision["drift"],
@@ -357,13 +354,17 @@ def check_drift(
         model_version=model.version,
         k=settings.k,
         seed=settings.seed,
-        bits_per_dim_kind=kind,
+        bits_per_dim_kind=model_from_state(model.state).bits_per_dim_kind,
         reference=side_summary(reference_side, -nll_ref, data_dim),
         new=side_summary(new_side, -nll_new, data_dim),
         statistics={k: v for k, v in decision.items() if k not in ("drift", "reasons")},
         seconds=round(time.perf_counter() - started, 3),
         settings=settings.model_dump(mode="json", include={"false_alarm_rate", "row_false_alarm_rate", "bootstrap"}),
     )
+    lineage = {
+        "model_uri": model_uri, "model_name": model.name, "model_version": model.version, "k": settings.k,
+        "reference_hash": reference_side.content_hash, "new_hash": new_side.content_hash, "seed": settings.seed,
+    }  # fmt: skip
     tables = (
         rows_table(scored[side.role], side, decision["entropy"], decision["ood_threshold"], data_dim, lineage)
         for side in (reference_side, new_side)

@@ -204,3 +204,22 @@ def test_vae_drift_usage_errors_are_one_line_before_any_work(tmp_path):
     (tmp_path / "plain.yaml").write_text(plain)
     none = runner.invoke(app, ["drift", "m", "--pipeline", "watched", "--file", str(tmp_path / "plain.yaml")])
     assert none.exit_code == 1 and "pipeline 'watched' has no drift: section" in none.output
+
+
+def test_comparisons_that_mean_nothing_are_refused_in_one_line():
+    """A split stored binarised once against grey pixels, and the reference's own rows as the new data."""
+    from vae.config import DatasetConfig
+    from vae.datasets import read_manifest
+    from vae.drift import check_sides, resolve_side
+    from vae.ingest import ingest
+
+    path = ingest(DatasetConfig(name="digits-bin", source="sklearn:digits", binarize_test_seed=0)).path
+    reference = resolve_side(f"{path}:test", "reference", "--reference", ("test",))
+    assert reference.binarized and reference.splits == ("test",)
+    assert reference.rows == read_manifest(path)["rows"]["test"]
+    with pytest.raises(DataError, match=r"stored binarised once \(binarize_test_seed\) and .*:validation is not"):
+        check_sides(reference, resolve_side(f"{path}:validation", "new", "--dataset", None))
+    with pytest.raises(DataError, match=r"^--dataset '.*': split 'test' is stored binarised \(seed 0\) and train, "):
+        resolve_side(path, "new", "--dataset", None)  # every split: binarised and grey mixed
+    with pytest.raises(DataError, match=r"the same rows as the reference \(split test of "):
+        check_sides(reference, resolve_side(f"{path}:test", "new", "--dataset", None))
