@@ -94,7 +94,8 @@ def drift_flow(pipeline: str, pipelines_file: str = config.DEFAULT_PIPELINES_FIL
         run_id = log_task(result["path"], job.experiment)
         publish_task(pipeline, result, run_id)
     verdict = "DRIFT: " + "; ".join(result["reasons"]) if result["drift"] else "no drift"
-    say(f"drift check of {result['new']['dataset']}@{result['new']['version']} (version {version}): {verdict}")
+    checked = f"{result['new']['dataset']}@{result['new']['version']}"
+    say(f"drift check of {checked} by {model_uri} (version {version}): {verdict}")
     if result["drift"]:
-        raise DriftDetected(f"drift detected in {result['new']['dataset']}@{result['new']['version']}: {verdict}")
+        raise DriftDetected(f"drift detected in {checked}: {verdict}")
     return {**result, "mlflow_run_id": run_id, "skipped": run_id is None}

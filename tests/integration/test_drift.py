@@ -217,8 +217,10 @@ def test_drift_flow_fails_on_drift_publishes_artifacts_and_skips_unchanged_input
     pipelines = tmp_path / "pipelines.yaml"
     pipelines.write_text(
         "pipelines:\n  watched:\n    dataset: {name: digits, source: 'sklearn:digits', validation_fraction: 0.1}\n"
-        "    registry: {model_name: vae-drift}\n    drift: {dataset: digits-inverted, k: 100, bootstrap: 500}\n"
-    )
+        "    registry: {model_name: vae-drift}\n"
+        f"    drift: {{ingest: {{name: digits-inverted, source: '{world['folder'] / 'digits-inverted.npz'}', "
+        "max_value: 16}, k: 100, bootstrap: 500}\n"
+    )  # the new data's source, ingested by the flow (the same content as the CLI's: the same version)
     client = MlflowClient(tracking_uri())
 
     def checks() -> int:

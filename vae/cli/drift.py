@@ -100,8 +100,7 @@ def drift(
     as_json: JsonOption = False,
     verbose: VerboseOption = False,
 ) -> None:
-    """Score reference and new data under one protocol; typicality and KS tests on log p̂(x) → verdict, per-row
-    OOD scores → Parquet. Exit 3 when drift is detected."""
+    """Drift check: reference and new data scored alike, typicality and KS tests on log p̂(x); exit 3 on drift."""
     quiet_logs(verbose)
     check_binarize(binarize)
     given = {
