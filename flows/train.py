@@ -18,8 +18,9 @@ from vae.datasets import DatasetRef
 
 # MLflow runs this process started or continued; an interrupt marks those still RUNNING as KILLED.
 ACTIVE_RUNS: set[str] = set()
-# Set by `vae run`'s interrupt handler before it marks runs: Ctrl-C reaches the Ray workers too (one
-# process group), so training may fail from it in this thread; such a run is KILLED, not FAILED.
+# Set by `vae run`'s interrupt handler before it stops anything: the handler stops Ray's workers (and a
+# SIGTERM to the process group reaches Ray's raylet too), so training fails from it in this thread;
+# such a run is KILLED, not FAILED.
 INTERRUPTED = threading.Event()
 
 

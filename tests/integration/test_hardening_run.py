@@ -2,7 +2,8 @@
 
 One tiny pipeline, three runs: (1) interrupted by SIGINT to its process group (a terminal's Ctrl-C)
 after its first epoch, while its sockets are listed; (2) a rerun that finishes; (3) a run after
-pickles were planted under every persisted task result, killed by SIGKILL of the CLI alone.
+pickles were planted under every persisted task result, killed by SIGKILL of the CLI alone. Then
+SIGINT and SIGTERM to the process group while busy loops hold every core.
 """
 
 from __future__ import annotations
@@ -47,12 +48,12 @@ class Pwn:
         return (os.system, (f"touch {self.marker}",))
 
 
-def _start(pipelines: Path, *extra: str) -> subprocess.Popen:
+def _start(pipelines: Path, *extra: str, pipeline: str = "hard-digits") -> subprocess.Popen:
     # A user's fresh shell: no Ray auth settings inherited from this test process (whose own Ray
     # may have set them), so what is checked is what `vae run` sets up by itself.
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
     return subprocess.Popen(
-        [sys.executable, "-m", "vae", "run", "hard-digits", "--file", str(pipelines), *extra],
+        [sys.executable, "-m", "vae", "run", pipeline, "--file", str(pipelines), *extra],
         cwd=REPO,
         env=env,
         stdout=subprocess.PIPE,
@@ -208,3 +209,47 @@ def test_interrupt_rerun_planted_pickle_and_sigkill(tmp_path):
         time.sleep(0.5)
     for pid in _alive(children):  # what Ray leaves behind is ended here, so later tests start clean
         os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_an_interrupt_under_cpu_load_is_exit_130_one_line_and_a_killed_run(tmp_path, signum):
+    """A terminal's Ctrl-C or a scheduler's SIGTERM to the process group, with two busy loops holding
+    the cores, so that every step of the interrupt handler is slow. What ends the process is the
+    handler, whatever else happens meanwhile: Ray's driver ends a process with exit code 1 the moment
+    its raylet goes away (seen as exit 1 here under load), and Ray's C++ failure-signal handler took
+    SIGTERM (exit -6, no line, the run left RUNNING)."""
+    name = f"load-{signum.name.lower()}"
+    pipelines = tmp_path / "pipelines.yaml"
+    pipelines.write_text(PIPELINES.replace("hard-digits", name).replace("vae-hard", f"vae-{name}"))
+    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(os.cpu_count() or 2)]
+    process = _start(pipelines, "--force", pipeline=name)
+    try:
+        _wait_for(process, "epoch   1/6")
+        children = [child.pid for child in psutil.Process(process.pid).children(recursive=True)]
+        os.killpg(process.pid, signum)
+        code = process.wait(timeout=120)
+    finally:
+        for hog in hogs:
+            hog.kill()
+            hog.wait()
+        if process.poll() is None:  # a failed wait: nothing of this run outlives the test
+            os.killpg(process.pid, signal.SIGKILL)
+    stderr = process.stderr.read()
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert code == 130, stderr
+    assert [line for line in lines if line.startswith("interrupted: ")] == lines[-1:], stderr
+    assert "Traceback" not in stderr and "SIGTERM received" not in stderr, stderr
+    runs = MlflowClient(tracking_uri()).search_runs(
+        [MlflowClient(tracking_uri()).get_experiment_by_name(f"vae-{name}").experiment_id]
+    )
+    assert [run.info.status for run in runs] == ["KILLED"]
+    assert lines[-1] == (
+        f"interrupted: pipeline '{name}' stopped (MLflow run {runs[0].info.run_id} marked KILLED); "
+        f"`vae run {name}` resumes"
+    )
+    deadline = time.monotonic() + 15  # the raylet and GCS are killed by the kernel as the CLI exits
+    while _alive(children) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _alive(children) == []
+    staging = checkpoints_dir() / ".staging"
+    assert not staging.exists() or list(staging.iterdir()) == []

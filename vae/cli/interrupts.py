@@ -32,6 +32,46 @@ def _descendants(pid: int) -> list[int]:
     return found
 
 
+def _running(pid: int) -> bool:
+    """Whether `pid` still runs: a zombie (dead, its exit status not yet collected) does not."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def _session(pid: int) -> int | None:
+    try:
+        return os.getsid(pid)
+    except OSError:
+        return None
+
+
+def _command_name(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
+# The local Ray's processes that this process's own Ray connection depends on: when the raylet (it
+# holds the object store) goes away, Ray ends the process at once with exit code 1 ("The connection
+# to the plasma store is failed. Terminate the process.") from a thread of its own.
+RAY_CORE_PROCESSES = ("raylet", "gcs_server")
+
+
+def _freeze_ray_core(pids: list[int]) -> list[int]:
+    """SIGSTOP the local Ray's raylet and GCS: they start no worker and close no connection until this
+    process exits, and then the kernel kills them (Ray starts them with PR_SET_PDEATHSIG)."""
+    import signal
+
+    frozen = [pid for pid in pids if _command_name(pid) in RAY_CORE_PROCESSES]
+    for pid in frozen:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGSTOP)
+    return frozen
+
+
 def _stop_processes(pids: list[int], grace: float = 5.0) -> None:
     import signal
     import time
@@ -40,7 +80,7 @@ def _stop_processes(pids: list[int], grace: float = 5.0) -> None:
         with contextlib.suppress(OSError):
             os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and any(Path(f"/proc/{pid}").exists() for pid in pids):
+    while time.monotonic() < deadline and any(_running(pid) for pid in pids):
         with contextlib.suppress(ChildProcessError):
             while os.waitpid(-1, os.WNOHANG)[0]:  # reap our own children so they do not linger as zombies
                 pass
@@ -55,7 +95,12 @@ FAILED_BY_INTERRUPT_SECONDS = 30.0
 
 def on_interrupt(pipeline: str) -> None:
     """Ctrl-C or SIGTERM during `vae run`: mark the MLflow run KILLED, stop Ray and the Prefect server,
-    remove the checkpoint staging folder, one line, exit 130. The next `vae run` resumes."""
+    remove the checkpoint staging folder, one line, exit 130. The next `vae run` resumes.
+
+    Nothing else may end the process first: the interrupt is recorded before anything is stopped, the
+    raylet is frozen rather than killed (its end would make Ray exit this process with code 1), and
+    whatever fails in here still ends in the line and exit 130.
+    """
     import signal
     import threading
 
@@ -72,28 +117,38 @@ def on_interrupt(pipeline: str) -> None:
 
         for run_id in sorted(ACTIVE_RUNS):
             with contextlib.suppress(Exception):
-                # The same Ctrl-C reached the Ray workers: a run whose training failed from it just
-                # before this handler ran is KILLED too.
+                # A SIGTERM to the whole process group reaches Ray's raylet too: a run whose training
+                # failed from it just before this handler ran is KILLED too.
                 if registry.kill_if_running(run_id, failed_within=FAILED_BY_INTERRUPT_SECONDS):
                     killed.append(run_id)
 
-    # In a thread with a deadline: the interrupted main thread may hold a lock the store needs.
-    marker = threading.Thread(target=mark_killed, daemon=True)
-    marker.start()
-    marker.join(timeout=15)
-    _stop_processes(_descendants(os.getpid()))
-    import shutil
+    try:
+        frozen = _freeze_ray_core(_descendants(os.getpid()))
+        others = [pid for pid in _descendants(os.getpid()) if pid not in frozen]
+        # Ray's workers, agents and monitors at once: with the raylet and GCS stopped they cannot shut
+        # down cleanly. This run's Prefect server, in a session of its own (flows.local_server), is
+        # given time to.
+        _stop_processes([pid for pid in others if _session(pid) == os.getsid(0)], grace=0)
+        _stop_processes([pid for pid in others if _session(pid) != os.getsid(0)])
+        # In a thread with a deadline: the interrupted main thread may hold a lock the store needs.
+        marker = threading.Thread(target=mark_killed, daemon=True)
+        marker.start()
+        marker.join(timeout=15)
+        import shutil
 
-    from vae.paths import checkpoints_dir
+        from vae.paths import checkpoints_dir
 
-    for run_id in killed:
-        for staging in (checkpoints_dir() / ".staging").glob(f"*-{run_id}"):
-            shutil.rmtree(staging, ignore_errors=True)
-    runs = f"MLflow run {', '.join(killed)} marked KILLED" if killed else "no MLflow run was open"
-    sys.stdout.flush()
-    sys.stderr.write(f"interrupted: pipeline '{pipeline}' stopped ({runs}); `vae run {pipeline}` resumes\n")
-    sys.stderr.flush()
-    os._exit(130)
+        for run_id in killed:  # what the stopped workers left half-written
+            for staging in (checkpoints_dir() / ".staging").glob(f"*-{run_id}"):
+                shutil.rmtree(staging, ignore_errors=True)
+    finally:
+        runs = f"MLflow run {', '.join(killed)} marked KILLED" if killed else "no MLflow run was open"
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+        with contextlib.suppress(Exception):
+            sys.stderr.write(f"interrupted: pipeline '{pipeline}' stopped ({runs}); `vae run {pipeline}` resumes\n")
+            sys.stderr.flush()
+        os._exit(130)
 
 
 def in_thread(function, *args) -> Any:
@@ -101,30 +156,48 @@ def in_thread(function, *args) -> Any:
 
     Off the main thread, Ray Train installs no SIGINT handler of its own (it would swallow Ctrl-C
     into a slow "graceful abort" and a silent exit 1).
+
+    The thread does not end when `function` does: the local Ray is started from it, with
+    PR_SET_PDEATHSIG, which the kernel fires when the *thread* that started a process ends. Were it
+    to end, the raylet would be killed under this process's own Ray connection, and Ray would end
+    the process with exit code 1 before an error line or an interrupt's exit 130.
     """
     import threading
 
     outcome: dict[str, Any] = {}
+    done = threading.Event()
 
     def target() -> None:
         try:
             outcome["result"] = function(*args)
         except BaseException as exc:  # handed to the main thread as is
             outcome["error"] = exc
+        done.set()
+        threading.Event().wait()  # parked until the process exits (a daemon thread)
 
     worker = threading.Thread(target=target, name="vae-run", daemon=True)
     worker.start()
-    while worker.is_alive():
-        worker.join(timeout=0.2)
+    while not done.wait(timeout=0.2):
+        pass
     if "error" in outcome:
         raise outcome["error"]
     return outcome["result"]
+
+
+def keep_sigterm_from_ray() -> None:
+    """Ray's C++ failure-signal handler, installed when this process connects to Ray, would replace
+    ours for SIGTERM (the process then aborts: no KILLED run, no line, exit -6). Off for this process
+    alone: Ray reads the switch where it connects; the processes it starts keep their crash reports."""
+    from ray._private import ray_constants  # imports Ray: after prepare_local_ray (vae.cli.app.quiet_logs)
+
+    ray_constants.RAY_DISABLE_FAILURE_SIGNAL_HANDLER = True
 
 
 def run_pipeline(pipeline: str, file: Path, workers, gpu, resume: bool, force: bool) -> dict[str, Any]:
     """The pipeline flow on this run's own Prefect server (unless PREFECT_API_URL names one)."""
     import signal
 
+    keep_sigterm_from_ray()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: on_interrupt(pipeline))
     arguments = (pipeline, str(file.resolve()), workers, gpu, resume, force)
