@@ -171,7 +171,8 @@ class VAE(LatentVariableModel):
             hooks = [m.register_forward_hook(lambda _m, _i, out: sizes.append(out.numel())) for m in modules]
             try:
                 with torch.no_grad():
-                    self.decoder(torch.zeros((1, self.latent_dim), device=self._parameter().device))
+                    weight = self._parameter()
+                    self.decoder(torch.zeros((1, self.latent_dim), device=weight.device, dtype=weight.dtype))
             finally:
                 for hook in hooks:
                     hook.remove()
