@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from flows.local_server import free_port, wait_until_answers
-from vae import embedding, evaluation, registry, training
+from vae import embedding, evaluation, registry, training, tuning
 from vae.config import EvaluationConfig, load_pipeline
 from vae.errors import ConfigError, VAEError
 from vae.ingest import ingest
@@ -184,3 +184,33 @@ def test_a_network_of_the_wrong_shape_is_one_line_before_an_mlflow_run_or_ray(tm
         with pytest.raises(ConfigError, match=expected):
             check(config, dataset)
     assert _all_runs() == before  # no MLflow run was started
+
+
+SEARCH = """
+    search:
+      trials: 2
+      concurrent: 1
+      scheduler: {kind: fifo}
+      space:
+        encoder: {choice: ["own_nets_MODULE:encoder", {factory: "own_nets_MODULE:encoder", args: {width: 4}}]}
+"""
+
+
+@pytest.mark.slow
+def test_vae_tune_searches_among_a_users_networks(ray_session, tmp_path):
+    """A searched choice of networks: each trial trains its draw in a Tune actor that knew nothing of
+    the user's folder; the best is registered with its own encoder in the model."""
+    path = _write(tmp_path / "project", "tune")
+    path.write_text(path.read_text().replace("epochs: 2", "epochs: 1") + SEARCH.replace("MODULE", "tune"))
+    config = load_pipeline("own-nets", path)
+    dataset = ingest(config.dataset)
+    result = tuning.search(config, dataset, echo=None)
+    choices = {
+        json.dumps(value, sort_keys=True)
+        for value in ("own_nets_tune:encoder", {"factory": "own_nets_tune:encoder", "args": {"width": 4}})
+    }
+    assert len(result.trials) == 2 and all(row["error"] is None for row in result.trials), result.trials
+    assert {json.dumps(row["config"]["encoder"], sort_keys=True) for row in result.trials} <= choices
+    state = torch.load(Path(result.best["checkpoint"]) / CHECKPOINT_FILE, weights_only=True, mmap=True)
+    assert state["model_config"]["encoder"]["factory"] == "own_nets_tune:encoder"
+    assert np.isfinite(result.evaluation["nll"])
