@@ -148,15 +148,17 @@ def start_ray_data(workers: int) -> None:
 
 
 def check_inputs(
-    state: dict[str, Any], dataset_path: str | Path, out: str | Path, overwrite: bool, verb: str
-) -> dict[str, Any]:
-    """Everything that can be wrong before any work starts; returns the dataset's manifest."""
-    from vae.datasets import check_pixels, read_manifest
+    state: dict[str, Any], dataset_path: str | Path, out: str | Path, overwrite: bool, verb: str, binarize: str,
+    *, density: bool,
+) -> dict[str, Any]:  # fmt: skip
+    """Everything that can be wrong before any work starts (vae.inputs.check_model_inputs; `density`:
+    the job estimates log p(x), not only z); returns the dataset's manifest."""
+    from vae.datasets import read_manifest
+    from vae.inputs import check_model_inputs
 
     check_output(out, overwrite)
     manifest = read_manifest(dataset_path)
-    hint = f" ({verb} a dataset of the shape the model was trained on)"
-    check_pixels(dataset_path, manifest, int(state["data_dim"]), hint=hint)
+    check_model_inputs(dataset_path, manifest, state, binarize, verb, density=density)
     return manifest
 
 

@@ -122,6 +122,21 @@ def check_pixels(dataset_path: str | Path, manifest: dict, data_dim: int, hint: 
         )
 
 
+def check_eight_bit_pixels(where: str, manifest: dict, model, advice: str) -> None:
+    """An 8-bit likelihood (or dequantisation) is a probability of whole pixels 0..255: a dataset of
+    other pixels (digits' 0..16, values already divided by 255) is one line naming it, `where` it is,
+    its value_range and `advice`. `model`: a vae.config.ModelConfig."""
+    if not model.eight_bit:
+        return
+    high = float(manifest["value_range"][1])
+    if high != 255:
+        what = "dequantize" if model.dequantize else f"likelihood '{model.likelihood}'"
+        raise DataError(
+            f"{where} holds pixels 0..{high:g} (its manifest's value_range): model {what} needs 8-bit pixels "
+            f"0..255; {advice}"
+        )
+
+
 def split_path(dataset_path: str | Path, split: str) -> str:
     return str(Path(dataset_path) / f"{split}.parquet")
 

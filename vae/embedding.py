@@ -104,7 +104,7 @@ def embed_dataset(
     benchmarks).
     """
     started = time.perf_counter()
-    manifest = check_inputs(state, dataset_path, out, overwrite, "embed")
+    manifest = check_inputs(state, dataset_path, out, overwrite, "embed", binarize, density=False)
     paths = split_files(dataset_path, manifest, splits)
     encoder_options = {"max_value": float(manifest["value_range"][1]), "mode": input_mode(binarize)}
     if plain:

@@ -22,10 +22,10 @@ import torch
 
 from vae.config import EvaluationConfig
 from vae.datasets import check_pixels, dataset_problem, load_split, read_manifest
-from vae.inputs import prepare_inputs
+from vae.inputs import check_model_inputs, prepare_inputs
 from vae.errors import DataError
 from vae.estimators import LogLikelihoodEstimate, device_memory_budget, estimate_log_likelihood
-from vae.model import Model, load_checkpoint, model_from_state
+from vae.model import Model, load_checkpoint, model_from_state, read_checkpoint_state
 
 
 @dataclass(frozen=True)
@@ -187,10 +187,13 @@ def score_checkpoint(
     binarize: str,
     progress: Callable[[int, int], None] | None = None,
 ) -> Scored:
-    """Estimate log p(x) on the configured split with k importance samples per image."""
+    """Estimate log p(x) on the configured split with k importance samples per image; what the model
+    cannot read in the dataset is one line before the model is built (vae.inputs.check_model_inputs)."""
     if config.k < 1:
         raise DataError(f"k = {config.k}: expected k >= 1 importance samples")
-    model, state = load_checkpoint(checkpoint_dir)
+    state = read_checkpoint_state(checkpoint_dir)
+    check_model_inputs(dataset_path, read_manifest(dataset_path), state, binarize, "evaluate", density=True)
+    model = model_from_state(state)
     x, labels = load_inputs(dataset_path, config.split, model.data_dim, binarize, config.seed)
     if config.workers > 1:
         estimate = estimate_across_workers(model, state, x, config)

@@ -148,7 +148,7 @@ def score_dataset(
     `plain` runs the same scorer over the same ranges in this process (the reference for tests).
     """
     started = time.perf_counter()
-    manifest = check_inputs(state, dataset_path, out, overwrite, "score")
+    manifest = check_inputs(state, dataset_path, out, overwrite, "score", binarize, density=True)
     paths = split_files(dataset_path, manifest, settings.splits)
     work = row_ranges(paths, manifest, settings.batch_size)
     options = {

@@ -85,9 +85,16 @@ def test_bad_inputs_are_one_line_with_nonzero_exit(tmp_path, digits_checkpoint):
         root=tmp_path,
     )
     assert _error(_vae("evaluate", digits_checkpoint, "--dataset", small.path, cwd=tmp_path)) == (
-        f"error: {small.path}: images are 4x4 (16 pixels) but the model expects 64 pixels per image"
+        f"error: {small.path}: images are 4x4 (16 pixels) but the model expects 64 pixels per image "
+        "(evaluate a dataset of the shape the model was trained on)"
+    )
+    # An 8x8 dataset without validation rows: the model can read it, the split is empty.
+    empty = write_dataset(
+        SourceArrays(np.zeros((20, 8, 8), np.uint8), None, "zeros8", "y" * 64, 16.0),
+        DatasetConfig(name="small8", source="zeros8", validation_fraction=0.0),
+        root=tmp_path,
     )
     assert _error(
-        _vae("evaluate", digits_checkpoint, "--dataset", small.path, "--split", "validation", cwd=tmp_path)
-    ) == (f"error: {small.path}: split 'validation' is empty (expected at least one image)")
+        _vae("evaluate", digits_checkpoint, "--dataset", empty.path, "--split", "validation", cwd=tmp_path)
+    ) == (f"error: {empty.path}: split 'validation' is empty (expected at least one image)")
     assert not list(tmp_path.glob("*.parquet")) and not (tmp_path / "evaluations").exists()
