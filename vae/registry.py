@@ -289,7 +289,7 @@ class Registration:
 def _gate_lock(uri: str):
     """Serialise gates that share a local sqlite store (a file lock beside the database)."""
     if not uri.startswith("sqlite:///"):
-        yield  # a server: the verify-after-write loop in promote_if_better settles races
+        yield  # a server: the verify-after-write loop of _move_alias settles races
         return
     import fcntl
 
@@ -305,9 +305,10 @@ class NotComparableError(RegistryError):
     """The new version's NLL and the champion's measure different things (vae.registry.nll_kind)."""
 
 
-def _champion(mlflow_client, name: str):
+def _alias_target(mlflow_client, name: str, alias: str):
+    """The version `alias` names, or None (no such model or alias)."""
     try:
-        return mlflow_client.get_model_version_by_alias(name, CHAMPION)
+        return mlflow_client.get_model_version_by_alias(name, alias)
     except MlflowException:
         return None
 
@@ -357,6 +358,46 @@ def _nll_key(nll: float) -> float:
     return round(float(nll), 6)
 
 
+def should_promote(candidate_nll: float, champion_nll: float | None, margin: float) -> bool:
+    """The gate's rule: a new version takes `champion` iff there is none, or its held-out NLL beats the
+    champion's (on the same data, under the same protocol) by more than `margin` nats.
+
+    NLLs are compared rounded to 6 decimals (older versions' tags hold no more), so an identical
+    rerun ties and the champion stays; a NaN beats nothing.
+    """
+    if champion_nll is None:
+        return True
+    return _nll_key(candidate_nll) < _nll_key(champion_nll) - margin
+
+
+def _move_alias(
+    mlflow_client, name: str, alias: str, number: int, wins: Callable[[Any], bool], tries: int = 10,
+    settle_seconds: float = 0.2,
+) -> bool:  # fmt: skip
+    """Point `alias` at version `number` if `wins(the version it names now, or None)`; whether it does.
+
+    MLflow sets an alias by reading, then writing, so two registrations at once race: the later
+    write wins, whichever model it is. So after each write the alias is read back and, if another
+    version holds it, decided again against that one: whichever write lands last, the version that
+    `wins` prefers ends up there. A write refused on the alias table's unique key (a concurrent
+    writer created the alias first) is decided again too; a refusal with no alias there is raised.
+    """
+    for _ in range(tries):
+        current = _alias_target(mlflow_client, name, alias)
+        if current is not None and int(current.version) == number:
+            return True
+        if not wins(current):
+            return False
+        try:
+            mlflow_client.set_registered_model_alias(name, alias, str(number))
+        except MlflowException:
+            if _alias_target(mlflow_client, name, alias) is None:
+                raise  # no alias there: not a race, a real failure
+        time.sleep(settle_seconds * (1 + random.random()))
+    current = _alias_target(mlflow_client, name, alias)
+    return current is not None and int(current.version) == number
+
+
 def promote_if_better(
     mlflow_client,
     name: str,
@@ -368,62 +409,44 @@ def promote_if_better(
     settle_seconds: float = 0.2,
     kind: str = "binary",
 ) -> tuple[bool, float | None]:
-    """Move `champion` to version `number` iff its NLL beats the champion's on the same data by > margin.
+    """Move `champion` to version `number` iff its NLL beats the champion's on the same data by > margin
+    (`should_promote`), settling a race with a concurrent gate as `_move_alias` does.
 
     The champion is compared under the new version's evaluation protocol (`evaluation_protocol`:
     dataset version, split, k, binarisation seed), re-evaluated with `evaluate` when it was scored
-    under another one. After each write the alias is read back: a
-    concurrent gate that overwrote it with a worse model is overruled, a better one stands.
-    NLLs are compared rounded to 6 decimals (older versions' tags hold no more), so an identical
-    rerun ties and the champion stays. NLLs of different kinds (`kind`: an exact 8-bit NLL against a
-    dequantised bound, binary pixels against 8-bit ones) are never compared: NotComparableError,
-    the champion stays. Returns (promoted, the previous champion's NLL on this dataset or None).
+    under another one. NLLs of different kinds (`kind`: an exact 8-bit NLL against a dequantised
+    bound, binary pixels against 8-bit ones) are never compared: NotComparableError, the champion
+    stays. Returns (promoted, the previous champion's NLL on this dataset or None).
     """
-    previous: float | None = None
-    for _ in range(10):
-        current = _champion(mlflow_client, name)
-        if current is not None and int(current.version) == number:
-            return True, previous
-        if current is not None:
-            if nll_kind(current.tags) != kind:
-                raise NotComparableError(
-                    f"{name} version {number} is not compared with champion version {current.version}: its NLL "
-                    f"is of {kind} data, the champion's of "
-                    f"{nll_kind(current.tags)}; the champion stays (set the alias by hand to switch likelihoods)"
-                )
-            current_nll = _nll_on(mlflow_client, name, current, protocol, evaluate)
-            if current_nll is None:  # not comparable and no way to evaluate it: keep the champion
-                return False, None
-            previous = current_nll if previous is None else previous
-            if not _nll_key(nll) < _nll_key(current_nll) - margin:
-                return False, current_nll
-        try:
-            mlflow_client.set_registered_model_alias(name, CHAMPION, str(number))
-        except MlflowException:  # a concurrent gate created the alias first (a unique key on the
-            pass  # server's database): read it back and decide again
-        time.sleep(settle_seconds * (1 + random.random()))
-    current = _champion(mlflow_client, name)
-    return current is not None and int(current.version) == number, previous
+    compared: list[float | None] = []  # the champion's NLL at each decision
+
+    def wins(current) -> bool:
+        if current is None:
+            return should_promote(nll, None, margin)
+        if nll_kind(current.tags) != kind:
+            raise NotComparableError(
+                f"{name} version {number} is not compared with champion version {current.version}: its NLL "
+                f"is of {kind} data, the champion's of "
+                f"{nll_kind(current.tags)}; the champion stays (set the alias by hand to switch likelihoods)"
+            )
+        current_nll = _nll_on(mlflow_client, name, current, protocol, evaluate)
+        compared.append(current_nll)
+        # Not comparable and no way to evaluate it: keep the champion.
+        return current_nll is not None and should_promote(nll, current_nll, margin)
+
+    if _move_alias(mlflow_client, name, CHAMPION, number, wins, settle_seconds=settle_seconds):
+        return True, compared[0] if compared else None  # the champion it replaced, as first compared
+    return False, compared[-1] if compared else None  # the champion that stays
 
 
-def _point_alias(mlflow_client, name: str, alias: str, number: int, tries: int = 5) -> None:
-    """Point `alias` at version `number`, settling a race with a concurrent registration.
+def _point_challenger(mlflow_client, name: str, number: int) -> None:
+    """`challenger` names the newest version registered: a race between two registrations leaves
+    it on the later one, and a rerun that registers an older version again does not take it back."""
 
-    MLflow sets an alias by reading, then inserting: two stores writing the same new alias at once
-    make one fail on the alias table's unique key. That failure leaves the alias existing (pointed
-    at by the other writer), so it is retried; any other failure is raised at once."""
-    for attempt in range(tries):
-        try:
-            mlflow_client.set_registered_model_alias(name, alias, str(number))
-            return
-        except MlflowException as failure:
-            try:
-                mlflow_client.get_model_version_by_alias(name, alias)
-            except MlflowException:
-                raise failure from None  # the alias does not exist: not a race, a real failure
-            if attempt == tries - 1:
-                raise
-            time.sleep(0.05 * (attempt + 1) * (1 + random.random()))
+    def newer(current) -> bool:
+        return current is None or int(current.version) < number
+
+    _move_alias(mlflow_client, name, CHALLENGER, number, newer)
 
 
 def _version_of_run(mlflow_client, name: str, run_id: str):
@@ -553,7 +576,7 @@ def register_model(
         mlflow_client.set_model_version_tag(name, str(number), key, value)
     gate = None
     with _gate_lock(uri):
-        _point_alias(mlflow_client, name, CHALLENGER, number)
+        _point_challenger(mlflow_client, name, number)
         try:
             promoted, previous = promote_if_better(
                 mlflow_client,
@@ -584,7 +607,7 @@ def register_model(
 
 def champion_version(name: str, uri: str | None = None) -> str | None:
     """The version `champion` points at now, or None (no such model or alias)."""
-    current = _champion(client(uri), name)
+    current = _alias_target(client(uri), name, CHAMPION)
     return None if current is None else str(current.version)
 
 

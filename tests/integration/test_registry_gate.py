@@ -185,6 +185,53 @@ def test_an_identical_rerun_keeps_the_champion(tmp_path):
     assert float(MlflowClient(tracking_uri()).get_model_version("vae-tie", "1").tags["test_nll"]) == 23.4761236
 
 
+def test_a_worse_model_written_over_the_gate_is_overruled(tmp_path):
+    """The race played out in order: the gate of version 3 (NLL 29) writes `champion`; a concurrent
+    gate's stale write of version 2 (NLL 31, decided before 3 existed) lands over it; the read-back
+    after the write sees it and puts 3 back."""
+    import threading
+
+    config = gate_config("vae-late")
+    for nll, seed in ((30.0, 0), (31.0, 1), (31.5, 2)):  # versions 1 (champion), 2, 3
+        register(config, nll, seed=seed, workdir=tmp_path)
+    client = MlflowClient(tracking_uri())
+    protocol = client.get_model_version("vae-late", "1").tags["evaluated_as"]
+    overwritten = threading.Event()
+
+    def stale_gate() -> None:
+        deadline = time.monotonic() + 60
+        while _alias("vae-late", "champion") != "3" and time.monotonic() < deadline:
+            time.sleep(0.01)
+        client.set_registered_model_alias("vae-late", "champion", "2")
+        overwritten.set()
+
+    writer = threading.Thread(target=stale_gate)
+    writer.start()
+    promoted = registry.promote_if_better(client, "vae-late", 3, 29.0, protocol, 0.0, settle_seconds=2.0)
+    writer.join()
+    assert overwritten.is_set()
+    assert promoted == (True, 30.0)
+    assert _alias("vae-late", "champion") == "3"
+
+
+def test_challenger_names_the_newest_version_even_when_an_older_one_registers_again(tmp_path):
+    from vae.datasets import read_manifest
+
+    config = gate_config("vae-newest")
+    dataset = ingest(config.dataset).to_dict()
+    first = register(config, 30.0, seed=0, workdir=tmp_path, dataset=dataset)
+    register(config, 31.0, seed=1, workdir=tmp_path, dataset=dataset)
+    assert _alias("vae-newest", "challenger") == "2"
+    # A rerun of the first run's flow (crashed after registering) registers version 1 again.
+    images, _ = load_split(dataset["path"], "test")
+    evaluation = {"nll": 30.0, "nll_stderr": 0.1, "k": 10, "split": "test", "bits_per_dim_kind": "binary"}
+    again = registry.register_model(
+        config, first.run_id, str(tmp_path / "ckpt-0"), evaluation, dataset, read_manifest(dataset["path"]), images[:2]
+    )
+    assert (again.version, again.champion) == (1, True)
+    assert (_alias("vae-newest", "challenger"), _alias("vae-newest", "champion")) == ("2", "1")
+
+
 def test_a_refused_model_name_is_not_retried_and_logs_nothing(prefect_server, tmp_path):
     from flows.register import register_task
     from prefect import get_client
