@@ -33,8 +33,9 @@ import pyarrow.parquet as pq
 from vae import drift_statistics as stats
 from vae.batch import ResolvedModel, check_output, job_output, load_model, write_parquet
 from vae.config import DriftConfig, ScoreConfig
-from vae.datasets import SPLITS, check_pixels, read_manifest
+from vae.datasets import SPLITS, read_manifest
 from vae.errors import DataError
+from vae.inputs import check_model_inputs
 
 METADATA_KEY = b"vae.drift"
 OOD_METHOD = "typicality"  # the per-row score whose flag is `ood` (vae.drift_statistics.ood_scores)
@@ -151,10 +152,11 @@ def check_sides(reference: DataSide, new: DataSide) -> None:
 
 
 def check_model_fits(model: ResolvedModel, *sides: DataSide) -> None:
-    """Both datasets have the model's number of pixels (one line naming the dataset otherwise)."""
+    """Both datasets are what the model's density reads, checked as `vae score` checks its input
+    (vae.inputs.check_model_inputs: pixels per image, image shape, 8-bit pixels for an 8-bit
+    likelihood, binary pixels for a Bernoulli one): one line naming the dataset otherwise."""
     for side in sides:
-        hint = f" (the {side.role} data must have the shape the model was trained on)"
-        check_pixels(side.path, read_manifest(side.path), int(model.state["data_dim"]), hint=hint)
+        check_model_inputs(side.path, read_manifest(side.path), model.state, model.binarize, "score", density=True)
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ import torch.distributed as dist
 from vae.cluster import ensure_ray
 from vae.config import ModelConfig, PipelineConfig, TrainingConfig
 from vae.paths import checkpoints_dir, inside
-from vae.datasets import DatasetRef, read_manifest, split_path
+from vae.datasets import DatasetRef, check_eight_bit_pixels, read_manifest, split_path
 from vae.inputs import prepare_inputs
 from vae.errors import TrainingDivergedError, VAEError
 from vae.model import CHECKPOINT_FILE, VAE, build_model, check_networks, read_checkpoint_state
@@ -513,15 +513,12 @@ def check_pixel_range(config: PipelineConfig, dataset: DatasetRef, manifest: dic
 
     The config alone cannot know (digits hold 0..16, `dataset.max_value` may be unset); the manifest can.
     """
-    if not config.model.eight_bit:
-        return
-    high = float((manifest or read_manifest(dataset.path))["value_range"][1])
-    if high != 255:
-        what = "dequantize" if config.model.dequantize else f"likelihood '{config.model.likelihood}'"
-        raise VAEError(
-            f"dataset '{dataset.name}' holds pixels 0..{high:g} (its manifest's value_range): model {what} "
-            "needs 8-bit pixels 0..255; use an 8-bit source or a bernoulli/gaussian likelihood"
-        )
+    check_eight_bit_pixels(
+        f"dataset '{dataset.name}'",
+        manifest or read_manifest(dataset.path),
+        config.model,
+        "use an 8-bit source or a bernoulli/gaussian likelihood",
+    )
 
 
 def check_validation_rows(dataset: DatasetRef, needed_by: str | None, manifest: dict[str, Any] | None = None) -> None:

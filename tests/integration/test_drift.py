@@ -194,14 +194,25 @@ def test_bad_input_is_one_line_before_ray_starts_and_nothing_is_written(world):
     folder = world["folder"]
     tiny = _ingest_images(np.ones((20, 4, 4)), np.zeros(20), "tiny-images", folder)
     empty = ingest(DatasetConfig(name="digits-noval", source="sklearn:digits", validation_fraction=0.0)).path
-    for new, message in [
-        ("tiny-images", f"error: {tiny}: images are 4x4 (16 pixels) but the model expects 64 pixels per image "
-                        "(the new data must have the shape the model was trained on)"),
-        (f"{empty}:validation", f"error: {empty}: split 'validation' is empty (expected at least one image)"),
+    eight_bit = folder / "eight-bit-checkpoint"  # an 8-bit likelihood's model, untrained: only its contract matters
+    eight_bit.mkdir()
+    config = ModelConfig(latent_dim=8, hidden=(16,), likelihood="discretized_logistic")
+    state = {"model": build_model(config, 64).state_dict(), "epoch": 0, "history": [], "data_dim": 64}
+    torch.save({**state, "model_config": config.model_dump(mode="json")}, eight_bit / CHECKPOINT_FILE)
+    digits = world["digits"]["path"]
+    for checkpoint, new, message in [
+        (world["checkpoint"], "tiny-images",
+         f"error: {tiny}: images are 4x4 (16 pixels) but the model expects 64 pixels per image "
+         "(score a dataset of the shape the model was trained on)"),
+        (world["checkpoint"], f"{empty}:validation",
+         f"error: {empty}: split 'validation' is empty (expected at least one image)"),
+        (str(eight_bit), "digits-inverted",  # vae score's own check: digits hold 0..16, not 8-bit pixels
+         f"error: dataset 'digits' at {digits} holds pixels 0..16 (its manifest's value_range): model likelihood "
+         "'discretized_logistic' needs 8-bit pixels 0..255; score it on a dataset of 8-bit pixels"),
     ]:  # fmt: skip
         out = folder / "refused.parquet"
-        reference = f"{world['digits']['path']}:test"
-        done = _fresh_vae("drift", world["checkpoint"], "-r", reference, "-d", new, "--out", str(out))
+        reference = f"{digits}:test"
+        done = _fresh_vae("drift", checkpoint, "-r", reference, "-d", new, "--out", str(out))
         assert done.returncode == 1 and done.stderr.strip().splitlines() == [message] and done.stdout == ""
         assert not out.exists() and not [p for p in folder.iterdir() if p.name.startswith(".refused")]
 

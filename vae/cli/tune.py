@@ -66,7 +66,11 @@ def tune(
     from vae.paths import vae_home
 
     check_writable_dir(vae_home(), "VAE_HOME")
-    # Tune stops gracefully on SIGINT (its state saved for --resume); SIGTERM (a cancelled job) does the same.
+    # Tune stops gracefully on SIGINT (its state saved for --resume); SIGTERM (a cancelled job) does the same,
+    # and Ray's own failure-signal handler, installed when this process connects, must not replace ours.
+    from vae.cli.interrupts import keep_sigterm_from_ray
+
+    keep_sigterm_from_ray()
     signal.signal(signal.SIGTERM, lambda *_: os.kill(os.getpid(), signal.SIGINT))
     from vae import tuning
     from vae.ingest import ingest
