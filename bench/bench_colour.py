@@ -22,12 +22,12 @@ import numpy as np
 import torch
 
 from vae.config import load_pipelines
-from vae.datasets import load_split
-from vae.estimators import estimate_log_likelihood
-from vae.ingest import ingest
-from vae.inputs import prepare_inputs
-from vae.model import build_model
-from vae.objectives import elbo
+from vae.data.datasets import load_split
+from vae.evaluate.estimators import estimate_log_likelihood
+from vae.data.ingest import ingest
+from vae.data.inputs import prepare_inputs
+from vae.models.model import build_model
+from vae.models.objectives import elbo
 
 
 def main() -> None:

@@ -2,9 +2,9 @@
 
 Every row is `colour-patches` from pipelines.yaml (conv, channels [32, 64], latent 32; batch 32,
 Adam 1e-3, seed 0, 1 Ray Train worker x 2 CPUs) with only the model's family and likelihood changed,
-trained by the project's own training (`vae.training.train`, Ray Train) for the pipeline's epochs
+trained by the project's own training (`vae.train.training.train`, Ray Train) for the pipeline's epochs
 (12: the same number of updates for every row, whatever the machine's other load does to the wall
-time), the final checkpoint (the pipeline has no early stopping), then `vae.evaluation.score_checkpoint`
+time), the final checkpoint (the pipeline has no early stopping), then `vae.evaluate.evaluation.score_checkpoint`
 with the pipeline's evaluation (test split, seed 0) at --k importance samples on all 450 test patches.
 Bits/dim is per 8-bit subpixel (D = 3072, 8.0 = uniform). Rows run one after another.
 
@@ -57,10 +57,10 @@ def main() -> None:
 
     import torch
 
-    from vae import training
+    from vae.train import training
     from vae.config import load_pipeline
-    from vae.evaluation import score_checkpoint
-    from vae.ingest import ingest
+    from vae.evaluate.evaluation import score_checkpoint
+    from vae.data.ingest import ingest
 
     base = load_pipeline("colour-patches", REPO / "pipelines.yaml")
     epochs = args.epochs or base.training.epochs

@@ -5,7 +5,7 @@ The model: the digits pipeline's model and training settings (pipelines.yaml: la
 3e-3, 15 epochs, 32 images a step), trained in this process on one thread (seed 0), or any MODEL given with
 --model (e.g. models:/vae-digits@champion after `vae run digits`). The reference is the digits test split
 (359 images); each case is a dataset built from the shipped sklearn digits, ingested like any other, and
-checked with `vae.drift.check_drift` (Ray Data scoring, the same k and seed for both sides):
+checked with `vae.jobs.drift.check_drift` (Ray Data scoring, the same k and seed for both sides):
 
   null       the validation split (144 held-out digits): should not be flagged, AUROC ~0.5
   inverted   16 - x (white digits on black)
@@ -19,7 +19,7 @@ checked with `vae.drift.check_drift` (Ray Data scoring, the same k and seed for 
 AUROC: P(score of a case row > score of a reference row) (+ ties / 2). Batch detection: the share of 1000
 random batches of M rows of the case (with replacement) that each batch test flags at α = 0.01: the two-sided
 typicality test against the one-sided likelihood test (mean -log p̂(x) too HIGH), both calibrated by the same
-bootstrap of the reference (Ĥ re-estimated in every round, as vae.drift_statistics.bootstrap_typicality).
+bootstrap of the reference (Ĥ re-estimated in every round, as vae.jobs.drift_statistics.bootstrap_typicality).
 
     python bench/bench_drift.py [--k 1000] [--model MODEL] [--json bench/results/drift.json]
 """
@@ -62,10 +62,10 @@ def train_digits_champion(directory: Path, dataset_path: str) -> str:
     import torch
 
     from vae.config import load_pipeline
-    from vae.datasets import load_split
-    from vae.inputs import prepare_inputs
-    from vae.model import CHECKPOINT_FILE, build_model
-    from vae.objectives import elbo
+    from vae.data.datasets import load_split
+    from vae.data.inputs import prepare_inputs
+    from vae.models.model import CHECKPOINT_FILE, build_model
+    from vae.models.objectives import elbo
 
     settings = load_pipeline("digits", Path(__file__).resolve().parents[1] / "pipelines.yaml")
     torch.set_num_threads(1)
@@ -125,10 +125,11 @@ def main() -> None:
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    from vae import drift, drift_statistics as stats
+    from vae.jobs import drift
+    from vae.jobs import drift_statistics as stats
     from vae.config import DatasetConfig, DriftConfig
-    from vae.datasets import load_split
-    from vae.ingest import ingest
+    from vae.data.datasets import load_split
+    from vae.data.ingest import ingest
 
     digits = ingest(DatasetConfig(name="digits", source="sklearn:digits", validation_fraction=0.1))
     test, labels = load_split(digits.path, "test")

@@ -20,12 +20,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vae import embedding
+from vae.jobs import embedding
 from vae.config import DatasetConfig, ModelConfig
-from vae.ingest import ingest
-from vae.datasets import SPLITS, load_split
-from vae.model import build_model
-from vae.evaluation import resolve_dataset
+from vae.data.ingest import ingest
+from vae.data.datasets import SPLITS, load_split
+from vae.models.model import build_model
+from vae.evaluate.evaluation import resolve_dataset
 
 
 def tiled_dataset(source: str, repeat: int, root: Path) -> str:

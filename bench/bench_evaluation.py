@@ -4,7 +4,7 @@ Model: a 784-512-50 MLP VAE with a Bernoulli decoder (random weights: speed does
 training). In one run, interleaved over rounds (medians reported):
   - roofline: decoder FLOPs per image ÷ the FLOP rate of a large square float32 matmul on the
     same threads — the images/s the decoder matmuls would reach at full matmul speed;
-  - estimator: vae.estimators.estimate_log_likelihood (encode once, decode in chunks);
+  - estimator: vae.evaluate.estimators.estimate_log_likelihood (encode once, decode in chunks);
   - naive: the common per-image loop that encodes k copies of x and decodes them at once.
 
     python bench/bench_evaluation.py [--k 5000] [--images 64] [--rounds 3]
@@ -20,8 +20,8 @@ import time
 import torch
 
 from vae.config import ModelConfig
-from vae.estimators import estimate_log_likelihood
-from vae.model import bernoulli_log_likelihood, build_model
+from vae.evaluate.estimators import estimate_log_likelihood
+from vae.models.model import bernoulli_log_likelihood, build_model
 
 
 def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:

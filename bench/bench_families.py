@@ -1,8 +1,8 @@
 """Fashion-MNIST: model family x objective at one training budget, on the issue-16 protocol.
 
-Every row is the project's own training (`vae.training.train`: Ray Train, 2 CPU workers, batch 100
+Every row is the project's own training (`vae.train.training.train`: Ray Train, 2 CPU workers, batch 100
 per worker, Adam 1e-3 with the fashion-mnist-quality decay) for --minutes of wall time, the best
-validation-ELBO checkpoint, then `vae.evaluation.score_checkpoint` at k = 5000 on all 10,000 test
+validation-ELBO checkpoint, then `vae.evaluate.evaluation.score_checkpoint` at k = 5000 on all 10,000 test
 images (binarised once, seed 0): the same protocol as BENCHMARKS.md's quality section (50k/10k/10k,
 dynamic train binarisation). Rows run one after another, so each has the machine to itself.
 
@@ -75,9 +75,9 @@ def main() -> None:
     if args.search is not None:
         variants["tuned"], found_by["tuned"] = tuned_variant(args.search)
 
-    from vae import training
-    from vae.evaluation import score_checkpoint
-    from vae.ingest import ingest
+    from vae.train import training
+    from vae.evaluate.evaluation import score_checkpoint
+    from vae.data.ingest import ingest
 
     base = load_pipeline("fashion-mnist-quality", REPO / "pipelines.yaml")
     work = Path(tempfile.mkdtemp(prefix="bench-families-"))
@@ -146,8 +146,8 @@ def continue_trial(folder: Path, config, cpus: int):
     and batch (so the same updates), `cpus` torch threads per worker. Resumable: a rerun continues
     from the newest checkpoint under VAE_HOME/bench/families-tuned/<search stamp>. --minutes counts
     the trial's own training time too (the checkpoint carries it)."""
-    from vae import training
-    from vae.datasets import DatasetRef
+    from vae.train import training
+    from vae.data.datasets import DatasetRef
     from vae.paths import vae_home
 
     record = json.loads((folder / "search.json").read_text())

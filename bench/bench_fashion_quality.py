@@ -26,9 +26,9 @@ REPO = Path(__file__).resolve().parents[1]
 def curve(
     run_dir: Path, dataset_path: str, images: int, k: int, points_wanted: int
 ) -> list[tuple[float, int, float, float]]:
-    from vae.estimators import estimate_log_likelihood
-    from vae.model import load_checkpoint
-    from vae.evaluation import load_inputs
+    from vae.evaluate.estimators import estimate_log_likelihood
+    from vae.models.model import load_checkpoint
+    from vae.evaluate.evaluation import load_inputs
 
     points = []
     checkpoints = sorted(
@@ -83,7 +83,7 @@ def main() -> None:
         (out / "fashion_quality.json").write_text(json.dumps(result, indent=2, default=str))
         run_dir, dataset_path = Path(result["checkpoint"]).parent, result["dataset"]["path"]
     else:
-        from vae.evaluation import resolve_dataset
+        from vae.evaluate.evaluation import resolve_dataset
 
         run_dir, dataset_path = args.curve_only, resolve_dataset(args.dataset)
     print(f"NLL against training time (first {args.curve_images} test images, k={args.curve_k}):")

@@ -34,10 +34,10 @@ from pathlib import Path
 import torch
 
 from vae.config import DatasetConfig, EvaluationConfig, ModelConfig, PipelineConfig, RegistryConfig, TrainingConfig
-from vae.ingest import ingest
-from vae.datasets import DatasetRef, load_split, read_manifest
-from vae.model import build_model
-from vae.stepper import Objective, Stepper, make_optimizer
+from vae.data.ingest import ingest
+from vae.data.datasets import DatasetRef, load_split, read_manifest
+from vae.models.model import build_model
+from vae.train.stepper import Objective, Stepper, make_optimizer
 
 BURDA = ModelConfig(latent_dim=50, hidden=(200, 200), activation="tanh")
 
@@ -92,7 +92,7 @@ def plain_graphed_loop(dataset: DatasetRef, batch: int, epochs: int, device: tor
     stepper = Stepper(
         Objective(model, "elbo", 1), optimizer, max_value=max_value, binarize="dynamic", device=device, graph=graphed
     )
-    from vae.training import resident_minibatches
+    from vae.train.training import resident_minibatches
 
     rates = []
     for epoch in range(epochs):
@@ -111,7 +111,7 @@ def plain_graphed_loop(dataset: DatasetRef, batch: int, epochs: int, device: tor
 
 
 def ray_train(dataset: DatasetRef, batch: int, epochs: int, use_gpu: bool, storage: Path, **training) -> dict:
-    from vae import training as vae_training
+    from vae.train import training as vae_training
 
     config = PipelineConfig(
         name=f"bench-gpu-b{batch}",
@@ -148,8 +148,8 @@ def ray_train(dataset: DatasetRef, batch: int, epochs: int, use_gpu: bool, stora
 
 def evaluation_seconds(checkpoint: str | None, dataset: DatasetRef, k: int, images: int, device: torch.device) -> dict:
     """Seconds to estimate log p(x) of `images` test images at k, fp32 and TF32 (noise included)."""
-    from vae.model import load_checkpoint
-    from vae.evaluation import estimate_on_device, load_inputs
+    from vae.models.model import load_checkpoint
+    from vae.evaluate.evaluation import estimate_on_device, load_inputs
 
     model = load_checkpoint(checkpoint)[0] if checkpoint else build_model(BURDA, 784)
     x, _ = load_inputs(dataset.path, "test", model.data_dim, "dynamic", 0)
@@ -169,9 +169,9 @@ def evaluation_seconds(checkpoint: str | None, dataset: DatasetRef, k: int, imag
 
 def short_training(dataset: DatasetRef, minutes: float, k: int, storage: Path, pipelines: str, use_gpu: bool) -> dict:
     """fashion-mnist-gpu from pipelines.yaml, trained for `minutes`, evaluated at k on all test images."""
-    from vae import training as vae_training
+    from vae.train import training as vae_training
     from vae.config import load_pipeline
-    from vae.evaluation import score_checkpoint
+    from vae.evaluate.evaluation import score_checkpoint
 
     settings = load_pipeline("fashion-mnist-gpu", pipelines)
     # The LR decays 10x over the epochs a GPU fits in the budget (issue 11: 1e-3 -> 1e-4 over ~770).
@@ -201,8 +201,8 @@ def short_training(dataset: DatasetRef, minutes: float, k: int, storage: Path, p
 
 
 def embedding_rate(checkpoint: str | None, dataset: DatasetRef, work: Path, use_gpu: bool, batch: int) -> dict:
-    from vae import embedding
-    from vae.model import read_checkpoint_state
+    from vae.jobs import embedding
+    from vae.models.model import read_checkpoint_state
 
     if checkpoint:
         state = read_checkpoint_state(checkpoint)

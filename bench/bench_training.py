@@ -21,11 +21,11 @@ import numpy as np
 import torch
 
 from vae.config import DatasetConfig, ModelConfig, PipelineConfig, RegistryConfig, TrainingConfig
-from vae.datasets import DatasetRef, load_split, read_manifest
-from vae.inputs import prepare_inputs
-from vae.model import build_model
-from vae.objectives import elbo
-from vae.evaluation import resolve_dataset
+from vae.data.datasets import DatasetRef, load_split, read_manifest
+from vae.data.inputs import prepare_inputs
+from vae.models.model import build_model
+from vae.models.objectives import elbo
+from vae.evaluate.evaluation import resolve_dataset
 
 
 def plain_loop(images: np.ndarray, max_value: float, model_config: ModelConfig, batch: int, epochs: int) -> float:
@@ -50,7 +50,7 @@ def plain_loop(images: np.ndarray, max_value: float, model_config: ModelConfig, 
 
 
 def ray_loop(dataset: DatasetRef, model_config: ModelConfig, batch: int, epochs: int, workers: int) -> float:
-    from vae import training
+    from vae.train import training
 
     config = PipelineConfig(
         name="bench-training",

@@ -7,7 +7,7 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_link_artifact, create_table_artifact
 from prefect.tasks import exponential_backoff
 
-from vae import registry
+from vae.registry import store as registry
 
 
 def say(message: str) -> None:

@@ -1,5 +1,5 @@
 """Drift check 'drift/NAME': the champion (or another alias) scores the pipeline's reference split and the new
-data of its `drift:` section, tests whether the new data is typical (vae.drift), records the check in MLflow and
+data of its `drift:` section, tests whether the new data is typical (vae.jobs.drift), records the check in MLflow and
 on the flow run's page, and FAILS the flow run when drift is detected. Unchanged inputs (the same model version,
 dataset versions and protocol) are not scored again: the stored verdict stands, and fails the run again.
 """
@@ -17,8 +17,10 @@ from flows.artifacts import say
 from flows.embed import resolve_task
 from flows.ingest import ingest_flow, ingest_task
 from flows.results import run_cached
-from vae import config, drift, registry
-from vae.datasets import is_ingested
+from vae import config
+from vae.jobs import drift
+from vae.registry import store as registry
+from vae.data.datasets import is_ingested
 from vae.errors import ConfigError, VAEError
 
 

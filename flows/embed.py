@@ -11,7 +11,9 @@ from prefect.tasks import exponential_backoff
 
 from flows.artifacts import say
 from flows.ingest import ingest_flow
-from vae import config, embedding, registry
+from vae import config
+from vae.jobs import embedding
+from vae.registry import store as registry
 
 
 @task(name="resolve-model", retries=3, retry_delay_seconds=exponential_backoff(2))

@@ -6,9 +6,9 @@ from prefect import flow, task
 
 from flows.cache_keys import evaluation_key
 from flows.results import cached, run_cached
-from vae import evaluation
+from vae.evaluate import evaluation
 from vae.config import PipelineConfig
-from vae.datasets import DatasetRef
+from vae.data.datasets import DatasetRef
 
 
 @task(name="estimate-log-likelihood", **cached(evaluation_key))

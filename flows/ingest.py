@@ -4,9 +4,9 @@ from prefect import flow, task
 
 from flows.results import cached, run_cached
 from vae.config import DatasetConfig, PipelineConfig
-from vae.datasets import DatasetRef, is_ingested
-from vae.ingest import cache_key, ingest
-from vae.sources import DownloadError
+from vae.data.datasets import DatasetRef, is_ingested
+from vae.data.ingest import cache_key, ingest
+from vae.data.sources import DownloadError
 
 
 def _source_content(context, parameters: dict) -> str | None:

@@ -3,11 +3,12 @@
 from prefect import flow, task
 from prefect.tasks import exponential_backoff
 
-from vae import registration, registry
+from vae.registry import registration
+from vae.registry import store as registry
 from vae.config import PipelineConfig
-from vae.datasets import DatasetRef
-from vae.evaluation import EvaluationSummary
-from vae.training import TrainingRun
+from vae.data.datasets import DatasetRef
+from vae.evaluate.evaluation import EvaluationSummary
+from vae.train.training import TrainingRun
 
 
 # Registry calls are I/O: retried with backoff. Registering is idempotent per MLflow run, so a

@@ -10,7 +10,8 @@ from prefect import flow, task
 
 from flows.artifacts import say
 from flows.embed import resolve_task
-from vae import config, sampling
+from vae import config
+from vae.jobs import sampling
 
 
 @task(name="sample")

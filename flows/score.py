@@ -11,7 +11,8 @@ from prefect import flow, task
 from flows.artifacts import say
 from flows.embed import resolve_task
 from flows.ingest import ingest_flow
-from vae import config, scoring
+from vae import config
+from vae.jobs import scoring
 
 
 @task(name="score")

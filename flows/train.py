@@ -12,9 +12,11 @@ from prefect.tasks import exponential_backoff
 from flows.artifacts import say
 from flows.cache_keys import training_key
 from flows.results import cached, run_cached
-from vae import paths, registry, training
+from vae import paths
+from vae.registry import store as registry
+from vae.train import training
 from vae.config import PipelineConfig
-from vae.datasets import DatasetRef
+from vae.data.datasets import DatasetRef
 
 # MLflow runs this process started or continued; an interrupt marks those still RUNNING as KILLED.
 ACTIVE_RUNS: set[str] = set()

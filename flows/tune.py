@@ -4,8 +4,9 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
 from flows.ingest import ingest_flow
-from vae import config, tuning
-from vae.datasets import DatasetRef
+from vae import config
+from vae.tune import search as tuning
+from vae.data.datasets import DatasetRef
 from vae.errors import ConfigError
 
 

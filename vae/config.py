@@ -30,8 +30,8 @@ from pydantic import (
 )
 
 from vae.errors import ConfigError
-from vae.likelihood_kinds import EIGHT_BIT_LIKELIHOODS, LIKELIHOOD_KINDS
-from vae.urls import redact_url
+from vae.models.likelihood_kinds import EIGHT_BIT_LIKELIHOODS, LIKELIHOOD_KINDS
+from vae.data.urls import redact_url
 
 DEFAULT_PIPELINES_FILE = "pipelines.yaml"
 
@@ -151,13 +151,13 @@ class DatasetConfig(_Frozen):
         return redact_url(self.source)
 
 
-LikelihoodName = Literal[tuple(LIKELIHOOD_KINDS)]  # the names of vae.likelihoods.LIKELIHOODS
+LikelihoodName = Literal[tuple(LIKELIHOOD_KINDS)]  # the names of vae.models.likelihoods.LIKELIHOODS
 IMPORT_PATH = re.compile(r"[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*")
 
 
 class NetworkSpec(_Frozen):
     """A user's network: `factory` is `package.module:attr`, called with image_shape=(C, H, W),
-    latent_dim=L, params_per_subpixel=P and `args` (vae.networks). Written as the string alone when
+    latent_dim=L, params_per_subpixel=P and `args` (vae.models.networks). Written as the string alone when
     there are no args."""
 
     factory: str
@@ -179,13 +179,13 @@ class ModelConfig(_Frozen):
     """A VAE: q(z|x) = N(mu(x), diag sigma^2(x)), p(z) = N(0, I), p(x|z) by `likelihood`.
 
     `mlp`: fully connected nets of widths `hidden` (Burda et al.: [200, 200], tanh, latent 50).
-    `conv`: one stride-2 convolution per entry of `channels` each way (vae.conv), for images
+    `conv`: one stride-2 convolution per entry of `channels` each way (vae.models.conv), for images
     C x H x W of any channel count and size (sides that 2^depth does not divide are padded).
     Likelihoods: `bernoulli` (binary pixels), `gaussian` (continuous; with `dequantize` a bound
     on 8-bit pixels), and for 8-bit pixels `discretized_logistic`, `logistic_mixture` (with
-    `components`) and `categorical` (vae.likelihoods).
+    `components`) and `categorical` (vae.models.likelihoods).
 
-    Stronger families (vae.families), on every architecture and likelihood (the VampPrior's
+    Stronger families (vae.models.families), on every architecture and likelihood (the VampPrior's
     pseudo-inputs take the image's shape); what is ill-defined is refused in one line:
     - `prior: vampprior`: p(z) = 1/K sum_k q(z|u_k) over K = `pseudo_inputs` learned pseudo-images u_k
       (Tomczak & Welling 2018, Eq. 9; they use K = 500). Default `standard`: p(z) = N(0, I).
@@ -196,9 +196,9 @@ class ModelConfig(_Frozen):
       `latent_hidden` (Burda et al.: latent 100 + 50, hidden [200, 200], latent_hidden [100, 100], tanh).
       Its top prior is N(0, I): `prior: vampprior` with `levels: 2` is refused.
       `body: gated` gates dense layers: with `architecture: conv` it is refused.
-    Users' own networks: `encoder` and/or `decoder` name a factory `package.module:attr` (vae.networks)
+    Users' own networks: `encoder` and/or `decoder` name a factory `package.module:attr` (vae.models.networks)
     with keyword `args`; a module beside pipelines.yaml is found.
-    With all of these at their defaults the model is vae.model.VAE, unchanged, and the fields are left
+    With all of these at their defaults the model is vae.models.model.VAE, unchanged, and the fields are left
     out of model_dump (checkpoints, MLflow params and cache keys of existing pipelines stay as they were).
     """
 
@@ -207,7 +207,7 @@ class ModelConfig(_Frozen):
     hidden: tuple[Int, ...] = (128, 128)
     channels: tuple[Int, ...] = Field((32, 64), min_length=1)
     activation: Literal["relu", "tanh"] = "relu"
-    likelihood: LikelihoodName = "bernoulli"  # a name of the table vae.likelihoods.LIKELIHOODS
+    likelihood: LikelihoodName = "bernoulli"  # a name of the table vae.models.likelihoods.LIKELIHOODS
     # logistic_mixture only: mixture components per subpixel (PixelCNN++ uses 10 for CIFAR-10).
     components: Int = Field(5, ge=1)
     # Gaussian likelihood only: a fixed observation std, or null to learn one per pixel.
@@ -222,7 +222,7 @@ class ModelConfig(_Frozen):
     levels: Int = Field(1, ge=1, le=2)
     latent_dim2: Int | None = Field(None, ge=1)  # levels 2 only: dimensions of the top level z2
     latent_hidden: tuple[Int, ...] = (100, 100)  # levels 2 only: widths of the nets between z1 and z2
-    # Users' own networks by import path (vae.networks): they replace the built-in ones of that side.
+    # Users' own networks by import path (vae.models.networks): they replace the built-in ones of that side.
     encoder: NetworkSpec | None = None
     decoder: NetworkSpec | None = None
     FAMILY_FIELDS: ClassVar[tuple[str, ...]] = (
@@ -248,7 +248,7 @@ class ModelConfig(_Frozen):
 
     @model_validator(mode="after")
     def _family_is_built(self) -> "ModelConfig":
-        """The family fields name a model vae.families builds, or one line says which field does not."""
+        """The family fields name a model vae.models.families builds, or one line says which field does not."""
         defaults = type(self).model_fields
         if self.pseudo_inputs != defaults["pseudo_inputs"].default and self.prior != "vampprior":
             raise ValueError(f"pseudo_inputs applies to prior 'vampprior' only, got prior '{self.prior}'")
@@ -285,7 +285,7 @@ class ModelConfig(_Frozen):
 
     @property
     def family(self) -> bool:
-        """Whether this is a vae.families model (a VampPrior, a gated body or two levels), not vae.model.VAE."""
+        """Whether this is a vae.models.families model (a VampPrior, a gated body or two levels), not vae.models.model.VAE."""
         return self.prior != "standard" or self.body != "mlp" or self.levels != 1
 
     @property
@@ -457,7 +457,7 @@ class SampleConfig(_Frozen):
 class DriftConfig(_Frozen):
     """The drift check 'drift/NAME' and `vae drift`: the model scores a reference split of the pipeline's
     own dataset and the new data with one protocol (k, seed), then tests whether the new data is typical
-    (vae.drift: a typicality test and a two-sample KS test on log p̂(x), each at false_alarm_rate / 2).
+    (vae.jobs.drift: a typicality test and a two-sample KS test on log p̂(x), each at false_alarm_rate / 2).
 
     The new data is exactly one of `dataset`, a stored dataset (a name, whose newest version is read
     on every run, or a directory; ':SPLIT' reads one split, default all), or `ingest`, a source that
@@ -631,8 +631,8 @@ class PipelineConfig(_Frozen):
     embedding: EmbeddingConfig = EmbeddingConfig()
     score: ScoreConfig | None = None  # 'score/NAME' is deployed only when the section is there
     sample: SampleConfig | None = None  # 'sample/NAME' likewise
-    drift: DriftConfig | None = None  # 'drift/NAME' and `vae drift --pipeline NAME` (vae.drift)
-    search: SearchConfig | None = None  # `vae tune NAME` (vae.tuning)
+    drift: DriftConfig | None = None  # 'drift/NAME' and `vae drift --pipeline NAME` (vae.jobs.drift)
+    search: SearchConfig | None = None  # `vae tune NAME` (vae.tune.search)
 
     @model_validator(mode="after")
     def _likelihood_fits_inputs(self) -> "PipelineConfig":
@@ -663,7 +663,7 @@ class PipelineConfig(_Frozen):
         A section's rules read only that section's fields (ModelConfig's cross-field checks; the
         pipeline-level ones involve no searchable field), so each section's searched fields are
         checked together, every combination of their candidates (every choice, both ends of a range).
-        A space too big for that (over MAX_COMBINATIONS in a section) is left to vae.tuning.trial_config.
+        A space too big for that (over MAX_COMBINATIONS in a section) is left to vae.tune.search.trial_config.
         """
         if self.search is None:
             return self

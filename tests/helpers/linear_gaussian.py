@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from vae.config import ModelConfig
-from vae.model import VAE, build_model
+from vae.models.model import VAE, build_model
 
 
 @dataclass

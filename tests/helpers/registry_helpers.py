@@ -6,11 +6,11 @@ from pathlib import Path
 
 import torch
 
-from vae import registry
+from vae.registry import store as registry
 from vae.config import DatasetConfig, ModelConfig, PipelineConfig, RegistryConfig
-from vae.ingest import ingest
-from vae.datasets import load_split, read_manifest
-from vae.model import CHECKPOINT_FILE, build_model
+from vae.data.ingest import ingest
+from vae.data.datasets import load_split, read_manifest
+from vae.models.model import CHECKPOINT_FILE, build_model
 
 
 def gate_config(model_name: str, margin: float = 0.0) -> PipelineConfig:

@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 from tests.helpers.registry_helpers import gate_config, register, registered_model, save_checkpoint
 from vae.cli import app
-from vae.datasets import load_split, read_manifest
+from vae.data.datasets import load_split, read_manifest
 from vae.paths import tracking_uri
 
 pytestmark = pytest.mark.integration
@@ -86,7 +86,7 @@ def test_score_equals_vae_evaluate_per_example(scored, registered, tmp_path):
 
 
 def test_ray_data_scores_equal_the_in_process_reference(scored, registered, tmp_path):
-    from vae import scoring
+    from vae.jobs import scoring
     from vae.config import ScoreConfig
 
     _, dataset, _ = registered
@@ -117,7 +117,7 @@ def test_existing_score_output_is_refused_unless_overwrite(scored, registered):
 
 
 def test_sample_is_seeded_atomic_and_matches_the_registered_decoder(registered, tmp_path, tmp_path_factory):
-    from vae.model import model_from_state
+    from vae.models.model import model_from_state
 
     config, _, registration = registered
     first = _json(["sample", MODEL, "-n", "10", "--seed", "4", "--out", str(tmp_path / "a.npz")])
@@ -195,8 +195,8 @@ pipelines:
 
 
 def test_model_card_states_the_version_tags(registered, tmp_path):
-    from vae import registration as stage
-    from vae import registry
+    from vae.registry import registration as stage
+    from vae.registry import store as registry
 
     config = gate_config("vae-card")
     dataset = registered[1]

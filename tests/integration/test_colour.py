@@ -7,7 +7,7 @@ import pytest
 from mlflow import MlflowClient
 
 from vae.config import load_pipelines
-from vae.datasets import load_split
+from vae.data.datasets import load_split
 from vae.paths import tracking_uri
 
 pytestmark = pytest.mark.integration

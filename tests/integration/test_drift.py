@@ -24,14 +24,14 @@ import torch
 from mlflow import MlflowClient
 from typer.testing import CliRunner
 
-from vae import registry
+from vae.registry import store as registry
 from vae.cli import app
 from vae.config import DatasetConfig, ModelConfig, PipelineConfig, RegistryConfig
-from vae.datasets import load_split, read_manifest
-from vae.ingest import ingest
-from vae.inputs import prepare_inputs
-from vae.model import CHECKPOINT_FILE, build_model
-from vae.objectives import elbo
+from vae.data.datasets import load_split, read_manifest
+from vae.data.ingest import ingest
+from vae.data.inputs import prepare_inputs
+from vae.models.model import CHECKPOINT_FILE, build_model
+from vae.models.objectives import elbo
 from vae.paths import tracking_uri
 
 pytestmark = pytest.mark.integration
@@ -176,7 +176,7 @@ def test_simpler_digits_are_drift_though_more_likely_than_the_test_set(ray_sessi
     assert summary["statistics"]["new_raw_flagged_fraction"] == 0.0  # ...so a likelihood threshold passes every row
     table = pq.read_table(out)
     roles = np.array(table.column("set").to_pylist())
-    from vae.drift_statistics import auroc
+    from vae.jobs.drift_statistics import auroc
 
     raw, typical = (table.column(c).to_numpy() for c in ("ood_score_raw", "ood_score_typicality"))
     assert auroc(raw[roles == "reference"], raw[roles == "new"]) < 0.3

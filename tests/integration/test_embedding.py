@@ -14,8 +14,8 @@ from typer.testing import CliRunner
 
 from tests.helpers.registry_helpers import registered_model
 from vae.cli import app
-from vae.ingest import ingest
-from vae.datasets import load_split, read_manifest
+from vae.data.ingest import ingest
+from vae.data.datasets import load_split, read_manifest
 
 pytestmark = pytest.mark.integration
 runner = CliRunner()
@@ -75,7 +75,7 @@ def test_latents_match_the_registered_pyfunc(embedded, registered):
 
 
 def test_ray_data_output_equals_the_in_process_reference(embedded, registered, tmp_path):
-    from vae import embedding
+    from vae.jobs import embedding
 
     _, dataset, _ = registered
     out, table = embedded

@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from tests.helpers.registry_helpers import gate_config, register, save_checkpoint
-from vae import evaluation
+from vae.evaluate import evaluation
 from vae.config import DatasetConfig, EvaluationConfig, ModelConfig
-from vae.ingest import SourceArrays, ingest, write_dataset
+from vae.data.ingest import SourceArrays, ingest, write_dataset
 
 pytestmark = pytest.mark.integration
 

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from tests.helpers.registry_helpers import gate_config, save_checkpoint
 from vae.cli import app
-from vae.ingest import ingest
+from vae.data.ingest import ingest
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
@@ -114,7 +114,7 @@ def _save_model(directory: Path, model_config, image_shape: tuple[int, int]) -> 
     """A training checkpoint of an untrained model of 8x8 images, as training writes it."""
     import torch
 
-    from vae.model import CHECKPOINT_FILE, build_model
+    from vae.models.model import CHECKPOINT_FILE, build_model
 
     directory.mkdir(parents=True)
     torch.manual_seed(0)
@@ -203,9 +203,9 @@ def test_a_conv_model_refuses_images_of_another_shape(inputs, tmp_path, command)
 
 
 def test_inputs_a_model_can_read_pass_the_checks(inputs):
-    from vae.datasets import read_manifest
-    from vae.inputs import check_model_inputs
-    from vae.model import read_checkpoint_state
+    from vae.data.datasets import read_manifest
+    from vae.data.inputs import check_model_inputs
+    from vae.models.model import read_checkpoint_state
 
     for model, data, binarize in (
         ("8bit", "bytes", "none"),

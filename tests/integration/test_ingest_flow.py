@@ -11,7 +11,7 @@ from tests.helpers.ingest_helpers import Route, loopback_server, write_idx_folde
 
 from flows.ingest import ingest_flow
 from vae.config import load_pipeline
-from vae.datasets import read_manifest
+from vae.data.datasets import read_manifest
 
 pytestmark = pytest.mark.integration
 

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.integration
 CHILD = """
 import json, sys
 from vae.config import DatasetConfig
-from vae.ingest import ingest
+from vae.data.ingest import ingest
 
 def status(key):
     return int(next(l for l in open("/proc/self/status") if l.startswith(key)).split()[1]) * 1024

@@ -87,7 +87,7 @@ def test_this_checkouts_code_reads_a_model_registered_before_the_move(old_model)
     models-from-code file resolves its imports against the new modules: they must still answer."""
     import mlflow.pyfunc
 
-    import vae.model  # noqa: F401  (the new code is what `vae` means in this process)
+    import vae.models.model  # noqa: F401  (the new code is what `vae` means in this process)
 
     model, expected = old_model
     loaded = mlflow.pyfunc.load_model(str(model))

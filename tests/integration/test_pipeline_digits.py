@@ -13,7 +13,7 @@ from mlflow import MlflowClient
 from vae.config import load_pipeline
 
 from vae.paths import tracking_uri
-from vae.datasets import load_split
+from vae.data.datasets import load_split
 
 pytestmark = pytest.mark.integration
 

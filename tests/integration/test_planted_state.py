@@ -17,10 +17,11 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from vae import integrity, tuning
+from vae import integrity
+from vae.tune import search as tuning
 from vae.cli import app
 from vae.config import load_pipeline
-from vae.ingest import ingest
+from vae.data.ingest import ingest
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]

@@ -12,11 +12,11 @@ import torch
 from mlflow import MlflowClient
 
 from tests.helpers.registry_helpers import gate_config, register, save_checkpoint
-from vae import registry
+from vae.registry import store as registry
 from vae.paths import tracking_uri
-from vae.ingest import ingest
-from vae.datasets import load_split
-from vae.model import build_model
+from vae.data.ingest import ingest
+from vae.data.datasets import load_split
+from vae.models.model import build_model
 
 pytestmark = pytest.mark.integration
 
@@ -215,7 +215,7 @@ def test_a_worse_model_written_over_the_gate_is_overruled(tmp_path):
 
 
 def test_challenger_names_the_newest_version_even_when_an_older_one_registers_again(tmp_path):
-    from vae.datasets import read_manifest
+    from vae.data.datasets import read_manifest
 
     config = gate_config("vae-newest")
     dataset = ingest(config.dataset).to_dict()
@@ -237,7 +237,7 @@ def test_a_refused_model_name_is_not_retried_and_logs_nothing(prefect_server, tm
     from prefect import get_client
     from prefect.utilities.asyncutils import run_coro_as_sync
 
-    from vae.ingest import ingest
+    from vae.data.ingest import ingest
 
     config = gate_config("vae-refused")
     bad = config.model_copy(update={"registry": config.registry.model_copy(update={"model_name": "bad/name"})})

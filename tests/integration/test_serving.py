@@ -20,11 +20,11 @@ from flows.local_server import free_port, wait_until_answers
 from tests.helpers.registry_helpers import gate_config, register, save_checkpoint
 from vae.errors import VAEError
 from vae.paths import tracking_uri
-from vae.ingest import ingest
-from vae.datasets import load_split
-from vae.inputs import prepare_inputs
-from vae.estimators import estimate_log_likelihood
-from vae.model import load_checkpoint
+from vae.data.ingest import ingest
+from vae.data.datasets import load_split
+from vae.data.inputs import prepare_inputs
+from vae.evaluate.estimators import estimate_log_likelihood
+from vae.models.model import load_checkpoint
 
 pytestmark = pytest.mark.integration
 

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from vae import training
+from vae.train import training
 from vae.config import DatasetConfig, ModelConfig, PipelineConfig, RegistryConfig, TrainingConfig
-from vae.ingest import ingest
-from vae.datasets import load_split
+from vae.data.ingest import ingest
+from vae.data.datasets import load_split
 
 pytestmark = pytest.mark.integration
 

@@ -8,12 +8,12 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
-from vae import training
+from vae.train import training
 from vae.config import DatasetConfig, ModelConfig, PipelineConfig, RegistryConfig, TrainingConfig
 from vae.paths import tracking_uri
-from vae.ingest import ingest
+from vae.data.ingest import ingest
 from vae.errors import TrainingDivergedError
-from vae.model import CHECKPOINT_FILE, build_model
+from vae.models.model import CHECKPOINT_FILE, build_model
 
 pytestmark = pytest.mark.integration
 

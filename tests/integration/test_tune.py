@@ -14,9 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from vae import integrity, registry, tuning
+from vae import integrity
+from vae.registry import store as registry
+from vae.tune import search as tuning
 from vae.config import load_pipeline
-from vae.ingest import ingest
+from vae.data.ingest import ingest
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

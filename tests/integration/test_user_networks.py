@@ -19,11 +19,15 @@ import pytest
 import torch
 
 from flows.local_server import free_port, wait_until_answers
-from vae import embedding, evaluation, registry, training, tuning
+from vae.jobs import embedding
+from vae.evaluate import evaluation
+from vae.registry import store as registry
+from vae.train import training
+from vae.tune import search as tuning
 from vae.config import EvaluationConfig, load_pipeline
 from vae.errors import ConfigError, VAEError
-from vae.ingest import ingest
-from vae.model import CHECKPOINT_FILE, check_networks
+from vae.data.ingest import ingest
+from vae.models.model import CHECKPOINT_FILE, check_networks
 from vae.paths import tracking_uri
 
 pytestmark = pytest.mark.integration
@@ -32,7 +36,7 @@ REPO = Path(__file__).resolve().parents[2]
 NETS = '''"""A small conv encoder and decoder, as a user writes them beside pipelines.yaml."""
 from torch import nn
 
-from vae.conv import SubpixelMajor
+from vae.models.conv import SubpixelMajor
 
 
 def encoder(image_shape, latent_dim, params_per_subpixel, width=8):

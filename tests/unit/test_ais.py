@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from tests.helpers.linear_gaussian import bernoulli_1d_exact, make_bernoulli_1d, make_linear_gaussian, mean_and_se
-from vae.estimators import annealed_importance_sampling, estimate_log_likelihood, sigmoid_schedule
+from vae.evaluate.estimators import annealed_importance_sampling, estimate_log_likelihood, sigmoid_schedule
 
 
 def test_schedule_runs_from_prior_to_posterior():

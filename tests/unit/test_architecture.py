@@ -31,7 +31,7 @@ def _graph() -> dict[str, set[str]]:
     graph: dict[str, set[str]] = {name: set() for name in modules}
     for name, path in modules.items():
         for target, names in _imports(path):
-            # `from vae import registry` imports the module vae.registry.
+            # `from vae import registry` imports the module vae.registry.store.
             candidates = [f"{target}.{n}" for n in names if f"{target}.{n}" in modules] or [target]
             graph[name].update(c for c in candidates if c in modules and c != name)
     return graph

@@ -9,7 +9,7 @@ import tarfile
 import numpy as np
 import pytest
 
-from vae.cifar import looks_like_cifar, read_cifar, to_channels_first
+from vae.data.cifar import looks_like_cifar, read_cifar, to_channels_first
 from vae.errors import DataError
 
 RNG = np.random.default_rng(15)

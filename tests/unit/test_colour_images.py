@@ -11,12 +11,12 @@ import pytest
 import torch
 
 from vae.config import DatasetConfig, ModelConfig, load_pipelines
-from vae.datasets import load_split, read_manifest
+from vae.data.datasets import load_split, read_manifest
 from vae.errors import ConfigError, DataError, VAEError
-from vae.estimators import annealed_importance_sampling, estimate_log_likelihood
-from vae.ingest import ingest
-from vae.likelihoods import LOG_256
-from vae.model import build_model
+from vae.evaluate.estimators import annealed_importance_sampling, estimate_log_likelihood
+from vae.data.ingest import ingest
+from vae.models.likelihoods import LOG_256
+from vae.models.model import build_model
 
 RNG = np.random.default_rng(15)
 TRAIN_10 = [f"data_batch_{i}.bin" for i in range(1, 6)]
@@ -52,7 +52,7 @@ def test_eight_bit_likelihoods_need_unbinarised_8bit_pixels(tmp_path):
 
 def test_an_8bit_model_on_a_dataset_of_other_pixels_fails_before_training(tmp_path):
     """digits hold 0..16: the manifest says so, and training refuses before Ray starts (no worker, no run)."""
-    from vae.training import check_pixel_range
+    from vae.train.training import check_pixel_range
 
     digits = ingest(DatasetConfig(name="digits8", source="sklearn:digits"), root=tmp_path)
     patches = ingest(DatasetConfig(name="patches8", source="sklearn:sample-patches"), root=tmp_path)
@@ -233,7 +233,7 @@ def test_sample_patches_keep_train_and_test_regions_apart(tmp_path):
 
 
 def test_colour_grids_tile_rgb_images_in_place():
-    from vae.plots import _grid
+    from vae.registry.plots import _grid
 
     images = np.stack([np.full((3, 2, 2), v) * np.array([1.0, 0.5, 0.0])[:, None, None] for v in (0.2, 0.8)])
     canvas = _grid(images.reshape(2, 12), (2, 2), columns=2)  # (H, W) alone: channels from the size

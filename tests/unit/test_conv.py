@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vae.conv import conv_decoder, conv_encoder, conv_nets, padded_size
+from vae.models.conv import conv_decoder, conv_encoder, conv_nets, padded_size
 
 SHAPES = [(1, 28, 28), (3, 32, 32), (3, 30, 45), (4, 7, 9)]
 

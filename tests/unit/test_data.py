@@ -9,9 +9,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from vae.config import DatasetConfig
-from vae import sources
-from vae.ingest import SourceArrays, ingest, write_dataset
-from vae.datasets import load_split
+from vae.data import sources
+from vae.data.ingest import SourceArrays, ingest, write_dataset
+from vae.data.datasets import load_split
 from vae.errors import DataError
 
 DIGITS = DatasetConfig(name="digits", source="sklearn:digits")

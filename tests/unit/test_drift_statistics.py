@@ -1,4 +1,4 @@
-"""The drift statistics (vae.drift_statistics, vae.drift.decide) against exact or independent answers:
+"""The drift statistics (vae.jobs.drift_statistics, vae.jobs.drift.decide) against exact or independent answers:
 closed-form Gaussian entropies and quantiles, scipy.stats (a test dependency only), brute-force pair
 counts; and the drift section's and `vae drift`'s one-line errors."""
 
@@ -11,9 +11,9 @@ import pytest
 import scipy.stats
 from typer.testing import CliRunner
 
-from vae import drift_statistics as stats
+from vae.jobs import drift_statistics as stats
 from vae.config import DriftConfig, load_pipeline
-from vae.drift import decide, parse_spec
+from vae.jobs.drift import decide, parse_spec
 from vae.errors import ConfigError, DataError
 
 runner = CliRunner()
@@ -209,9 +209,9 @@ def test_vae_drift_usage_errors_are_one_line_before_any_work(tmp_path):
 def test_comparisons_that_mean_nothing_are_refused_in_one_line():
     """A split stored binarised once against grey pixels, and the reference's own rows as the new data."""
     from vae.config import DatasetConfig
-    from vae.datasets import read_manifest
-    from vae.drift import check_sides, resolve_side
-    from vae.ingest import ingest
+    from vae.data.datasets import read_manifest
+    from vae.jobs.drift import check_sides, resolve_side
+    from vae.data.ingest import ingest
 
     path = ingest(DatasetConfig(name="digits-bin", source="sklearn:digits", binarize_test_seed=0)).path
     reference = resolve_side(f"{path}:test", "reference", "--reference", ("test",))

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from tests.helpers.linear_gaussian import bernoulli_1d_exact, make_bernoulli_1d, make_linear_gaussian, mean_and_se
-from vae.estimators import estimate_log_likelihood, reduce_log_weights
-from vae.model import diagonal_normal_log_density, standard_normal_log_density
-from vae.objectives import elbo, gaussian_kl, iwae_bound, sample_latents
+from vae.evaluate.estimators import estimate_log_likelihood, reduce_log_weights
+from vae.models.model import diagonal_normal_log_density, standard_normal_log_density
+from vae.models.objectives import elbo, gaussian_kl, iwae_bound, sample_latents
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +95,7 @@ def test_bernoulli_likelihood_is_the_stable_form_of_the_log_density():
     logits = torch.tensor([[-50.0, -3.0, 0.0, 2.0, 60.0]], dtype=torch.float64)
     x = torch.tensor([[0.0, 1.0, 1.0, 0.0, 1.0]], dtype=torch.float64)
     reference = torch.distributions.Bernoulli(logits=logits).log_prob(x).sum(-1)
-    from vae.model import bernoulli_log_likelihood
+    from vae.models.model import bernoulli_log_likelihood
 
     assert torch.allclose(bernoulli_log_likelihood(x, logits), reference)
     assert torch.isfinite(bernoulli_log_likelihood(x, logits)).all()

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from vae.config import ModelConfig
-from vae.estimators import estimate_log_likelihood
-from vae.model import build_model
+from vae.evaluate.estimators import estimate_log_likelihood
+from vae.models.model import build_model
 
 
 @pytest.fixture(scope="module")

@@ -10,9 +10,9 @@ import torch
 from scipy import special, stats
 
 from tests.helpers.linear_gaussian import make_bernoulli_1d, mean_and_se
-from vae.estimators import annealed_importance_sampling, estimate_log_likelihood
-from vae.families import GatedDense, OneLevelVAE, TwoLevelVAE, dense_net
-from vae.estimators import estimate_log_likelihood as estimate_family_log_likelihood
+from vae.evaluate.estimators import annealed_importance_sampling, estimate_log_likelihood
+from vae.models.families import GatedDense, OneLevelVAE, TwoLevelVAE, dense_net
+from vae.evaluate.estimators import estimate_log_likelihood as estimate_family_log_likelihood
 
 D = 6  # pixels of the tiny models
 W_DEC = torch.linspace(-2.0, 2.5, D, dtype=torch.float64)  # decoder logits w_d z + c_d
@@ -262,7 +262,7 @@ def test_prior_samples_have_the_priors_moments():
 
 
 def test_standard_prior_family_loads_a_vae_and_reproduces_its_importance_sampled_log_px():
-    """OneLevelVAE(mlp, standard) has vae.model.VAE's layout: same weights, same noise, same log p̂(x)."""
+    """OneLevelVAE(mlp, standard) has vae.models.model.VAE's layout: same weights, same noise, same log p̂(x)."""
     vae = make_bernoulli_1d(D, encoder_scale=0.3)
     family = OneLevelVAE(D, 1, ())
     family.load_state_dict(vae.state_dict())

@@ -13,14 +13,14 @@ import torch
 
 from vae.config import EvaluationConfig, ModelConfig, load_pipelines
 from vae.errors import ConfigError
-from vae.estimators import annealed_importance_sampling, block_noise, estimate_log_likelihood
-from vae.evaluation import active_units, estimate_on_device
-from vae.families import OneLevelVAE, TwoLevelVAE
-from vae.estimators import estimate_log_likelihood as estimate_family_log_likelihood
-from vae.model import CHECKPOINT_FILE, VAE, build_model, load_checkpoint
-from vae.likelihoods import bernoulli_log_likelihood
-from vae.objectives import elbo, gaussian_kl, iwae_bound
-from vae.stepper import Objective, Stepper, make_optimizer
+from vae.evaluate.estimators import annealed_importance_sampling, block_noise, estimate_log_likelihood
+from vae.evaluate.evaluation import active_units, estimate_on_device
+from vae.models.families import OneLevelVAE, TwoLevelVAE
+from vae.evaluate.estimators import estimate_log_likelihood as estimate_family_log_likelihood
+from vae.models.model import CHECKPOINT_FILE, VAE, build_model, load_checkpoint
+from vae.models.likelihoods import bernoulli_log_likelihood
+from vae.models.objectives import elbo, gaussian_kl, iwae_bound
+from vae.train.stepper import Objective, Stepper, make_optimizer
 
 D = 12
 CPU = torch.device("cpu")
@@ -175,7 +175,7 @@ def test_the_configured_prior_and_pseudo_input_count_reach_the_model():
 
 
 def save(model, config: ModelConfig, folder: Path) -> Path:
-    """A checkpoint as vae.training writes it (model, model_config dump, data_dim, image_shape)."""
+    """A checkpoint as vae.train.training writes it (model, model_config dump, data_dim, image_shape)."""
     folder.mkdir()
     state = {"model": model.state_dict(), "model_config": config.model_dump(mode="json"), "data_dim": D}
     torch.save({**state, "image_shape": [D]}, folder / CHECKPOINT_FILE)
@@ -230,7 +230,7 @@ def test_the_objective_is_the_familys_own_and_30_stepper_steps_lower_the_loss(na
 
 
 def test_the_validation_elbo_of_vae_training_is_the_familys_own():
-    """vae.training validates with vae.objectives.elbo: for a family that is the family's elbo_terms."""
+    """vae.train.training validates with vae.models.objectives.elbo: for a family that is the family's elbo_terms."""
     model, x = build("vampprior"), binary_data(8)
     ours = elbo(model, x, torch.Generator().manual_seed(4))
     theirs = model.elbo_terms(x, torch.Generator().manual_seed(4))
@@ -275,7 +275,7 @@ def test_active_units_of_a_family_count_the_dimensions_of_its_first_level():
 
 
 def test_the_served_family_model_encodes_reconstructs_decodes_and_scores(tmp_path):
-    from vae.serving import VAEModel
+    from vae.registry.serving import VAEModel
 
     model = build("two-level")
     folder = save(model, FAMILIES["two-level"], tmp_path / "ckpt")
@@ -359,7 +359,7 @@ def test_the_default_config_builds_the_standard_vae_with_the_same_numbers_as_bef
 
 
 def test_the_one_ais_gives_the_standard_vae_the_numbers_of_the_ais_it_replaced():
-    """vae.estimators.annealed_importance_sampling now runs on the model's sample_prior / log_prior /
+    """vae.evaluate.estimators.annealed_importance_sampling now runs on the model's sample_prior / log_prior /
     log_likelihood_state; for the standard VAE (dequantised too) it draws and accepts exactly as before."""
     torch.manual_seed(0)
     binary = build_model(ModelConfig(latent_dim=3, hidden=(16,)), D)
@@ -370,6 +370,6 @@ def test_the_one_ais_gives_the_standard_vae_the_numbers_of_the_ais_it_replaced()
         annealed_importance_sampling(model, x, steps=50, chains=8, seed=3)
         for model, x in ((binary, x_binary), (dequantized, x_pixels))
     ]
-    # From vae.estimators.annealed_importance_sampling before the change (commit c910b1b), same calls.
+    # From vae.evaluate.estimators.annealed_importance_sampling before the change (commit c910b1b), same calls.
     assert [a.log_px.sum().item() for a in got] == pytest.approx([-84.87865480968239, -2498.6983480419103], rel=1e-6)
     assert [a.acceptance for a in got] == pytest.approx([0.9964999999999997, 0.8699999999999999], abs=1e-9)

@@ -16,13 +16,13 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from vae.config import EvaluationConfig, ModelConfig
-from vae.inputs import prepare_inputs
-from vae.estimators import NOISE_BLOCK, block_noise, estimate_log_likelihood
-from vae.model import build_model
-from vae.objectives import elbo
-from vae.evaluation import estimate_on_device, evaluation_device
-from vae.stepper import Objective, Stepper, make_optimizer, restore_optimizer
-from vae.training import all_reduce_sums, resident_minibatches, streamed_minibatches
+from vae.data.inputs import prepare_inputs
+from vae.evaluate.estimators import NOISE_BLOCK, block_noise, estimate_log_likelihood
+from vae.models.model import build_model
+from vae.models.objectives import elbo
+from vae.evaluate.evaluation import estimate_on_device, evaluation_device
+from vae.train.stepper import Objective, Stepper, make_optimizer, restore_optimizer
+from vae.train.training import all_reduce_sums, resident_minibatches, streamed_minibatches
 
 CPU = torch.device("cpu")
 
@@ -166,7 +166,7 @@ def test_use_gpu_without_a_gpu_evaluates_on_cpu_with_the_same_numbers():
 def test_progress_steps_give_the_same_numbers_and_report_every_step():
     import io
 
-    from vae.evaluation import PROGRESS_IMAGES, ProgressLine
+    from vae.evaluate.evaluation import PROGRESS_IMAGES, ProgressLine
 
     torch.manual_seed(0)
     model = build_model(ModelConfig(latent_dim=3, hidden=(16,)), 10)

@@ -19,14 +19,14 @@ import pytest
 from tests.helpers.ingest_helpers import Route, loopback_server, tree
 from typer.testing import CliRunner
 
-from vae import ingest as ingestion
-from vae import sources
+from vae.data import ingest as ingestion
+from vae.data import sources
 from vae.cli import app
 from vae.config import DatasetConfig, PipelineConfig, RegistryConfig
-from vae.ingest import ingest, ingest_report
-from vae.datasets import dataset_problem, is_ingested, load_split, read_manifest
+from vae.data.ingest import ingest, ingest_report
+from vae.data.datasets import dataset_problem, is_ingested, load_split, read_manifest
 from vae.errors import DataError
-from vae.urls import REDACTED, redact_text, redact_url
+from vae.data.urls import REDACTED, redact_text, redact_url
 
 RNG = np.random.default_rng(13)
 IMAGES = RNG.integers(0, 256, size=(30, 4, 4), dtype=np.uint8)  # (30, 4, 4)
@@ -145,7 +145,7 @@ def test_pipelines_listing_and_serialised_settings_hide_url_secrets(tmp_path):
 
 
 def test_mlflow_dataset_source_param_is_redacted(tmp_path, monkeypatch):
-    from vae import registry
+    from vae.registry import store as registry
 
     monkeypatch.setenv("VAE_HOME", str(tmp_path))
     url = f"https://h/d.npz?X-Amz-Signature={SECRET}"
@@ -334,7 +334,7 @@ def test_content_hash_is_checked_on_request(tmp_path):
 def test_resolving_a_dataset_by_name_skips_staging_folders_and_names_a_corrupt_manifest(tmp_path):
     """A killed ingest can leave its dot-folder staging with a manifest; it is not a version. A corrupt
     manifest was a raw JSONDecodeError: now the damaged-version line."""
-    from vae.evaluation import resolve_dataset
+    from vae.evaluate.evaluation import resolve_dataset
 
     real = ingest(DatasetConfig(name="digits", source="sklearn:digits"), root=tmp_path)
     staging = tmp_path / "digits" / ".0123456789ab-partial"

@@ -22,8 +22,8 @@ from tests.helpers.ingest_helpers import Route, loopback_server, tree, write_idx
 from PIL import Image
 
 from vae.config import DatasetConfig
-from vae.ingest import ingest
-from vae.sources import hash_file
+from vae.data.ingest import ingest
+from vae.data.sources import hash_file
 
 REPO = Path(__file__).resolve().parents[2]
 RNG = np.random.default_rng(3)

@@ -14,14 +14,14 @@ import torch
 from tests.helpers.ingest_helpers import Route, loopback_server, sorted_rows, tree, write_idx, write_idx_folder
 from PIL import Image
 
-from vae import ingest as ingestion
-from vae import sources
+from vae.data import ingest as ingestion
+from vae.data import sources
 
 
 from vae.config import DatasetConfig
-from vae.ingest import ingest, ingest_status
-from vae.datasets import SPLITS, load_split, read_manifest
-from vae.inputs import prepare_inputs
+from vae.data.ingest import ingest, ingest_status
+from vae.data.datasets import SPLITS, load_split, read_manifest
+from vae.data.inputs import prepare_inputs
 from vae.errors import DataError
 
 N, SIDE = 40, 6

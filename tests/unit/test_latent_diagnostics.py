@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 
 from vae.config import ModelConfig
-from vae.evaluation import ACTIVE_UNIT_THRESHOLD, active_units
-from vae.model import build_model
+from vae.evaluate.evaluation import ACTIVE_UNIT_THRESHOLD, active_units
+from vae.models.model import build_model
 
 
 def test_active_units_counts_dimensions_whose_mean_varies_more_than_the_threshold():
@@ -27,7 +27,7 @@ def test_active_units_counts_dimensions_whose_mean_varies_more_than_the_threshol
 
 
 def test_traversal_sweeps_the_most_active_dimensions_one_at_a_time():
-    from vae.registration import TRAVERSAL_STEPS, latent_traversal
+    from vae.registry.registration import TRAVERSAL_STEPS, latent_traversal
 
     torch.manual_seed(0)
     model = build_model(ModelConfig(latent_dim=3, hidden=(8,)), 6)
@@ -41,7 +41,7 @@ def test_traversal_sweeps_the_most_active_dimensions_one_at_a_time():
 
 
 def test_interpolation_starts_and_ends_at_the_two_images_reconstructions():
-    from vae.registration import TRAVERSAL_STEPS, latent_interpolation
+    from vae.registry.registration import TRAVERSAL_STEPS, latent_interpolation
 
     torch.manual_seed(0)
     model = build_model(ModelConfig(latent_dim=3, hidden=(8,)), 6)

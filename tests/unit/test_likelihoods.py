@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from vae.likelihoods import (
+from vae.models.likelihoods import (
     CATEGORICAL,
     LOGISTIC,
     MIXTURE,

@@ -9,8 +9,8 @@ import torch
 
 from tests.helpers.linear_gaussian import make_linear_gaussian
 from vae.config import ModelConfig
-from vae.model import bernoulli_log_likelihood, build_model
-from vae.stepper import Objective
+from vae.models.model import bernoulli_log_likelihood, build_model
+from vae.train.stepper import Objective
 
 
 @pytest.mark.parametrize(

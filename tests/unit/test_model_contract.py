@@ -1,4 +1,4 @@
-"""The model contract (vae.latent_model) against exact answers, for every implementation on the
+"""The model contract (vae.models.latent_model) against exact answers, for every implementation on the
 architectures and likelihoods the families were once refused: the one IS estimator and the one AIS
 agree with log p(x) by quadrature over the latent state (1-D and 2-D grids); every likelihood of the
 table is a normalised distribution whose mean and sampler agree with brute-force sums."""
@@ -13,11 +13,11 @@ from scipy import stats
 
 from tests.helpers.linear_gaussian import mean_and_se
 from vae.config import ModelConfig
-from vae.estimators import annealed_importance_sampling, block_uniform, estimate_log_likelihood
-from vae.latent_model import LatentVariableModel
-from vae.likelihood_kinds import LIKELIHOOD_KINDS
-from vae.likelihoods import LIKELIHOODS, make_likelihood
-from vae.model import VAE, build_model
+from vae.evaluate.estimators import annealed_importance_sampling, block_uniform, estimate_log_likelihood
+from vae.models.latent_model import LatentVariableModel
+from vae.models.likelihood_kinds import LIKELIHOOD_KINDS
+from vae.models.likelihoods import LIKELIHOODS, make_likelihood
+from vae.models.model import VAE, build_model
 
 
 def _grid(points: int, half_width: float = 9.0) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,4 +1,4 @@
-"""The champion gate's rule (vae.registry.should_promote), on its own: no MLflow, no race."""
+"""The champion gate's rule (vae.registry.store.should_promote), on its own: no MLflow, no race."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from vae.registry import should_promote
+from vae.registry.store import should_promote
 
 
 def test_the_first_version_becomes_champion():

@@ -1,6 +1,6 @@
 """Which checkpoint `--resume` and early stopping pick, on real checkpoint files (no Ray started).
 
-The states are what vae.training writes (torch.save of a dict); only the fields these choices read
+The states are what vae.train.training writes (torch.save of a dict); only the fields these choices read
 are filled in.
 """
 
@@ -11,9 +11,9 @@ import os
 import torch
 
 from vae.config import DatasetConfig, PipelineConfig
-from vae.ingest import ingest
-from vae.model import CHECKPOINT_FILE
-from vae.training import latest_checkpoint, train
+from vae.data.ingest import ingest
+from vae.models.model import CHECKPOINT_FILE
+from vae.train.training import latest_checkpoint, train
 
 
 def _checkpoint(folder, epoch: int, elbo: float, pipeline: str | None, when: float):
@@ -78,7 +78,7 @@ def test_early_stopping_or_a_search_without_validation_rows_is_one_line_before_r
     `patience` whatever the model did; a search ranked its trials by NaN."""
     import pytest
 
-    from vae import tuning
+    from vae.tune import search as tuning
     from vae.errors import VAEError
 
     config = _config(6, patience=3)

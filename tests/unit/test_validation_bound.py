@@ -1,5 +1,5 @@
 """The validation IWAE bound L_k (training.validation_k, search.metric 'validation_iwae'), and the
-search's time budget across `--resume` (vae.tuning.SearchBudget).
+search's time budget across `--resume` (vae.tune.search.SearchBudget).
 
 L_k = log 1/k sum_i p(x, z_i)/q(z_i|x) rises to log p(x) as k grows (Burda et al. 2016, Eq. 8) and
 is at least the ELBO in expectation. With a one-dimensional latent, log p(x) = log ∫ p(x|z) p(z) dz
@@ -15,10 +15,10 @@ import pytest
 import torch
 
 from vae.config import DatasetConfig, ModelConfig, PipelineConfig, RegistryConfig, TrainingConfig
-from vae.model import build_model
-from vae.objectives import standard_normal_log_density
-from vae.training import WorkerPlan, _epoch_metrics, _validate, format_epoch
-from vae.tuning import TRIAL_FILE, _best_trial, trial_config
+from vae.models.model import build_model
+from vae.models.objectives import standard_normal_log_density
+from vae.train.training import WorkerPlan, _epoch_metrics, _validate, format_epoch
+from vae.tune.search import TRIAL_FILE, _best_trial, trial_config
 
 D = 6
 
@@ -120,7 +120,7 @@ def test_the_search_budget_counts_across_a_resume_and_says_when_it_ran_out(tmp_p
     the budget (not Ctrl-C) ended it."""
     import pickle
 
-    from vae import tuning
+    from vae.tune import search as tuning
 
     clock = [100.0]
     monkeypatch.setattr(tuning.time, "monotonic", lambda: clock[0])

@@ -66,7 +66,7 @@ def score(
         },
     )
     try:
-        from vae import scoring
+        from vae.jobs import scoring
 
         with json_stdout(as_json):
             result = scoring.score(model, dataset, out, settings, binarize=binarize, overwrite=overwrite)
@@ -102,7 +102,7 @@ def sample(
 
     settings = build_config(SampleConfig, {"-n": ("n", n), "--seed": ("seed", seed)})
     try:
-        from vae import sampling
+        from vae.jobs import sampling
 
         result = sampling.sample(model, out, settings.n, settings.seed, overwrite)
     except VAEError as exc:

@@ -14,7 +14,7 @@ import typer
 
 from vae.cli.app import fail, quiet_logs, app
 from vae.errors import VAEError
-from vae.urls import redact_url
+from vae.data.urls import redact_url
 
 # DatasetConfig field → the command-line spelling used in messages.
 _OPTION_NAMES = {
@@ -108,8 +108,8 @@ def ingest(
         binarize_test_seed=binarize_test_seed,
     )
     try:
-        from vae.datasets import read_manifest
-        from vae.ingest import UNCHANGED, ingest_report
+        from vae.data.datasets import read_manifest
+        from vae.data.ingest import UNCHANGED, ingest_report
 
         ref, status = ingest_report(config, timeout=timeout, verify=verify)
         manifest = read_manifest(ref.path)
@@ -138,7 +138,7 @@ def datasets(
     as_json: Annotated[bool, typer.Option("--json", help="Print the manifests as one JSON list.")] = False,
 ) -> None:
     """List ingested datasets: name, version, rows per split, shape, hash, source."""
-    from vae.datasets import list_datasets
+    from vae.data.datasets import list_datasets
 
     found = list_datasets()
     if as_json:

@@ -1,4 +1,4 @@
-"""`vae drift`: does new data still look like what a registered model was trained on? (vae.drift)
+"""`vae drift`: does new data still look like what a registered model was trained on? (vae.jobs.drift)
 
 It calls the library directly (Ray Data scoring; no Prefect server to start); the same check runs on
 a schedule as the Prefect deployment 'drift/NAME' when pipelines.yaml has a `drift:` section.
@@ -110,7 +110,7 @@ def drift(
         "batch_size": ("--batch-size", batch_size), "use_gpu": ("--gpu", gpu),
     }  # fmt: skip
     try:
-        from vae import drift as stage
+        from vae.jobs import drift as stage
 
         reference, dataset, config = _options(pipeline, file, reference, dataset, given)
         with json_stdout(as_json):

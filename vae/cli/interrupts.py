@@ -113,7 +113,7 @@ def on_interrupt(pipeline: str) -> None:
     INTERRUPTED.set()  # a training that fails from here on failed from this interrupt
 
     def mark_killed() -> None:
-        from vae import registry
+        from vae.registry import store as registry
 
         for run_id in sorted(ACTIVE_RUNS):
             with contextlib.suppress(Exception):

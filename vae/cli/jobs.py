@@ -55,7 +55,7 @@ def embed(
         fail(f"--split {unknown[0]!r}: expected train, validation or test")
     check_binarize(binarize)
     try:
-        from vae import embedding
+        from vae.jobs import embedding
 
         with json_stdout(as_json):
             result = embedding.embed(

@@ -82,14 +82,14 @@ def _checkpoint_of(model: str, binarize: str) -> tuple[Path, str]:
     """A checkpoint directory as given, or a registered model downloaded; with its binarisation."""
     if (Path(model) / "checkpoint.pt").exists():
         return Path(model), binarize
-    from vae import registry
+    from vae.registry import store as registry
 
     checkpoint, metadata = registry.download_model(model)
     return checkpoint, metadata["binarize"]
 
 
 def _evaluate(model: str, dataset: str, config, binarize: str, output: Path | None, ais: int, ais_steps: int) -> dict:
-    from vae import evaluation
+    from vae.evaluate import evaluation
     from vae.paths import vae_home
 
     dataset_path = evaluation.resolve_dataset(dataset)
@@ -142,7 +142,7 @@ def card(
     """Print a registered version's model card (Markdown): data, model, training, evaluation, gate, use, limits."""
     quiet_logs(verbose)
     try:
-        from vae import registry
+        from vae.registry import store as registry
 
         name, version, text = registry.version_description(model)
     except VAEError as exc:

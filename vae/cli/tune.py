@@ -1,6 +1,6 @@
 """`vae tune`: Ray Tune over a pipeline's `search:` section; the best trial goes through the champion gate.
 
-It calls the library directly (ingest, then vae.tuning.search), as `vae ingest` does: no Prefect
+It calls the library directly (ingest, then vae.tune.search.search), as `vae ingest` does: no Prefect
 server to start before the trials. The Prefect deployment 'tune/NAME' (flows/tune.py) runs the same.
 """
 
@@ -72,8 +72,8 @@ def tune(
 
     keep_sigterm_from_ray()
     signal.signal(signal.SIGTERM, lambda *_: os.kill(os.getpid(), signal.SIGINT))
-    from vae import tuning
-    from vae.ingest import ingest
+    from vae.tune import search as tuning
+    from vae.data.ingest import ingest
 
     try:
         with json_stdout(as_json):

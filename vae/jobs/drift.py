@@ -1,19 +1,19 @@
 """The drift check: a model's log p̂(x) on a reference split and on new data, one protocol for both, and
 a verdict on whether the new data is still what the model was trained for.
 
-Both sides are scored by `vae.scoring.score_dataset` (Ray Data actors; row n of either side draws the
+Both sides are scored by `vae.jobs.scoring.score_dataset` (Ray Data actors; row n of either side draws the
 noise of example n for the same k and seed, so the two sides share one estimator and one noise
-stream). The statistics are vae.drift_statistics: the typicality test of Nalisnick et al. (2019b)
+stream). The statistics are vae.jobs.drift_statistics: the typicality test of Nalisnick et al. (2019b)
 and a two-sample Kolmogorov–Smirnov test on log p̂(x) decide the verdict, each at half the configured
 false-alarm rate (Bonferroni), and every row gets an OOD score, raw and typicality.
 
 Everything that can be wrong (an output that exists, a dataset that is missing, empty, of another
 shape than the model, stored binarised on one side only, or the very rows of the reference) is one
 line before the model is scored and Ray starts. The output is one Parquet file written atomically,
-each row with its lineage and the whole summary in the file's metadata (key `vae.drift`).
+each row with its lineage and the whole summary in the file's metadata (key `vae.jobs.drift`).
 
 MLflow: `log_check` records a check as a run of its own experiment (MODEL_NAME-drift) through the MLflow
-client of vae.registry; creating a run without a pipeline is the one MLflow call made here, not there.
+client of vae.registry.store; creating a run without a pipeline is the one MLflow call made here, not there.
 """
 
 from __future__ import annotations
@@ -30,15 +30,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from vae import drift_statistics as stats
-from vae.batch import ResolvedModel, check_output, job_output, load_model, write_parquet
+from vae.jobs import drift_statistics as stats
+from vae.jobs.batch import ResolvedModel, check_output, job_output, load_model, write_parquet
 from vae.config import DriftConfig, ScoreConfig
-from vae.datasets import SPLITS, read_manifest
+from vae.data.datasets import SPLITS, read_manifest
 from vae.errors import DataError
-from vae.inputs import check_model_inputs
+from vae.data.inputs import check_model_inputs
 
 METADATA_KEY = b"vae.drift"
-OOD_METHOD = "typicality"  # the per-row score whose flag is `ood` (vae.drift_statistics.ood_scores)
+OOD_METHOD = "typicality"  # the per-row score whose flag is `ood` (vae.jobs.drift_statistics.ood_scores)
 DRIFT_EXIT_CODE = 3  # `vae drift` when drift is detected (1: an error, 2: a usage error)
 
 SCHEMA = pa.schema(
@@ -103,7 +103,7 @@ def parse_spec(spec: str, what: str) -> tuple[str, tuple[str, ...] | None]:
 def resolve_side(spec: str, role: str, what: str, default_splits: tuple[str, ...] | None) -> DataSide:
     """A dataset spec resolved to its version (a name: the newest), with the splits to read, all checked
     to hold rows; `default_splits` None: every split that has rows."""
-    from vae.evaluation import resolve_dataset
+    from vae.evaluate.evaluation import resolve_dataset
 
     name, splits = parse_spec(spec, what)
     path = resolve_dataset(name)
@@ -153,7 +153,7 @@ def check_sides(reference: DataSide, new: DataSide) -> None:
 
 def check_model_fits(model: ResolvedModel, *sides: DataSide) -> None:
     """Both datasets are what the model's density reads, checked as `vae score` checks its input
-    (vae.inputs.check_model_inputs: pixels per image, image shape, 8-bit pixels for an 8-bit
+    (vae.data.inputs.check_model_inputs: pixels per image, image shape, 8-bit pixels for an 8-bit
     likelihood, binary pixels for a Bernoulli one): one line naming the dataset otherwise."""
     for side in sides:
         check_model_inputs(side.path, read_manifest(side.path), model.state, model.binarize, "score", density=True)
@@ -161,7 +161,7 @@ def check_model_fits(model: ResolvedModel, *sides: DataSide) -> None:
 
 @dataclass(frozen=True)
 class DriftResult:
-    """What a drift check wrote and decided; `statistics` is vae.drift_statistics' view of it."""
+    """What a drift check wrote and decided; `statistics` is vae.jobs.drift_statistics' view of it."""
 
     path: str
     drift: bool
@@ -184,8 +184,8 @@ class DriftResult:
 
 
 def score_side(model: ResolvedModel, model_uri: str, side: DataSide, settings: DriftConfig, folder: Path, plain: bool):
-    """Per-example log p̂(x) of one side by vae.scoring (Ray Data actors), read back as a table."""
-    from vae import scoring
+    """Per-example log p̂(x) of one side by vae.jobs.scoring (Ray Data actors), read back as a table."""
+    from vae.jobs import scoring
 
     options = ScoreConfig(
         splits=side.splits,
@@ -333,7 +333,7 @@ def check_drift(
     """Score `reference` (NAME[:SPLIT], default split test) and `new` (NAME[:SPLIT], default every split)
     with `model_uri` under one protocol, decide, and write the rows and the verdict to `out` (default
     `default_output`). All checks come before the model is scored; `plain` scores in this process."""
-    from vae.model import model_from_state
+    from vae.models.model import model_from_state
 
     started = time.perf_counter()
     model, reference_side, new_side, out = prepare(model_uri, reference, new, settings, out, binarize, overwrite)
@@ -450,9 +450,9 @@ def log_check(result: DriftResult, experiment: str | None = None) -> str:
     """Record a check as an MLflow run of EXPERIMENT (default MODEL_NAME-drift): tags with the verdict and
     lineage, params, metrics, and the output, its histogram and its summary as artifacts; returns the run id.
 
-    vae.registry offers no run without a pipeline config, so the run is created here with its client.
+    vae.registry.store offers no run without a pipeline config, so the run is created here with its client.
     """
-    from vae import registry
+    from vae.registry import store as registry
     from vae.paths import artifacts_uri, tracking_uri
 
     client = registry.client()

@@ -1,8 +1,8 @@
 """The standard VAE: q(z|x) = N(mu(x), diag sigma^2(x)), p(z) = N(0, I), p(x|z) by the likelihood;
-build_model for every model of the contract (vae.latent_model), and checkpoints.
+build_model for every model of the contract (vae.models.latent_model), and checkpoints.
 
-build_model also builds the stronger families of vae.families (VampPrior, gated body, two levels)
-when the ModelConfig asks for one, and users' own encoder/decoder (vae.networks) when it names them;
+build_model also builds the stronger families of vae.models.families (VampPrior, gated body, two levels)
+when the ModelConfig asks for one, and users' own encoder/decoder (vae.models.networks) when it names them;
 a checkpoint's model_config rebuilds the same class.
 
 Shapes: B images, D = prod(image shape) pixels, L latent dimensions, K samples per image.
@@ -18,19 +18,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vae import networks
+from vae.models import networks
 from vae.config import ModelConfig
 from vae.errors import ConfigError, VAEError
-from vae.families import build_family
-from vae.latent_model import LatentVariableModel, Proposal
+from vae.models.families import build_family
+from vae.models.latent_model import LatentVariableModel, Proposal
 from vae.user_code import add_search_paths, one_line
-from vae.likelihoods import (  # the log densities; imported from here by older code
+from vae.models.likelihoods import (  # the log densities; imported from here by older code
     LOG_2PI as LOG_2PI,
     bernoulli_log_likelihood as bernoulli_log_likelihood,
     gaussian_log_likelihood as gaussian_log_likelihood,
     pixels,
 )
-from vae.objectives import (
+from vae.models.objectives import (
     ELBOTerms,
     diagonal_normal_log_density as diagonal_normal_log_density,
     gaussian_kl,
@@ -47,10 +47,10 @@ image_shape_of = networks.image_shape_of
 class VAE(LatentVariableModel):
     """A VAE over flattened images of `data_dim` subpixels (Kingma & Welling, 2014).
 
-    The decoder outputs P values per subpixel (vae.likelihoods): 1 for Bernoulli logits and Gaussian
+    The decoder outputs P values per subpixel (vae.models.likelihoods): 1 for Bernoulli logits and Gaussian
     means; 2, 3K or 256 for the 8-bit likelihoods, laid out (..., D*P) with each subpixel's P values
     together. The 8-bit likelihoods (and dequantisation) read the inputs x = v/255 of
-    vae.inputs.prepare_inputs back as whole pixel values v = round(255 x).
+    vae.data.inputs.prepare_inputs back as whole pixel values v = round(255 x).
     """
 
     def __init__(self, config: ModelConfig, data_dim: int, image_shape: tuple[int, ...] | None = None):
@@ -184,8 +184,8 @@ Model = LatentVariableModel  # what build_model returns: any model of the contra
 
 
 def build_model(config: ModelConfig, data_dim: int, image_shape: tuple[int, ...] | None = None) -> Model:
-    """The model `config` names: vae.model.VAE, or with a VampPrior, gated body or two levels
-    (config.family) the vae.families model (vae.families.build_family)."""
+    """The model `config` names: vae.models.model.VAE, or with a VampPrior, gated body or two levels
+    (config.family) the vae.models.families model (vae.models.families.build_family)."""
     if config.family:
         return build_family(config, data_dim, image_shape)
     return VAE(config, data_dim, image_shape)

@@ -1,6 +1,7 @@
 """MLflow models-from-code entry point: the logged pyfunc is rebuilt from this file, never unpickled."""
 
-from vae.registry import set_model
-from vae.serving import VAEModel
+from mlflow.models import set_model
+
+from vae.registry.serving import VAEModel
 
 set_model(VAEModel())

@@ -1,7 +1,7 @@
 """Stage 4, registration: the run's record (evaluation, dataset manifest, plots), then the model
 through the champion gate, re-scoring the champion on this run's data with this run's settings.
 
-Plain library code over vae.registry (MLflow); flows/register.py calls `register_run`.
+Plain library code over vae.registry.store (MLflow); flows/register.py calls `register_run`.
 """
 
 from __future__ import annotations
@@ -13,10 +13,12 @@ from typing import Any
 
 import torch
 
-from vae import evaluation, plots, registry
+from vae.evaluate import evaluation
+from vae.registry import plots
+from vae.registry import store as registry
 from vae.config import PipelineConfig
-from vae.datasets import load_split, read_manifest
-from vae.model import VAE, load_checkpoint
+from vae.data.datasets import load_split, read_manifest
+from vae.models.model import VAE, load_checkpoint
 
 
 TRAVERSAL_STEPS = 9  # images per traversal or interpolation row

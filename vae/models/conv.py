@@ -11,7 +11,7 @@ Layouts.
   or (H, W, C) with channels_last=True (how image folders store RGB).
   Decoder output (N, D*P), P = out_per_subpixel, with subpixel d in the same order as the input and
   its P values contiguous: `out.reshape(N, D, P)` gives subpixel d's parameters (the layout of
-  vae.likelihoods). Inside, the last convolution's channel c*P + p is value p of image channel c.
+  vae.models.likelihoods). Inside, the last convolution's channel c*P + p is value p of image channel c.
 """
 
 from __future__ import annotations

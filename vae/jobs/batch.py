@@ -27,7 +27,7 @@ from vae.errors import DataError
 class ResolvedModel:
     """A model URI made concrete: the checkpoint's contents and the registered version it came from."""
 
-    state: dict[str, Any]  # model_config, data_dim, weights (vae.model.read_checkpoint_state)
+    state: dict[str, Any]  # model_config, data_dim, weights (vae.models.model.read_checkpoint_state)
     binarize: str  # how its training data was binarised: threshold, dynamic or none
     name: str | None
     version: str | None
@@ -39,8 +39,8 @@ def load_model(model_uri: str, binarize: str = "threshold") -> ResolvedModel:
 
     An alias is resolved once: the job uses the version it pointed at, even if it moves meanwhile.
     """
-    from vae import registry
-    from vae.model import CHECKPOINT_FILE, read_checkpoint_state
+    from vae.registry import store as registry
+    from vae.models.model import CHECKPOINT_FILE, read_checkpoint_state
 
     name, version = registry.resolve_model_version(model_uri)
     if (Path(model_uri) / CHECKPOINT_FILE).exists():
@@ -58,7 +58,7 @@ def run_dataset_job(job, model_uri: str, dataset: str, out: str | Path, binarize
 
     The output path is checked first, so a refused job downloads and starts nothing.
     """
-    from vae.evaluation import resolve_dataset
+    from vae.evaluate.evaluation import resolve_dataset
 
     check_output(out, bool(options.get("overwrite")))
     dataset_path = resolve_dataset(dataset)
@@ -102,7 +102,7 @@ class ModelActor:
     """A Ray Data actor's common part: one copy of the model, on a GPU when the actor has one."""
 
     def __init__(self, state: dict[str, Any] | tuple, use_gpu: bool = False):
-        from vae.model import model_from_state
+        from vae.models.model import model_from_state
 
         if isinstance(state, tuple):  # (ObjectRef,): the weights, fetched from Ray's object store
             import ray
@@ -151,10 +151,10 @@ def check_inputs(
     state: dict[str, Any], dataset_path: str | Path, out: str | Path, overwrite: bool, verb: str, binarize: str,
     *, density: bool,
 ) -> dict[str, Any]:  # fmt: skip
-    """Everything that can be wrong before any work starts (vae.inputs.check_model_inputs; `density`:
+    """Everything that can be wrong before any work starts (vae.data.inputs.check_model_inputs; `density`:
     the job estimates log p(x), not only z); returns the dataset's manifest."""
-    from vae.datasets import read_manifest
-    from vae.inputs import check_model_inputs
+    from vae.data.datasets import read_manifest
+    from vae.data.inputs import check_model_inputs
 
     check_output(out, overwrite)
     manifest = read_manifest(dataset_path)
@@ -164,7 +164,7 @@ def check_inputs(
 
 def split_files(dataset_path: str | Path, manifest: dict[str, Any], splits: tuple[str, ...]) -> dict[str, str]:
     """{Parquet file: split} for the splits asked for that hold rows; none at all is an error."""
-    from vae.datasets import split_path
+    from vae.data.datasets import split_path
 
     paths = {split_path(dataset_path, split): split for split in splits if int(manifest["rows"].get(split, 0)) > 0}
     if not paths:

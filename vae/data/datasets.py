@@ -1,7 +1,7 @@
 """The dataset store, read side: references, manifests, splits and completeness checks.
 
 Layout: $VAE_HOME/datasets/<name>/<version>/{train,validation,test}.parquet + manifest.json
-(written by vae.ingest). The manifest lists every file with its rows, bytes and sha256, so a
+(written by vae.data.ingest). The manifest lists every file with its rows, bytes and sha256, so a
 damaged version (a split deleted or truncated) is noticed instead of trusted.
 """
 
@@ -16,10 +16,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from vae import sources
+from vae.data import sources
 from vae.errors import ConfigError, DataError
 from vae.paths import datasets_dir, inside
-from vae.urls import redact_url
+from vae.data.urls import redact_url
 
 SPLITS = ("train", "validation", "test")
 

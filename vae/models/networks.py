@@ -1,8 +1,8 @@
 """Encoder and decoder networks: the built-in MLP, gated and convolutional ones, and users' own by import path.
 
-Every model of the contract (vae.latent_model) has an `encoder` x (B, D) → (B, 2L), the mean and
+Every model of the contract (vae.models.latent_model) has an `encoder` x (B, D) → (B, 2L), the mean and
 log-variance of q(z|x) side by side, and a `decoder` z (N, L) → (N, D*P), each subpixel's P
-likelihood parameters contiguous (vae.likelihoods' layout), inputs flattened channel-major (C, H, W).
+likelihood parameters contiguous (vae.models.likelihoods' layout), inputs flattened channel-major (C, H, W).
 
 A user's network is a factory named in pipelines.yaml by import path (model.encoder / model.decoder,
 vae.config.NetworkSpec), called with keyword arguments
@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from vae.config import ModelConfig, NetworkSpec
-from vae.conv import conv_decoder, conv_encoder
+from vae.models.conv import conv_decoder, conv_encoder
 from vae.errors import ConfigError, VAEError
 from vae.user_code import one_line, resolve_factory
 

@@ -5,7 +5,7 @@ actor reads its range of the split's Parquet file and estimates
 
     log p̂(x) = log 1/k sum_i p(x|z_i) p(z_i) / q(z_i|x),   z_i ~ q(z|x)   (Burda et al. 2016, Eq. 8)
 
-with `vae.estimators.estimate_log_likelihood`, passing the range's first row as `first_index`: row
+with `vae.evaluate.estimators.estimate_log_likelihood`, passing the range's first row as `first_index`: row
 n of a split draws the noise of example n, so its value equals `vae evaluate`'s per-example value
 for the same k and seed. The driver writes one Parquet file atomically, each row carrying its
 lineage: split, row, label, the model version, the dataset hash, k and the seed.
@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from vae.batch import (
+from vae.jobs.batch import (
     ModelActor,
     check_inputs,
     constant_columns,
@@ -38,7 +38,7 @@ from vae.batch import (
     write_parquet,
 )
 from vae.config import EvaluationConfig, ScoreConfig
-from vae.inputs import prepare_inputs
+from vae.data.inputs import prepare_inputs
 
 SCHEMA = pa.schema(
     [
@@ -96,7 +96,7 @@ class Scorer(ModelActor):
         self.settings = EvaluationConfig(**settings)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        from vae.evaluation import estimate_on_device
+        from vae.evaluate.evaluation import estimate_on_device
 
         scored = []
         for path, split, first, count in zip(

@@ -6,8 +6,8 @@ settings that shape the splits. The same content gives the same version and is n
 version directory appears only complete (written to a temporary directory, then renamed), and a
 failed ingestion leaves nothing behind. The manifest lists every file with its rows, bytes and
 sha256, so a damaged version (a split deleted or truncated) is noticed and written again. Sources
-are converted in chunks (vae.sources), so peak memory is bounded by the chunk size, not the
-source's size. Reading the store is vae.datasets.
+are converted in chunks (vae.data.sources), so peak memory is bounded by the chunk size, not the
+source's size. Reading the store is vae.data.datasets.
 """
 
 from __future__ import annotations
@@ -26,13 +26,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 import vae
-from vae import sources
+from vae.data import sources
 from vae.config import DatasetConfig
 from vae.paths import dataset_dir, datasets_dir
 from vae.errors import DataError, StorageError
-from vae.sources import DOWNLOAD_TIMEOUT, Source
-from vae.datasets import SPLITS, DatasetRef, dataset_problem, read_manifest
-from vae.urls import redact_url
+from vae.data.sources import DOWNLOAD_TIMEOUT, Source
+from vae.data.datasets import SPLITS, DatasetRef, dataset_problem, read_manifest
+from vae.data.urls import redact_url
 
 ROW_GROUP_SIZE = 1024  # rows per row group: several per split, so Ray Data can shard them across workers
 ROW_GROUP_BYTES = 16 * 2**20  # ...fewer rows for large images, so a buffered group stays small

@@ -33,7 +33,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from vae.likelihood_kinds import EIGHT_BIT_LIKELIHOODS, LIKELIHOOD_KINDS
+from vae.models.likelihood_kinds import EIGHT_BIT_LIKELIHOODS, LIKELIHOOD_KINDS
 
 LOGISTIC = "discretized_logistic"
 MIXTURE = "logistic_mixture"
@@ -422,7 +422,7 @@ class Categorical(_EightBit):
 LIKELIHOODS: dict[str, type[Likelihood]] = {
     cls.name: cls for cls in (Bernoulli, Gaussian, DiscretizedLogistic, LogisticMixture, Categorical)
 }
-assert {name: cls.data_kind for name, cls in LIKELIHOODS.items()} == LIKELIHOOD_KINDS, "vae.likelihood_kinds"
+assert {name: cls.data_kind for name, cls in LIKELIHOODS.items()} == LIKELIHOOD_KINDS, "vae.models.likelihood_kinds"
 
 
 def make_likelihood(name: str, *, components: int = 1, dequantize: bool = False) -> Likelihood:

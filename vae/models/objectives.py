@@ -4,7 +4,7 @@ log p(x) >= E_q[log p(x|z) + log p(z) - log q(z|x)]              (ELBO, by Jense
 log p(x) - ELBO = KL(q(z|x) || p(z|x))                             (the gap, exactly)
 log p(x) >= E[log 1/k sum_i p(x, z_i) / q(z_i|x)], z_i ~ q(z|x)    (IWAE, Burda et al. 2016, Eq. 8)
 
-`elbo` and `iwae_bound` take any model of the contract (vae.latent_model): each model computes its
+`elbo` and `iwae_bound` take any model of the contract (vae.models.latent_model): each model computes its
 own terms (the standard VAE's analytic KL, a VampPrior's or two levels' single-sample estimate).
 This module imports no other of ours, so every model can build on its pure functions.
 """
@@ -53,7 +53,7 @@ def sample_latents(
 def log_importance_weights(
     model: nn.Module, x: torch.Tensor, mean: torch.Tensor, logvar: torch.Tensor, z: torch.Tensor
 ) -> torch.Tensor:
-    """log w = log p(x|z) + log p(z) - log q(z|x) for a vae.model.VAE (p(z) = N(0, I)).
+    """log w = log p(x|z) + log p(z) - log q(z|x) for a vae.models.model.VAE (p(z) = N(0, I)).
 
     x: (B, D); mean, logvar: (B, L); z: (K, B, L) → (K, B)
     """

@@ -1,6 +1,6 @@
-"""The names of the likelihoods (vae.likelihoods.LIKELIHOODS) and what each is a probability of.
+"""The names of the likelihoods (vae.models.likelihoods.LIKELIHOODS) and what each is a probability of.
 
-Torch-free, so reading pipelines.yaml (vae.config) does not import torch; vae.likelihoods checks at
+Torch-free, so reading pipelines.yaml (vae.config) does not import torch; vae.models.likelihoods checks at
 import that its table has exactly these names and kinds.
 """
 

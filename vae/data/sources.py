@@ -5,7 +5,7 @@ listing or a counting pass), then yields chunks (images (b, *shape), labels (b,)
 source larger than memory is never held whole. The content hash is the sha256 of the source's
 bytes (for a folder: of its files' names and bytes), computed by streaming. Every problem raises
 DataError with one line naming the file or URL and what was expected; a URL is named with its
-credentials redacted (vae.urls), and the real one is used only to fetch.
+credentials redacted (vae.data.urls), and the real one is used only to fetch.
 
 Colour images are stored channel-major, (C, H, W) per image, whatever the source's layout: RGB
 image folders and (N, H, W, C) arrays are transposed as they are read, CIFAR's records are
@@ -42,7 +42,7 @@ import numpy as np
 import vae
 from vae.paths import inside
 from vae.errors import DataError, StorageError
-from vae.urls import redact_text, redact_url
+from vae.data.urls import redact_text, redact_url
 
 # sklearn:sample-patches: 32x32 patches, training ones every 8 pixels left of column 480, test ones every 16 right of it
 PATCH_SIDE, PATCH_TRAIN_STRIDE, PATCH_TEST_STRIDE, PATCH_TEST_COLUMN = 32, 8, 16, 480
@@ -966,12 +966,12 @@ SKLEARN_SOURCES: dict[str, Callable[[], Source]] = {
 }
 
 
-# -- CIFAR-10/100 binary (vae.cifar): the official train/test split; the pickled version is refused there.
+# -- CIFAR-10/100 binary (vae.data.cifar): the official train/test split; the pickled version is refused there.
 
 
 def looks_like_cifar(path: Path) -> bool:
-    """A CIFAR download (binary or pickled, by names): vae.cifar reads or refuses it."""
-    from vae import cifar
+    """A CIFAR download (binary or pickled, by names): vae.data.cifar reads or refuses it."""
+    from vae.data import cifar
 
     return cifar.looks_like_cifar(path)
 
@@ -983,7 +983,7 @@ def _cifar_files(folder: Path) -> list[Path]:
 
 def _open_cifar(path: Path, uri: str) -> Source:
     """CIFAR-10/100 binary as parts 'train' and 'test' of (3, 32, 32) uint8 images with their (fine) labels."""
-    from vae import cifar
+    from vae.data import cifar
 
     data = cifar.read_cifar(path, uri)
     train = from_arrays(data.train_images, data.train_labels, f"{uri}[train]", "")
@@ -996,10 +996,10 @@ def _open_cifar(path: Path, uri: str) -> Source:
 
 
 def _channels_first(source: Source) -> Source:
-    """A source of (H, W, C) or (C, H, W) images, read as (C, H, W) (vae.cifar.image_layout says which)."""
+    """A source of (H, W, C) or (C, H, W) images, read as (C, H, W) (vae.data.cifar.image_layout says which)."""
     if len(source.shape) != 3:
         return source
-    from vae import cifar
+    from vae.data import cifar
 
     layout = cifar.image_layout((0, *source.shape), source.uri)
     if layout == "NCHW":

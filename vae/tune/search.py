@@ -1,7 +1,7 @@
 """Hyperparameter search: Ray Tune over a pipeline's `search:` section, each trial the project's own training.
 
 In Ray 2.60 (Train V2) a Trainer is no longer handed to a Tuner; each trial is a Tune function that
-calls `vae.training.train` (TorchTrainer.fit inside), so checkpoints, Ray Data input and GPU workers
+calls `vae.train.training.train` (TorchTrainer.fit inside), so checkpoints, Ray Data input and GPU workers
 hold inside a trial. Training's `on_epoch` callback reports every epoch's metrics to Tune, and ASHA
 stops weak trials on `search.metric`: the validation ELBO, or the validation IWAE bound L_k, which
 ranks trials trained by different objectives alike (Burda et al. 2016). A Tune callback on the
@@ -30,10 +30,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vae import evaluation, integrity, registration, registry, training
+from vae import integrity
+from vae.evaluate import evaluation
+from vae.registry import registration
+from vae.registry import store as registry
+from vae.train import training
 from vae.cluster import ensure_ray
 from vae.config import SEARCHABLE, Distribution, NetworkSpec, PipelineConfig, SearchSpace
-from vae.datasets import DatasetRef
+from vae.data.datasets import DatasetRef
 from vae.errors import ConfigError, VAEError
 from vae.paths import inside, tracking_uri, vae_home
 from vae.user_code import add_search_paths, code_dirs
@@ -186,7 +190,7 @@ def _trial_runs_class():
     """The Tune callback that keeps each trial's MLflow child run and prints one line per trial.
 
     It runs on the driver (one writer on a sqlite store). Built on first use, since Ray is imported
-    lazily, and reachable as `vae.tuning.TrialRuns` (module __getattr__), so the copy Tune pickles
+    lazily, and reachable as `vae.tune.search.TrialRuns` (module __getattr__), so the copy Tune pickles
     into its experiment state is found again by name when a search is restored.
     """
     from ray.tune import Callback
@@ -260,7 +264,7 @@ def _search_budget_class():
     restored one, so the budget counts the time of every run of the search, not of this process. The
     live stopper writes the seconds used to BUDGET_FILE (at most every 5 s, and when it runs out):
     `search` reads it to tell a search the budget ended from one Ctrl-C stopped. Built on first use
-    (Ray is imported lazily) and registered as `vae.tuning.SearchBudget` so its pickles load.
+    (Ray is imported lazily) and registered as `vae.tune.search.SearchBudget` so its pickles load.
     """
     from ray.tune import Stopper
 

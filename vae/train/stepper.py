@@ -16,9 +16,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from vae.inputs import prepare_inputs
-from vae.model import Model
-from vae.objectives import elbo, iwae_bound
+from vae.data.inputs import prepare_inputs
+from vae.models.model import Model
+from vae.models.objectives import elbo, iwae_bound
 
 METRICS = ("objective", "elbo", "reconstruction", "kl", "examples")  # order of Stepper.sums
 GRAPH_WARMUP_STEPS = 3  # eager steps on a side stream before capture (cuBLAS/allocator warm-up)
@@ -29,9 +29,9 @@ class Objective(nn.Module):
 
     Returns (objective to maximise, ELBO, reconstruction, KL), each (B,). The objective is the
     beta-weighted ELBO, recon - beta KL (Higgins et al. 2017; beta ramps up during KL warm-up,
-    Bowman et al. 2016), or the IWAE bound L_k (Burda et al. 2016, Eq. 8). A vae.families model
+    Bowman et al. 2016), or the IWAE bound L_k (Burda et al. 2016, Eq. 8). A vae.models.families model
     (VampPrior, gated body, two levels) supplies both through its own elbo_terms / iwae_bound
-    (vae.objectives.elbo and iwae_bound hand over to them); its KL is then the single-sample
+    (vae.models.objectives.elbo and iwae_bound hand over to them); its KL is then the single-sample
     log q - log p where no closed form exists.
     """
 

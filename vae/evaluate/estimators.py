@@ -19,8 +19,8 @@ from dataclasses import dataclass
 
 import torch
 
-from vae.likelihoods import BITS_PER_DIM_UNIT
-from vae.latent_model import LatentVariableModel as Model
+from vae.models.likelihoods import BITS_PER_DIM_UNIT
+from vae.models.latent_model import LatentVariableModel as Model
 
 # What bits/dim means for each kind of likelihood (VAE.bits_per_dim_kind): NLL / (D ln 2) either way.
 BITS_PER_DIM_MEANING = {
@@ -195,7 +195,7 @@ def estimate_log_likelihood(
     tf32: bool = False,
 ) -> LogLikelihoodEstimate:
     """Estimate log p(x) per example with k importance samples from q(s|x), on x's device, for any
-    model of the contract (vae.latent_model): log p̂(x) = logsumexp_i log w_i - log k,
+    model of the contract (vae.models.latent_model): log p̂(x) = logsumexp_i log w_i - log k,
     log w_i = log p(x, s_i) - log q(s_i|x) (Burda et al. 2016, Eq. 8).
 
     x: (N, D); row n uses the noise of global example `first_index + n` (see `block_noise`), and
@@ -297,8 +297,8 @@ def annealed_importance_sampling(
 
     log w = sum_t (b_t - b_{t-1}) log p(x | s_{t-1}),  s_t ~ HMC leaving f_t invariant  (Neal 2001, Eq. 3)
     p̂(x) = mean over chains of w, an unbiased estimate of p(x). x: (N, D) → (N,)
-    s is the model's full latent state: z for vae.model.VAE (p(z) = N(0, I)), [z1, z2] for a two-level
-    vae.families model; any model of the contract (vae.latent_model) supplies sample_prior, log_prior,
+    s is the model's full latent state: z for vae.models.model.VAE (p(z) = N(0, I)), [z1, z2] for a two-level
+    vae.models.families model; any model of the contract (vae.models.latent_model) supplies sample_prior, log_prior,
     log_likelihood_state and state_dim.
     """
     model.eval()

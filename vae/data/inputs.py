@@ -42,11 +42,11 @@ def check_model_inputs(
     (and the image shape, for networks that read it), 8-bit pixels for an 8-bit likelihood, and inputs
     its likelihood is a probability of (`density`: log p(x) is estimated, not only z encoded).
 
-    `state`: a checkpoint's contents (vae.model.read_checkpoint_state); `verb`: what the command does
+    `state`: a checkpoint's contents (vae.models.model.read_checkpoint_state); `verb`: what the command does
     with the data (evaluate, score, embed), for the hints.
     """
     from vae.config import ModelConfig
-    from vae.datasets import check_eight_bit_pixels, check_pixels
+    from vae.data.datasets import check_eight_bit_pixels, check_pixels
 
     model = ModelConfig(**state["model_config"])
     hint = f" ({verb} a dataset of the shape the model was trained on)"

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from vae.batch import atomic_output, check_output, job_output, load_model
+from vae.jobs.batch import atomic_output, check_output, job_output, load_model
 from vae.errors import DataError
 
 FORMATS = ("png", "npz")
@@ -95,7 +95,7 @@ def image_shape(shape: tuple[int, ...] | None, data_dim: int) -> tuple[int, ...]
 
 def sample(model_uri: str, out: str | Path, n: int = 64, seed: int = 0, overwrite: bool = False) -> SampleResult:
     """Resolve `model_uri` (aliases included), draw n seeded samples from the prior, write `out` atomically."""
-    from vae.model import model_from_state
+    from vae.models.model import model_from_state
 
     fmt = output_format(out)
     check_output(out, overwrite, "an image or .npz file")  # before any download

@@ -1,11 +1,11 @@
 """The model contract: one interface for every latent-variable model p(x, s) = p(s) p(x|s) with a
 reparameterised proposal q(s|x), which the estimators, objectives, training, serving, sampling and
-the model card use. The standard VAE (vae.model.VAE), the VampPrior, gated and two-level families
-(vae.families) and users' own networks (vae.networks) are implementations of it.
+the model card use. The standard VAE (vae.models.model.VAE), the VampPrior, gated and two-level families
+(vae.models.families) and users' own networks (vae.models.networks) are implementations of it.
 
   encode(x)                      (mean, logvar) of the first inference layer q(z|x), (B, L): the embedding
-  decode(z)                      decoder output for the decoder's latent z, (..., D*P) (vae.likelihoods' layout)
-  log_likelihood(x, z, noise)    log p(x|z) by the model's likelihood (the table in vae.likelihoods)
+  decode(z)                      decoder output for the decoder's latent z, (..., D*P) (vae.models.likelihoods' layout)
+  log_likelihood(x, z, noise)    log p(x|z) by the model's likelihood (the table in vae.models.likelihoods)
   log_prior(s), sample_prior(n)  p(s) over the full latent state s, (..., S)
   decoder_latent(s)              the part of s the decoder reads, (..., L)
   proposal(x, u)                 what q(s|x) needs once per image (the encoder's output, u)
@@ -28,9 +28,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from vae import likelihoods
+from vae.models import likelihoods
 from vae.config import ModelConfig
-from vae.objectives import ELBOTerms
+from vae.models.objectives import ELBOTerms
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,7 @@ class Proposal:
     mean: torch.Tensor  # (B, L) first inference layer's mean
     logvar: torch.Tensor  # (B, L)
     noise: torch.Tensor | None = None  # (B, D) dequantisation u, fixed across the image's samples
-    x_projected: torch.Tensor | None = None  # (B, H): x W of a linear Bernoulli output layer (vae.model.VAE)
+    x_projected: torch.Tensor | None = None  # (B, H): x W of a linear Bernoulli output layer (vae.models.model.VAE)
 
 
 class LatentVariableModel(nn.Module):
@@ -86,7 +86,7 @@ class LatentVariableModel(nn.Module):
 
     @property
     def per_subpixel(self) -> int:
-        """Decoder outputs P per subpixel (vae.likelihoods)."""
+        """Decoder outputs P per subpixel (vae.models.likelihoods)."""
         return self.likelihood.params_per_subpixel
 
     @property
@@ -111,7 +111,7 @@ class LatentVariableModel(nn.Module):
     # --- decoder ---------------------------------------------------------------------------------
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """Decoder output in vae.likelihoods' layout. z: (..., L) → (..., D*P)"""
+        """Decoder output in vae.models.likelihoods' layout. z: (..., L) → (..., D*P)"""
         out = self.decoder(z.reshape(-1, z.shape[-1]))  # (N, D*P)
         return out.reshape(*z.shape[:-1], self.data_dim * self.per_subpixel)
 

@@ -1,7 +1,7 @@
 """Score a model on a dataset split: load, prepare inputs, estimate log p(x) locally or across Ray.
 
-Glue between the pure estimators (vae.estimators: one IS estimator and one AIS for every model of
-the contract, vae.latent_model), the stored data (vae.data) and Ray tasks.
+Glue between the pure estimators (vae.evaluate.estimators: one IS estimator and one AIS for every model of
+the contract, vae.models.latent_model), the stored data (vae.data) and Ray tasks.
 Every example draws its noise from its own seeded stream, so splitting the set across workers
 gives the same numbers as one process.
 """
@@ -21,11 +21,11 @@ import numpy as np
 import torch
 
 from vae.config import EvaluationConfig
-from vae.datasets import check_pixels, dataset_problem, load_split, read_manifest
-from vae.inputs import check_model_inputs, prepare_inputs
+from vae.data.datasets import check_pixels, dataset_problem, load_split, read_manifest
+from vae.data.inputs import check_model_inputs, prepare_inputs
 from vae.errors import DataError
-from vae.estimators import LogLikelihoodEstimate, device_memory_budget, estimate_log_likelihood
-from vae.model import Model, load_checkpoint, model_from_state, read_checkpoint_state
+from vae.evaluate.estimators import LogLikelihoodEstimate, device_memory_budget, estimate_log_likelihood
+from vae.models.model import Model, load_checkpoint, model_from_state, read_checkpoint_state
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,7 @@ class EvaluationSummary:
     device: str = "cpu"
     per_example: str | None = None  # Parquet of per-example log p̂(x), ELBO, ESS
     # What bits_per_dim counts: 'binary' pixels, '8bit' subpixels, 'dequantized' (a bound on 8-bit), 'continuous'
-    # (a density's nats / (D ln 2): not a discrete bits/dim). vae.estimators.BITS_PER_DIM_MEANING says more.
+    # (a density's nats / (D ln 2): not a discrete bits/dim). vae.evaluate.estimators.BITS_PER_DIM_MEANING says more.
     bits_per_dim_kind: str = "binary"
     active_units: int | None = None  # dimensions with Cov_x(E_q[z_d]) > 0.01 (Burda et al. 2016)
     latent_dim: int | None = None
@@ -93,7 +93,7 @@ def estimate_on_device(
 ) -> LogLikelihoodEstimate:
     """Estimate on `device`: on a GPU the batch and decoder chunks are sized from its free memory.
 
-    Every model of the contract is estimated by the one IS estimator (vae.estimators), from its own
+    Every model of the contract is estimated by the one IS estimator (vae.evaluate.estimators), from its own
     log-weights, with the same per-example noise streams (block_noise by global index).
 
     With `progress`, the images go in steps of PROGRESS_IMAGES (identical numbers: an example's
@@ -188,7 +188,7 @@ def score_checkpoint(
     progress: Callable[[int, int], None] | None = None,
 ) -> Scored:
     """Estimate log p(x) on the configured split with k importance samples per image; what the model
-    cannot read in the dataset is one line before the model is built (vae.inputs.check_model_inputs)."""
+    cannot read in the dataset is one line before the model is built (vae.data.inputs.check_model_inputs)."""
     if config.k < 1:
         raise DataError(f"k = {config.k}: expected k >= 1 importance samples")
     state = read_checkpoint_state(checkpoint_dir)
@@ -303,7 +303,7 @@ def ais_cross_check(
     steps: int,
 ) -> dict[str, float]:
     """AIS (HMC) on the first `images` examples against the IS estimates of the same examples."""
-    from vae.estimators import annealed_importance_sampling  # any model: VAE or vae.families
+    from vae.evaluate.estimators import annealed_importance_sampling  # any model: VAE or vae.models.families
 
     model, _ = load_checkpoint(checkpoint_dir)
     x, _ = load_inputs(dataset_path, config.split, model.data_dim, binarize, config.seed)

@@ -2,7 +2,7 @@
 a checkpoint every `checkpoint_every` epochs, early stopping and a time budget.
 
 A plain PyTorch loop with the Ray calls at its edges (get_dataset_shard, prepare_model for DDP,
-report); the step itself is vae.stepper's (eager, or a CUDA graph on one GPU worker). Metrics
+report); the step itself is vae.train.stepper's (eager, or a CUDA graph on one GPU worker). Metrics
 are all-reduced once per epoch; progress lines and checkpoints come from rank 0. The driver hands
 each epoch's metrics to an `on_epoch` callback. This is the only module that imports Ray Train.
 """
@@ -31,13 +31,13 @@ import torch.distributed as dist
 from vae.cluster import ensure_ray
 from vae.config import ModelConfig, PipelineConfig, TrainingConfig
 from vae.paths import checkpoints_dir, inside
-from vae.datasets import DatasetRef, check_eight_bit_pixels, read_manifest, split_path
-from vae.inputs import prepare_inputs
+from vae.data.datasets import DatasetRef, check_eight_bit_pixels, read_manifest, split_path
+from vae.data.inputs import prepare_inputs
 from vae.errors import TrainingDivergedError, VAEError
-from vae.model import CHECKPOINT_FILE, VAE, build_model, check_networks, read_checkpoint_state
+from vae.models.model import CHECKPOINT_FILE, VAE, build_model, check_networks, read_checkpoint_state
 from vae.user_code import add_search_paths, code_dirs
-from vae.objectives import elbo, iwae_bound
-from vae.stepper import Objective, Stepper, make_optimizer, restore_optimizer
+from vae.models.objectives import elbo, iwae_bound
+from vae.train.stepper import Objective, Stepper, make_optimizer, restore_optimizer
 
 MATERIALIZE_BELOW_BYTES = 256 * 2**20
 CHUNK_BATCHES = 32  # minibatches per Ray Data batch when streaming (see _streamed_minibatches)

@@ -1,6 +1,6 @@
-"""Stronger VAE families, implementations of the model contract (vae.latent_model): a VampPrior,
+"""Stronger VAE families, implementations of the model contract (vae.models.latent_model): a VampPrior,
 gated dense bodies, a two-level hierarchical VAE — on every architecture (mlp, conv, a user's
-networks) and every likelihood of vae.likelihoods (8-bit ones and dequantisation included).
+networks) and every likelihood of vae.models.likelihoods (8-bit ones and dequantisation included).
 
 Each is a latent-variable model p(x, s) = p(s) p(x|s) over a latent state s with a reparameterised
 proposal q(s|x); it supplies log_weight_terms (log p(x|s), log p(s), log q(s|x)), log_prior,
@@ -30,10 +30,10 @@ from torch import nn
 
 from vae.config import ModelConfig
 from vae.errors import VAEError
-from vae.latent_model import LatentVariableModel, Proposal
-from vae.likelihood_kinds import LIKELIHOOD_KINDS
-from vae.networks import GatedDense as GatedDense, build_networks, dense_net
-from vae.objectives import (
+from vae.models.latent_model import LatentVariableModel, Proposal
+from vae.models.likelihood_kinds import LIKELIHOOD_KINDS
+from vae.models.networks import GatedDense as GatedDense, build_networks, dense_net
+from vae.models.objectives import (
     LOG_2PI,
     ELBOTerms,
     diagonal_normal_log_density,
@@ -68,7 +68,7 @@ def _config(config: ModelConfig | None, **fields) -> ModelConfig:
     if config is not None:
         return config
     if fields.get("likelihood") not in LIKELIHOOD_KINDS:
-        raise VAEError(f"model likelihood '{fields.get('likelihood')}' is not a likelihood of vae.likelihoods")
+        raise VAEError(f"model likelihood '{fields.get('likelihood')}' is not a likelihood of vae.models.likelihoods")
     return ModelConfig(**{name: value for name, value in fields.items() if value is not None})
 
 
@@ -285,7 +285,7 @@ LatentFamily = LatentVariableModel  # older code's name for the families' interf
 
 
 def build_family(config: ModelConfig, data_dim: int, image_shape: tuple[int, ...] | None = None) -> LatentVariableModel:
-    """The vae.families model a ModelConfig with `config.family` names (vae.config.ModelConfig's checks
+    """The vae.models.families model a ModelConfig with `config.family` names (vae.config.ModelConfig's checks
     have already refused what is not built). x: (B, D) with D = data_dim."""
     if config.levels == 2:
         return TwoLevelVAE(

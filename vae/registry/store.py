@@ -1,6 +1,6 @@
 """MLflow: runs, metrics, artifacts, model versions, aliases and the champion gate.
 
-The one home of the MLflow client (vae/serving.py holds the served model class, built on PythonModel and RequestError from here). A pipeline run is one MLflow run; its model version is
+The one home of the MLflow client (vae/registry/serving.py holds the served model class, built on PythonModel and RequestError from here). A pipeline run is one MLflow run; its model version is
 registered under the pipeline's model name with alias `challenger`, and `champion` moves to
 it only when its held-out NLL beats the current champion's by more than the configured margin.
 """
@@ -32,7 +32,7 @@ from mlflow import MlflowClient
 from mlflow.types.schema import ParamSchema, ParamSpec
 from mlflow.entities import Metric, Param
 from mlflow.exceptions import MlflowException
-from mlflow.models import ModelSignature, set_model  # noqa: F401  (set_model: used by vae/mlflow_model.py)
+from mlflow.models import ModelSignature
 from mlflow.protos.databricks_pb2 import (
     INVALID_PARAMETER_VALUE,
     INTERNAL_ERROR,
@@ -76,7 +76,7 @@ def code_version() -> str:
     try:
         sha = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"],
-            cwd=Path(__file__).parent,
+            cwd=Path(__file__).parents[1],
             capture_output=True,
             text=True,
             timeout=5,
@@ -302,7 +302,7 @@ def _gate_lock(uri: str):
 
 
 class NotComparableError(RegistryError):
-    """The new version's NLL and the champion's measure different things (vae.registry.nll_kind)."""
+    """The new version's NLL and the champion's measure different things (vae.registry.store.nll_kind)."""
 
 
 def _alias_target(mlflow_client, name: str, alias: str):
@@ -344,7 +344,7 @@ def _nll_on(mlflow_client, name: str, version, protocol: str, evaluate: Callable
 
 
 def nll_kind(tags: dict[str, str]) -> str:
-    """What a version's NLL is a probability of (vae.likelihoods.DATA_KIND: binary, 8bit, dequantized,
+    """What a version's NLL is a probability of (vae.models.likelihoods.DATA_KIND: binary, 8bit, dequantized,
     continuous): its `nll_kind` tag, else the kind in its `bits_per_dim` tag's brackets, else binary
     (versions from before colour images)."""
     if tags.get("nll_kind"):
@@ -492,7 +492,7 @@ def _log_and_create_version(
     import torch
 
     from vae.config import ModelConfig
-    from vae.model import CHECKPOINT_FILE, read_checkpoint_state
+    from vae.models.model import CHECKPOINT_FILE, read_checkpoint_state
     from vae.user_code import add_search_paths, code_paths
 
     state = read_checkpoint_state(checkpoint_dir, mmap=True)
@@ -523,7 +523,7 @@ def _log_and_create_version(
                 artifacts={"checkpoint": str(checkpoint), "metadata": str(metadata)},
                 signature=served_signature(),
                 input_example=example.astype(np.float32),
-                code_paths=[str(Path(__file__).parent), *own_code],
+                code_paths=[str(Path(__file__).parents[1]), *own_code],  # the whole vae package
                 pip_requirements=[
                     f"torch=={torch.__version__.split('+')[0]}",
                     f"numpy=={np.__version__}",
@@ -666,7 +666,7 @@ def resolve_model_version(model_uri: str, uri: str | None = None) -> tuple[str |
 
 
 # ---------------------------------------------------------------------------------------------
-# MLflow's side of the served model (vae/serving.py): its base class, its request error and its
+# MLflow's side of the served model (vae/registry/serving.py): its base class, its request error and its
 # signature, so that MLflow is imported here only.
 
 PythonModel = mlflow.pyfunc.PythonModel

@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from vae.batch import (
+from vae.jobs.batch import (
     ModelActor,
     check_inputs,
     constant_columns,
@@ -33,8 +33,8 @@ from vae.batch import (
     start_ray_data,
     write_parquet,
 )
-from vae.datasets import SPLITS
-from vae.inputs import prepare_inputs
+from vae.data.datasets import SPLITS
+from vae.data.inputs import prepare_inputs
 from vae.errors import DataError
 
 DEFAULT_BATCH_SIZE = 4096
