@@ -17,7 +17,7 @@ from tests.helpers.ingest_helpers import sorted_rows, tree
 from vae.data.datasets import load_split
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
-# sha256 over the four files' names, sizes and bytes (vae.data.sources.hash_tree), and the version it
+# sha256 over the four files' names, sizes and bytes (vae.data.sources.base.hash_tree), and the version it
 # gives with the default split settings: both must stay the same from release to release.
 CONTENT_HASH = "80e24defb4a50a047745e308b2814972914ad88b81cdc20b6bb2370f513ec782"
 VERSION = "369f03229ce4"

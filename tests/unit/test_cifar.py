@@ -9,7 +9,8 @@ import tarfile
 import numpy as np
 import pytest
 
-from vae.data.cifar import looks_like_cifar, read_cifar, to_channels_first
+from vae.data.sources.cifar import looks_like_cifar, read_cifar
+from vae.data.sources.layout import to_channels_first
 from vae.errors import DataError
 
 RNG = np.random.default_rng(15)

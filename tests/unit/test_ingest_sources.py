@@ -120,7 +120,7 @@ def test_streaming_in_tiny_chunks_writes_the_same_splits(tmp_path, monkeypatch):
     folder = write_idx_folder(tmp_path / "m", (IMAGES[:30], LABELS[:30]), (IMAGES[30:], LABELS[30:]), gz=False)
     config = DatasetConfig(name="m", source=str(folder), binarize_test_seed=1)
     whole = ingest(config, root=tmp_path / "whole")
-    monkeypatch.setattr(sources, "CHUNK_BYTES", SIDE * SIDE * 3)  # 3 rows per chunk
+    monkeypatch.setattr("vae.data.sources.base.CHUNK_BYTES", SIDE * SIDE * 3)  # 3 rows per chunk
     monkeypatch.setattr(ingestion, "ROW_GROUP_SIZE", 4)
     chunked = ingest(config, root=tmp_path / "chunked")
     assert chunked.version == whole.version

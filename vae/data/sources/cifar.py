@@ -1,4 +1,4 @@
-"""CIFAR-10/100 in their binary format, and image arrays channels-last or channels-first.
+"""CIFAR-10/100 sources in their binary format: the official train/test split, (3, 32, 32) uint8 images.
 
 The binary version (https://www.cs.toronto.edu/~kriz/cifar.html) is a run of fixed-size records:
   CIFAR-10:  1 label byte (0..9)                        + 3072 pixel bytes   = 3073 bytes
@@ -9,7 +9,8 @@ data_batch_1.bin .. data_batch_5.bin (train, in that order) and test_batch.bin; 
 train.bin and test.bin. They are read from the .tar.gz by streaming (nothing extracted to disk) or
 from the extracted folder; every file's size is checked against whole records before its labels
 are used. The "python version" is pickles, which can run code when loaded: it is refused by its
-names, never opened with pickle.
+names, never opened with pickle. open_cifar turns what read_cifar reads into a Source of parts
+'train' and 'test'; an extracted folder's content hash covers every file under it (cifar_files).
 """
 
 from __future__ import annotations
@@ -17,17 +18,17 @@ from __future__ import annotations
 import re
 import tarfile
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from vae.errors import DataError
+from vae.data.sources.base import Source, from_arrays
 
 PIXEL_BYTES = 3 * 32 * 32
 IMAGE_SHAPE = (3, 32, 32)
 CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar.html"
-CHANNEL_COUNTS = (1, 3, 4)  # what an image axis must be to be read as the channel axis
 
 
 @dataclass(frozen=True)
@@ -326,40 +327,18 @@ def looks_like_cifar(path: str | Path) -> bool:
     return False
 
 
-# -- Image arrays in (N, H, W, C) or (N, C, H, W).
+# -- As a source: the official train/test split; the pickled version is refused above.
 
 
-def image_layout(shape: tuple[int, ...], uri: str, layout: str | None = None) -> str:
-    """'NHWC' or 'NCHW' for an array of shape (N, a, b, c).
-
-    Rule: the channel axis is the one of a (first image axis) and c (last) that is 1, 3 or 4 when
-    the other is not; when both are (a 3x3 or 4x4 image, say) the caller must say which with
-    layout='NHWC' or 'NCHW'; when neither is, the array is not an image batch with channels.
-    """
-    if len(shape) != 4:
-        raise DataError(f"{uri}: array of shape {tuple(shape)} (expected 4 axes: (N, H, W, C) or (N, C, H, W))")
-    if layout is not None:
-        if layout not in ("NHWC", "NCHW"):
-            raise DataError(f"{uri}: layout '{layout}' (expected 'NHWC' or 'NCHW')")
-        return layout
-    first, last = shape[1] in CHANNEL_COUNTS, shape[3] in CHANNEL_COUNTS
-    if last and not first:
-        return "NHWC"
-    if first and not last:
-        return "NCHW"
-    if first and last:
-        raise DataError(
-            f"{uri}: array of shape {tuple(shape)} could be (N, H, W, C) or (N, C, H, W) "
-            "(expected the layout to be named: 'NHWC' or 'NCHW')"
-        )
-    raise DataError(
-        f"{uri}: array of shape {tuple(shape)} has no channel axis "
-        f"(expected {', '.join(map(str, CHANNEL_COUNTS))} channels on the second or the last axis)"
-    )
+def cifar_files(folder: Path) -> list[Path]:
+    """The files a CIFAR folder's content hash covers: every file under it, in a fixed order."""
+    return sorted(p for p in folder.rglob("*") if p.is_file())
 
 
-def to_channels_first(images: np.ndarray, uri: str, layout: str | None = None) -> np.ndarray:
-    """(N, H, W, C) or (N, C, H, W) → (N, C, H, W), C-contiguous; image_layout tells which it is."""
-    if image_layout(images.shape, uri, layout) == "NHWC":
-        return np.ascontiguousarray(images.transpose(0, 3, 1, 2))  # (N, C, H, W)
-    return np.ascontiguousarray(images)  # (N, C, H, W)
+def open_cifar(path: Path, uri: str) -> Source:
+    """CIFAR-10/100 binary as parts 'train' and 'test' of (3, 32, 32) uint8 images with their (fine) labels."""
+    data = read_cifar(path, uri)
+    train = from_arrays(data.train_images, data.train_labels, f"{uri}[train]", "")
+    test = from_arrays(data.test_images, data.test_labels, f"{uri}[test]", "")
+    parts = (replace(train.parts[0], name="train"), replace(test.parts[0], name="test"))
+    return Source(uri, "cifar", "", IMAGE_SHAPE, np.dtype(np.uint8), True, parts, 255.0, data.classes, "CHW")
