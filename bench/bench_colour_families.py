@@ -2,7 +2,7 @@
 
 Every row is `colour-patches` from pipelines.yaml (conv, channels [32, 64], latent 32; batch 32,
 Adam 1e-3, seed 0, 1 Ray Train worker x 2 CPUs) with only the model's family and likelihood changed,
-trained by the project's own training (`vae.train.training.train`, Ray Train) for the pipeline's epochs
+trained by the project's own training (`vae.train.driver.train`, Ray Train) for the pipeline's epochs
 (12: the same number of updates for every row, whatever the machine's other load does to the wall
 time), the final checkpoint (the pipeline has no early stopping), then `vae.evaluate.evaluation.score_checkpoint`
 with the pipeline's evaluation (test split, seed 0) at --k importance samples on all 450 test patches.
@@ -57,7 +57,7 @@ def main() -> None:
 
     import torch
 
-    from vae.train import training
+    from vae.train import driver
     from vae.config import load_pipeline
     from vae.evaluate.evaluation import score_checkpoint
     from vae.data.ingest import ingest
@@ -75,7 +75,7 @@ def main() -> None:
         body["training"].update(epochs=epochs)
         config = type(base).model_validate(body)
         started = time.perf_counter()
-        result = training.train(config, dataset, storage_path=work / "runs", echo=None)
+        result = driver.train(config, dataset, storage_path=work / "runs", echo=None)
         trained = time.perf_counter() - started
         started = time.perf_counter()
         evaluation = config.evaluation.model_copy(update={"k": args.k})

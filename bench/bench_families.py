@@ -1,6 +1,6 @@
 """Fashion-MNIST: model family x objective at one training budget, on the issue-16 protocol.
 
-Every row is the project's own training (`vae.train.training.train`: Ray Train, 2 CPU workers, batch 100
+Every row is the project's own training (`vae.train.driver.train`: Ray Train, 2 CPU workers, batch 100
 per worker, Adam 1e-3 with the fashion-mnist-quality decay) for --minutes of wall time, the best
 validation-ELBO checkpoint, then `vae.evaluate.evaluation.score_checkpoint` at k = 5000 on all 10,000 test
 images (binarised once, seed 0): the same protocol as BENCHMARKS.md's quality section (50k/10k/10k,
@@ -75,7 +75,7 @@ def main() -> None:
     if args.search is not None:
         variants["tuned"], found_by["tuned"] = tuned_variant(args.search)
 
-    from vae.train import training
+    from vae.train import driver
     from vae.evaluate.evaluation import score_checkpoint
     from vae.data.ingest import ingest
 
@@ -98,7 +98,7 @@ def main() -> None:
         if name == "tuned" and args.from_trial:
             config, used, result = continue_trial(args.search, config, args.cpus)
         else:
-            used, result = dataset, training.train(config, dataset, storage_path=work / "runs", echo=None)
+            used, result = dataset, driver.train(config, dataset, storage_path=work / "runs", echo=None)
         trained = time.perf_counter() - started
         started = time.perf_counter()
         scored = score_checkpoint(
@@ -146,7 +146,7 @@ def continue_trial(folder: Path, config, cpus: int):
     and batch (so the same updates), `cpus` torch threads per worker. Resumable: a rerun continues
     from the newest checkpoint under VAE_HOME/bench/families-tuned/<search stamp>. --minutes counts
     the trial's own training time too (the checkpoint carries it)."""
-    from vae.train import training
+    from vae.train import checkpoints, driver
     from vae.data.datasets import DatasetRef
     from vae.paths import vae_home
 
@@ -158,10 +158,10 @@ def continue_trial(folder: Path, config, cpus: int):
         update={"training": config.training.model_copy(update={"workers": workers, "cpus_per_worker": cpus})}
     )
     storage = vae_home() / "bench" / "families-tuned" / folder.name
-    start = training.latest_checkpoint(config.name, storage) or best["checkpoint"]
+    start = checkpoints.latest_checkpoint(config.name, storage) or best["checkpoint"]
     print(f"continuing {start} ({workers} worker(s) x {cpus} CPUs)", file=sys.stderr, flush=True)
     dataset = DatasetRef(**record["dataset"])
-    result = training.train(
+    result = driver.train(
         config,
         dataset,
         storage_path=storage,

@@ -92,7 +92,7 @@ def plain_graphed_loop(dataset: DatasetRef, batch: int, epochs: int, device: tor
     stepper = Stepper(
         Objective(model, "elbo", 1), optimizer, max_value=max_value, binarize="dynamic", device=device, graph=graphed
     )
-    from vae.train.training import resident_minibatches
+    from vae.train.shards import resident_minibatches
 
     rates = []
     for epoch in range(epochs):
@@ -111,7 +111,7 @@ def plain_graphed_loop(dataset: DatasetRef, batch: int, epochs: int, device: tor
 
 
 def ray_train(dataset: DatasetRef, batch: int, epochs: int, use_gpu: bool, storage: Path, **training) -> dict:
-    from vae.train import training as vae_training
+    from vae.train import driver
 
     config = PipelineConfig(
         name=f"bench-gpu-b{batch}",
@@ -131,7 +131,7 @@ def ray_train(dataset: DatasetRef, batch: int, epochs: int, use_gpu: bool, stora
         ),
         registry=RegistryConfig(model_name="bench-gpu"),
     )
-    result = vae_training.train(config, dataset, storage_path=storage, echo=None)
+    result = driver.train(config, dataset, storage_path=storage, echo=None)
     rates = [h["samples_per_second"] for h in result.history]
     # End to end: an epoch's wall time includes validation, metrics and the driver's queue (and every
     # checkpoint_every-th epoch Ray Train's report), which the step loop's rate leaves out.
@@ -169,7 +169,7 @@ def evaluation_seconds(checkpoint: str | None, dataset: DatasetRef, k: int, imag
 
 def short_training(dataset: DatasetRef, minutes: float, k: int, storage: Path, pipelines: str, use_gpu: bool) -> dict:
     """fashion-mnist-gpu from pipelines.yaml, trained for `minutes`, evaluated at k on all test images."""
-    from vae.train import training as vae_training
+    from vae.train import driver
     from vae.config import load_pipeline
     from vae.evaluate.evaluation import score_checkpoint
 
@@ -180,7 +180,7 @@ def short_training(dataset: DatasetRef, minutes: float, k: int, storage: Path, p
     )
     settings = settings.model_copy(update={"training": training})
     started = time.perf_counter()
-    result = vae_training.train(settings, dataset, storage_path=storage, echo=log)
+    result = driver.train(settings, dataset, storage_path=storage, echo=log)
     trained = time.perf_counter() - started
     evaluation = settings.evaluation.model_copy(update={"k": k, "use_gpu": use_gpu})
     started = time.perf_counter()

@@ -50,7 +50,7 @@ def plain_loop(images: np.ndarray, max_value: float, model_config: ModelConfig, 
 
 
 def ray_loop(dataset: DatasetRef, model_config: ModelConfig, batch: int, epochs: int, workers: int) -> float:
-    from vae.train import training
+    from vae.train import driver
 
     config = PipelineConfig(
         name="bench-training",
@@ -59,7 +59,7 @@ def ray_loop(dataset: DatasetRef, model_config: ModelConfig, batch: int, epochs:
         training=TrainingConfig(epochs=epochs, batch_size=batch, workers=workers, checkpoints_to_keep=1),
         registry=RegistryConfig(model_name="bench"),
     )
-    result = training.train(config, dataset, echo=None)
+    result = driver.train(config, dataset, echo=None)
     rates = [h["samples_per_second"] for h in result.history]
     return statistics.median(rates[1:] or rates)
 

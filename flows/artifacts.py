@@ -7,7 +7,7 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_link_artifact, create_table_artifact
 from prefect.tasks import exponential_backoff
 
-from vae.registry import store as registry
+from vae.registry import runs
 
 
 def say(message: str) -> None:
@@ -41,7 +41,7 @@ def publish_artifacts(pipeline: str, result: dict) -> None:
     create_table_artifact(key=f"{key}-evaluation", table=rows, description=f"Evaluation of {registration['model_uri']}")
     create_link_artifact(
         key=f"{key}-mlflow-run",
-        link=registry.run_link(result["run_id"]),
+        link=runs.run_link(result["run_id"]),
         link_text=f"MLflow run {result['run_id']}",
         description=f"Tracking store: {result['tracking_uri']}",
     )

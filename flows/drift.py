@@ -19,7 +19,7 @@ from flows.ingest import ingest_flow, ingest_task
 from flows.results import run_cached
 from vae import config
 from vae.jobs import drift
-from vae.registry import store as registry
+from vae.registry import runs
 from vae.data.datasets import is_ingested
 from vae.errors import ConfigError, VAEError
 
@@ -59,7 +59,7 @@ def publish_task(pipeline: str, result: dict, run_id: str) -> None:
         png = base64.b64encode(drift.plot_histograms(result["path"], folder).read_bytes()).decode()
     markdown = f"### log p̂(x), reference vs new\n\n![log p(x) histograms](data:image/png;base64,{png})\n"
     create_markdown_artifact(key=f"{key}-histogram", markdown=markdown, description="log p̂(x) histograms")
-    create_link_artifact(key=f"{key}-mlflow-run", link=registry.run_link(run_id), link_text=f"MLflow run {run_id}")
+    create_link_artifact(key=f"{key}-mlflow-run", link=runs.run_link(run_id), link_text=f"MLflow run {run_id}")
 
 
 @flow(name="drift")

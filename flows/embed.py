@@ -13,12 +13,12 @@ from flows.artifacts import say
 from flows.ingest import ingest_flow
 from vae import config
 from vae.jobs import embedding
-from vae.registry import store as registry
+from vae.registry import versions
 
 
 @task(name="resolve-model", retries=3, retry_delay_seconds=exponential_backoff(2))
 def resolve_task(model_uri: str) -> tuple[str | None, str | None]:
-    return registry.resolve_model_version(model_uri)
+    return versions.resolve_model_version(model_uri)
 
 
 @task(name="embed")

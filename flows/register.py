@@ -4,18 +4,18 @@ from prefect import flow, task
 from prefect.tasks import exponential_backoff
 
 from vae.registry import registration
-from vae.registry import store as registry
+from vae.registry import runs, versions
 from vae.config import PipelineConfig
 from vae.data.datasets import DatasetRef
 from vae.evaluate.evaluation import EvaluationSummary
-from vae.train.training import TrainingRun
+from vae.train.driver import TrainingRun
 
 
 # Registry calls are I/O: retried with backoff. Registering is idempotent per MLflow run, so a
 # retry (or a rerun of a crashed flow) never registers a second version of the same training.
 def _transient_registry_failure(task, task_run, state) -> bool:
     """Retry lost connections and 5xx; a name the registry refuses fails at once (nothing logged twice)."""
-    return registry.is_transient(state.result(raise_on_failure=False))
+    return runs.is_transient(state.result(raise_on_failure=False))
 
 
 @task(
@@ -38,9 +38,9 @@ def register_task(
 @flow(name="register")
 def register_flow(
     settings: PipelineConfig, trained: TrainingRun, summary: EvaluationSummary, dataset: DatasetRef
-) -> registry.Registration:
+) -> versions.Registration:
     """Register the trained model; `champion` moves only if its held-out NLL is better."""
     done = register_task(
         settings, trained.run_id, trained.checkpoint, summary.to_dict(), dataset.to_dict(), trained.history
     )
-    return registry.Registration(**done)
+    return versions.Registration(**done)

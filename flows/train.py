@@ -13,8 +13,8 @@ from flows.artifacts import say
 from flows.cache_keys import training_key
 from flows.results import cached, run_cached
 from vae import paths
-from vae.registry import store as registry
-from vae.train import training
+from vae.registry import runs
+from vae.train import checkpoints, checks, driver
 from vae.config import PipelineConfig
 from vae.data.datasets import DatasetRef
 
@@ -28,7 +28,7 @@ INTERRUPTED = threading.Event()
 
 @task(name="start-mlflow-run", **cached(training_key), retries=3, retry_delay_seconds=exponential_backoff(2))
 def start_run_task(settings: PipelineConfig, dataset: DatasetRef, workers: int | None, gpu: bool | None) -> str:
-    return registry.start_run(settings, dataset.to_dict())
+    return runs.start_run(settings, dataset.to_dict())
 
 
 @task(name="train", **cached(training_key))  # no retries: a diverged run must not be silently rerun
@@ -37,32 +37,30 @@ def train_task(settings: PipelineConfig, dataset: DatasetRef, run_id: str, worke
     uri = paths.tracking_uri()
 
     def log_epoch(metrics: dict) -> None:
-        registry.log_epoch_metrics(uri, run_id, metrics, step=int(metrics["epoch"]))
+        runs.log_epoch_metrics(uri, run_id, metrics, step=int(metrics["epoch"]))
 
     try:
-        result = training.train(settings, dataset, run_id=run_id, workers=workers, use_gpu=gpu, resume=resume,
-                                on_epoch=log_epoch)  # fmt: skip
+        result = driver.train(settings, dataset, run_id=run_id, workers=workers, use_gpu=gpu, resume=resume,
+                              on_epoch=log_epoch)  # fmt: skip
     except Exception:
         if not INTERRUPTED.is_set():
-            registry.end_run(run_id, "FAILED")
+            runs.end_run(run_id, "FAILED")
         raise
     return {"checkpoint": result.checkpoint, "epochs": result.epochs, "history": result.history}
 
 
 @flow(name="train")
 def train_flow(settings: PipelineConfig, dataset: DatasetRef, workers: int | None = None, gpu: bool | None = None,
-               resume: bool = False, force: bool = False) -> training.TrainingRun:  # fmt: skip
+               resume: bool = False, force: bool = False) -> driver.TrainingRun:  # fmt: skip
     """Train on an ingested dataset; `force` trains again even when the same training exists."""
     fresh = force or resume
-    training.check_inputs(settings, dataset)  # bad data or networks: one line, no MLflow run, no Ray
-    run_id, _ = run_cached(
-        start_run_task, settings, dataset, workers, gpu, force=fresh, still_valid=registry.run_exists
-    )
+    checks.check_inputs(settings, dataset)  # bad data or networks: one line, no MLflow run, no Ray
+    run_id, _ = run_cached(start_run_task, settings, dataset, workers, gpu, force=fresh, still_valid=runs.run_exists)
     ACTIVE_RUNS.add(run_id)  # `vae run` marks it KILLED if interrupted before it ends
     arguments = (settings, dataset, run_id, workers, gpu, resume)
-    trained, reused = run_cached(train_task, *arguments, force=fresh, still_valid=lambda done: training.is_checkpoint(done["checkpoint"]))  # fmt: skip
+    trained, reused = run_cached(train_task, *arguments, force=fresh, still_valid=lambda done: checkpoints.is_checkpoint(done["checkpoint"]))  # fmt: skip
     if reused:
         message = (f"dataset {dataset.name}@{dataset.version} and settings unchanged: reusing the finished "
                    f"training of MLflow run {run_id} (pass --force to train again)")  # fmt: skip
         say(message)
-    return training.TrainingRun(run_id=run_id, reused=reused, **trained)
+    return driver.TrainingRun(run_id=run_id, reused=reused, **trained)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from vae.registry import store as registry
+from vae.registry import runs, versions
 from vae.config import DatasetConfig, ModelConfig, PipelineConfig, RegistryConfig
 from vae.data.ingest import ingest
 from vae.data.datasets import load_split, read_manifest
@@ -50,14 +50,14 @@ def register(
     kind: str = "binary",
     k: int = 10,
     split: str = "test",
-) -> registry.Registration:
+) -> versions.Registration:
     dataset = dataset or ingest(config.dataset).to_dict()
     manifest = read_manifest(dataset["path"])
     images, _ = load_split(dataset["path"], "test")
-    run_id = registry.start_run(config, dataset, uri)
+    run_id = runs.start_run(config, dataset, uri)
     checkpoint = save_checkpoint(workdir / f"ckpt-{seed}", config.model, 64, seed)
     evaluation = {"nll": nll, "nll_stderr": 0.1, "k": k, "split": split, "bits_per_dim_kind": kind}
-    return registry.register_model(
+    return versions.register_model(
         config,
         run_id,
         checkpoint,
@@ -70,7 +70,7 @@ def register(
     )
 
 
-def registered_model(name: str, seed: int, workdir: Path) -> tuple[PipelineConfig, dict, registry.Registration]:
+def registered_model(name: str, seed: int, workdir: Path) -> tuple[PipelineConfig, dict, versions.Registration]:
     """A gate_config model registered as the first (champion) version of `name` on the digits data."""
     config = gate_config(name)
     dataset = ingest(config.dataset).to_dict()

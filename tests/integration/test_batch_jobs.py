@@ -196,12 +196,12 @@ pipelines:
 
 def test_model_card_states_the_version_tags(registered, tmp_path):
     from vae.registry import registration as stage
-    from vae.registry import store as registry
+    from vae.registry import runs
 
     config = gate_config("vae-card")
     dataset = registered[1]
     first = register(config, 30.0, seed=31, workdir=tmp_path, dataset=dataset)  # the champion it meets
-    run_id = registry.start_run(config, dataset)
+    run_id = runs.start_run(config, dataset)
     summary = {"nll": 29.5, "nll_stderr": 0.25, "bits_per_dim": 0.665, "elbo": -31.25, "elbo_gap": 1.75, "ess": 3.0,
                "k": 10, "n": 359, "split": "test", "device": "cpu", "active_units": 2, "latent_dim": 2}  # fmt: skip
     history = [

@@ -24,7 +24,7 @@ import torch
 from mlflow import MlflowClient
 from typer.testing import CliRunner
 
-from vae.registry import store as registry
+from vae.registry import runs, versions
 from vae.cli import app
 from vae.config import DatasetConfig, ModelConfig, PipelineConfig, RegistryConfig
 from vae.data.datasets import load_split, read_manifest
@@ -88,10 +88,10 @@ def world(tmp_path_factory):
         registry=RegistryConfig(model_name="vae-drift"),
     )
     checkpoint = train_digits(folder / "checkpoint", config.model, digits["path"])
-    run_id = registry.start_run(config, digits)
+    run_id = runs.start_run(config, digits)
     images, labels = load_split(digits["path"], "test")
     evaluation = {"nll": 18.5, "nll_stderr": 0.2, "k": 100, "split": "test", "bits_per_dim_kind": "binary"}
-    registration = registry.register_model(
+    registration = versions.register_model(
         config, run_id, checkpoint, evaluation, digits, read_manifest(digits["path"]), images[:2]
     )
     train, train_labels = load_split(digits["path"], "train")

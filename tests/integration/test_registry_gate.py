@@ -12,7 +12,7 @@ import torch
 from mlflow import MlflowClient
 
 from tests.helpers.registry_helpers import gate_config, register, save_checkpoint
-from vae.registry import store as registry
+from vae.registry import gate, runs, versions
 from vae.paths import tracking_uri
 from vae.data.ingest import ingest
 from vae.data.datasets import load_split
@@ -116,9 +116,9 @@ def test_nlls_of_different_kinds_are_not_compared(tmp_path):
 
 
 def test_nll_kind_of_versions_tagged_before_the_kind_tag():
-    assert registry.nll_kind({"bits_per_dim": "6.9830 (dequantized)"}) == "dequantized"
-    assert registry.nll_kind({"nll_kind": "8bit", "bits_per_dim": "7.0 (binary)"}) == "8bit"
-    assert registry.nll_kind({"test_nll": "80.1"}) == "binary"
+    assert gate.nll_kind({"bits_per_dim": "6.9830 (dequantized)"}) == "dequantized"
+    assert gate.nll_kind({"nll_kind": "8bit", "bits_per_dim": "7.0 (binary)"}) == "8bit"
+    assert gate.nll_kind({"test_nll": "80.1"}) == "binary"
 
 
 def _register_in_process(name: str, nll: float, seed: int, workdir: str, uri: str, start) -> None:
@@ -144,9 +144,9 @@ def _race(name: str, uri: str, workdir: Path) -> None:
         assert worker.exitcode == 0
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)  # not the process-wide registry URI
     deadline = time.time() + 30  # a loaded server may still be committing the second version
-    while len(versions := client.search_model_versions(f"name = '{name}'")) < 2 and time.time() < deadline:
+    while len(found := client.search_model_versions(f"name = '{name}'")) < 2 and time.time() < deadline:
         time.sleep(0.5)
-    assert sorted(float(v.tags["test_nll"]) for v in versions) == [24.0, 25.0]
+    assert sorted(float(v.tags["test_nll"]) for v in found) == [24.0, 25.0]
     champion = client.get_model_version_by_alias(name, "champion")
     assert float(champion.tags["test_nll"]) == 24.0
 
@@ -172,7 +172,7 @@ def test_unknown_model_uri_is_one_line():
     from vae.errors import RegistryError
 
     with pytest.raises(RegistryError, match=r"^model 'models:/no-such-model@champion': "):
-        registry.download_model("models:/no-such-model@champion")
+        versions.download_model("models:/no-such-model@champion")
 
 
 def test_an_identical_rerun_keeps_the_champion(tmp_path):
@@ -207,7 +207,7 @@ def test_a_worse_model_written_over_the_gate_is_overruled(tmp_path):
 
     writer = threading.Thread(target=stale_gate)
     writer.start()
-    promoted = registry.promote_if_better(client, "vae-late", 3, 29.0, protocol, 0.0, settle_seconds=2.0)
+    promoted = versions.promote_if_better(client, "vae-late", 3, 29.0, protocol, 0.0, settle_seconds=2.0)
     writer.join()
     assert overwritten.is_set()
     assert promoted == (True, 30.0)
@@ -225,7 +225,7 @@ def test_challenger_names_the_newest_version_even_when_an_older_one_registers_ag
     # A rerun of the first run's flow (crashed after registering) registers version 1 again.
     images, _ = load_split(dataset["path"], "test")
     evaluation = {"nll": 30.0, "nll_stderr": 0.1, "k": 10, "split": "test", "bits_per_dim_kind": "binary"}
-    again = registry.register_model(
+    again = versions.register_model(
         config, first.run_id, str(tmp_path / "ckpt-0"), evaluation, dataset, read_manifest(dataset["path"]), images[:2]
     )
     assert (again.version, again.champion) == (1, True)
@@ -242,7 +242,7 @@ def test_a_refused_model_name_is_not_retried_and_logs_nothing(prefect_server, tm
     config = gate_config("vae-refused")
     bad = config.model_copy(update={"registry": config.registry.model_copy(update={"model_name": "bad/name"})})
     dataset = ingest(config.dataset).to_dict()
-    run_id = registry.start_run(config, dataset)
+    run_id = runs.start_run(config, dataset)
     checkpoint = save_checkpoint(tmp_path / "ckpt", config.model, 64, 0)
     evaluation = {"nll": 30.0, "nll_stderr": 0.1, "k": 10, "split": "test", "n": 2}
     state = register_task(bad, run_id, checkpoint, evaluation, dataset, [], return_state=True)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from vae.train import training
+from vae.train import driver, worker
 from vae.config import DatasetConfig, ModelConfig, PipelineConfig, RegistryConfig, TrainingConfig
 from vae.data.ingest import ingest
 from vae.data.datasets import load_split
@@ -61,12 +61,12 @@ def test_resume_continues_at_the_next_epoch_and_shards_partition_the_split(ray_s
     first_audit, second_audit = tmp_path / "first", tmp_path / "second"
     first_audit.mkdir(), second_audit.mkdir()
     lines: list[str] = []
-    first = training.train(
+    first = driver.train(
         _config(epochs=2, use_gpu=True),
         dataset,
         storage_path=tmp_path / "runs",
         echo=lines.append,
-        hooks=training.RowAudit(str(first_audit)),
+        hooks=worker.RowAudit(str(first_audit)),
     )
     assert first.epochs == 2 and _started(first_audit) == [1, 2]
     # use_gpu on a machine without a GPU: one line says so, and CPU workers train.
@@ -90,14 +90,14 @@ def test_resume_continues_at_the_next_epoch_and_shards_partition_the_split(ray_s
         logged.append(int(metrics["epoch"]))
 
     resumed_lines: list[str] = []
-    second = training.train(
+    second = driver.train(
         _config(epochs=4),
         dataset,
         storage_path=tmp_path / "runs",
         echo=resumed_lines.append,
         on_epoch=flaky_log,
         resume=True,
-        hooks=training.RowAudit(str(second_audit)),
+        hooks=worker.RowAudit(str(second_audit)),
     )
     assert _started(second_audit) == [3, 4]
     assert [int(h["epoch"]) for h in second.history] == [1, 2, 3, 4]
@@ -107,7 +107,7 @@ def test_resume_continues_at_the_next_epoch_and_shards_partition_the_split(ray_s
     )
 
     # All 4 epochs done: resuming again trains nothing and returns the last checkpoint.
-    third = training.train(_config(epochs=4), dataset, storage_path=tmp_path / "runs", echo=None, resume=True)
+    third = driver.train(_config(epochs=4), dataset, storage_path=tmp_path / "runs", echo=None, resume=True)
     assert (third.checkpoint, third.epochs) == (second.checkpoint, 4)
 
 
@@ -119,8 +119,8 @@ def test_a_killed_worker_is_replaced_and_training_resumes_from_the_latest_checkp
     outcome: dict = {}
     runner = threading.Thread(
         target=lambda: outcome.update(
-            result=training.train(
-                config, dataset, storage_path=tmp_path / "runs", echo=None, hooks=training.RowAudit(str(audit))
+            result=driver.train(
+                config, dataset, storage_path=tmp_path / "runs", echo=None, hooks=worker.RowAudit(str(audit))
             )
         )
     )

@@ -8,7 +8,7 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
-from vae.train import training
+from vae.train import driver
 from vae.config import DatasetConfig, ModelConfig, PipelineConfig, RegistryConfig, TrainingConfig
 from vae.paths import tracking_uri
 from vae.data.ingest import ingest
@@ -47,7 +47,7 @@ def test_non_finite_weights_fail_with_epoch_and_step(ray_session, tmp_path):
     )
 
     with pytest.raises(TrainingDivergedError) as error:
-        training.train(config, dataset, resume_from=str(broken), storage_path=tmp_path / "runs", echo=None)
+        driver.train(config, dataset, resume_from=str(broken), storage_path=tmp_path / "runs", echo=None)
     assert str(error.value) == (
         "training diverged: non-finite loss (nan) at epoch 2, step 1; "
         "the last good checkpoint is kept and nothing was registered"

@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 
 from vae import integrity
-from vae.registry import store as registry
+from vae.registry import runs
 from vae.tune import search as tuning
+from vae.tune.trials import BUDGET_FILE, TRIAL_FILE, budget_used_up
 from vae.config import load_pipeline
 from vae.data.ingest import ingest
 
@@ -54,7 +55,7 @@ class _Payload:
 
 def _curve(run_id: str, metric: str = "validation_elbo") -> list[int]:
     """The epochs a trial's run logged `metric` at (a rerun would log them twice)."""
-    history = registry.client().get_metric_history(run_id, metric)
+    history = runs.client().get_metric_history(run_id, metric)
     return sorted(int(metric.step) for metric in history)
 
 
@@ -75,15 +76,15 @@ def test_an_interrupted_search_resumes_without_rerunning_finished_trials(ray_ses
         tuning.search(config, dataset, trials=2, echo=interrupt_after_the_first_trial)
     assert "--resume" in str(caught.value) and "1 of 2 trials ended" in str(caught.value)
     folder = tuning.latest_search("tune-it")
-    finished = [p.parent.name for p in (folder / "checkpoints").glob(f"*/{tuning.TRIAL_FILE}")]
+    finished = [p.parent.name for p in (folder / "checkpoints").glob(f"*/{TRIAL_FILE}")]
     assert len(finished) == 1
     [first] = finished
-    record = folder / "checkpoints" / first / tuning.TRIAL_FILE
+    record = folder / "checkpoints" / first / TRIAL_FILE
     written = record.stat().st_mtime_ns
     record_json = json.loads((folder / tuning.SEARCH_FILE).read_text())
     parent = record_json["parent_run_id"]
     assert record_json["budget"] == {"trials": 2, "max_minutes": None}
-    assert registry.client().get_run(parent).info.status == "KILLED"
+    assert runs.client().get_run(parent).info.status == "KILLED"
 
     # Someone who can write into VAE_HOME overwrites Tune's pickles: the resume refuses before loading any.
     pickles = sorted((folder / "ray").rglob("*.pkl"))
@@ -106,11 +107,11 @@ def test_an_interrupted_search_resumes_without_rerunning_finished_trials(ray_ses
     assert record.stat().st_mtime_ns == written
     trial_lines = [line for line in resumed if line.startswith("trial ")]
     assert len(trial_lines) == 1 and not any(first in line for line in trial_lines)
-    children = registry.child_runs(parent)
+    children = runs.child_runs(parent)
     assert sorted(children) == sorted(row["trial_id"] for row in result.trials) and len(children) == 2
     for trial_id, run_id in children.items():
         assert _curve(run_id) == [1, 2] and _curve(run_id, "validation_iwae") == [1, 2], trial_id
-        run = registry.client().get_run(run_id)
+        run = runs.client().get_run(run_id)
         assert run.data.tags["mlflow.parentRunId"] == parent and "training.learning_rate" in run.data.params
 
     # The best trial (by last validation IWAE bound) was scored at the pipeline's k and met the gate.
@@ -118,10 +119,10 @@ def test_an_interrupted_search_resumes_without_rerunning_finished_trials(ray_ses
     assert result.best["trial_id"] == best["trial_id"] and result.best["run_id"] == children[best["trial_id"]]
     assert result.best["validation_iwae"] == best["validation_iwae"]
     assert result.evaluation["k"] == 20
-    version = registry.client().get_model_version("vae-tune-it", str(result.registration["version"]))
+    version = runs.client().get_model_version("vae-tune-it", str(result.registration["version"]))
     assert version.run_id == result.best["run_id"] and version.tags["gate"] == "promoted"
-    assert registry.client().get_model_version_by_alias("vae-tune-it", "champion").version == version.version
-    parent_run = registry.client().get_run(parent)
+    assert runs.client().get_model_version_by_alias("vae-tune-it", "champion").version == version.version
+    parent_run = runs.client().get_run(parent)
     assert (
         parent_run.info.status == "FINISHED" and parent_run.data.tags["model_uri"] == result.registration["model_uri"]
     )
@@ -155,11 +156,11 @@ def test_a_resumed_search_spends_only_the_budget_it_had_left(ray_session, tmp_pa
     with pytest.raises(tuning.SearchInterrupted):
         tuning.search(config, dataset, echo=interrupt_at_the_first_epoch)
     folder = tuning.latest_search("tune-it")
-    first = json.loads((folder / tuning.BUDGET_FILE).read_text())
-    assert 0 < first["used"] < first["seconds"] == 90.0 and not tuning.budget_used_up(folder)
+    first = json.loads((folder / BUDGET_FILE).read_text())
+    assert 0 < first["used"] < first["seconds"] == 90.0 and not budget_used_up(folder)
 
     result = tuning.search(config, dataset, resume=True)
-    after = json.loads((folder / tuning.BUDGET_FILE).read_text())
-    assert tuning.budget_used_up(folder) and after["used"] < 90.0 + 10.0
+    after = json.loads((folder / BUDGET_FILE).read_text())
+    assert budget_used_up(folder) and after["used"] < 90.0 + 10.0
     assert result.evaluation["k"] == 20 and result.registration["model_uri"]
     assert 0 < result.best["epochs"] < 400

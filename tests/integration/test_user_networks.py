@@ -21,8 +21,8 @@ import torch
 from flows.local_server import free_port, wait_until_answers
 from vae.jobs import embedding
 from vae.evaluate import evaluation
-from vae.registry import store as registry
-from vae.train import training
+from vae.registry import runs
+from vae.train import checks, driver
 from vae.tune import search as tuning
 from vae.config import EvaluationConfig, load_pipeline
 from vae.errors import ConfigError, VAEError
@@ -87,7 +87,7 @@ def _write(folder: Path, module: str, encoder: str = "encoder", body: str = NETS
 
 
 def _all_runs() -> int:
-    client = registry.client()
+    client = runs.client()
     return len(client.search_runs([e.experiment_id for e in client.search_experiments()], max_results=10_000))
 
 
@@ -184,7 +184,7 @@ def test_a_network_of_the_wrong_shape_is_one_line_before_an_mlflow_run_or_ray(tm
     with pytest.raises(ConfigError, match=expected):
         check_networks(config.model, 64, (8, 8))
     before = _all_runs()
-    for check in (training.check_inputs, training.train):
+    for check in (checks.check_inputs, driver.train):
         with pytest.raises(ConfigError, match=expected):
             check(config, dataset)
     assert _all_runs() == before  # no MLflow run was started

@@ -6,7 +6,7 @@ import re
 
 from vae.config import DatasetConfig, ModelConfig, PipelineConfig, RegistryConfig, TrainingConfig
 from vae.registry.registration import card_tags, model_card
-from vae.registry.store import Registration
+from vae.registry.versions import Registration
 
 CONFIG = PipelineConfig(
     name="card",
@@ -26,7 +26,7 @@ def _registration(version: int, promoted: bool, previous: float | None) -> Regis
 
 
 def _gate_tags(summary: dict) -> dict[str, str]:
-    """The tags vae.registry.store.register_model sets (the gate's), as it formats them."""
+    """The tags vae.registry.versions.register_model sets (the gate's), as it formats them."""
     return {
         "dataset_hash": "ab" * 32,
         "dataset_version": "20261127-abcdef12",

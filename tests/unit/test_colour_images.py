@@ -52,7 +52,7 @@ def test_eight_bit_likelihoods_need_unbinarised_8bit_pixels(tmp_path):
 
 def test_an_8bit_model_on_a_dataset_of_other_pixels_fails_before_training(tmp_path):
     """digits hold 0..16: the manifest says so, and training refuses before Ray starts (no worker, no run)."""
-    from vae.train.training import check_pixel_range
+    from vae.train.checks import check_pixel_range
 
     digits = ingest(DatasetConfig(name="digits8", source="sklearn:digits"), root=tmp_path)
     patches = ingest(DatasetConfig(name="patches8", source="sklearn:sample-patches"), root=tmp_path)

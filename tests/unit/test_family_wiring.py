@@ -175,7 +175,7 @@ def test_the_configured_prior_and_pseudo_input_count_reach_the_model():
 
 
 def save(model, config: ModelConfig, folder: Path) -> Path:
-    """A checkpoint as vae.train.training writes it (model, model_config dump, data_dim, image_shape)."""
+    """A checkpoint as vae.train.checkpoints writes it (model, model_config dump, data_dim, image_shape)."""
     folder.mkdir()
     state = {"model": model.state_dict(), "model_config": config.model_dump(mode="json"), "data_dim": D}
     torch.save({**state, "image_shape": [D]}, folder / CHECKPOINT_FILE)
@@ -230,7 +230,7 @@ def test_the_objective_is_the_familys_own_and_30_stepper_steps_lower_the_loss(na
 
 
 def test_the_validation_elbo_of_vae_training_is_the_familys_own():
-    """vae.train.training validates with vae.models.objectives.elbo: for a family that is the family's elbo_terms."""
+    """vae.train.worker validates with vae.models.objectives.elbo: for a family that is the family's elbo_terms."""
     model, x = build("vampprior"), binary_data(8)
     ours = elbo(model, x, torch.Generator().manual_seed(4))
     theirs = model.elbo_terms(x, torch.Generator().manual_seed(4))

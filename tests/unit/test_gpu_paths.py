@@ -22,7 +22,8 @@ from vae.models.model import build_model
 from vae.models.objectives import elbo
 from vae.evaluate.evaluation import estimate_on_device, evaluation_device
 from vae.train.stepper import Objective, Stepper, make_optimizer, restore_optimizer
-from vae.train.training import all_reduce_sums, resident_minibatches, streamed_minibatches
+from vae.train.shards import resident_minibatches, streamed_minibatches
+from vae.train.worker import all_reduce_sums
 
 CPU = torch.device("cpu")
 

@@ -145,7 +145,7 @@ def test_pipelines_listing_and_serialised_settings_hide_url_secrets(tmp_path):
 
 
 def test_mlflow_dataset_source_param_is_redacted(tmp_path, monkeypatch):
-    from vae.registry import store as registry
+    from vae.registry import runs
 
     monkeypatch.setenv("VAE_HOME", str(tmp_path))
     url = f"https://h/d.npz?X-Amz-Signature={SECRET}"
@@ -153,8 +153,8 @@ def test_mlflow_dataset_source_param_is_redacted(tmp_path, monkeypatch):
         name="p", dataset=DatasetConfig(name="d", source=url), registry=RegistryConfig(model_name="m")
     )
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    run_id = registry.start_run(settings, {"version": "v1", "content_hash": "0" * 64}, uri)
-    params = registry.client(uri).get_run(run_id).data.params
+    run_id = runs.start_run(settings, {"version": "v1", "content_hash": "0" * 64}, uri)
+    params = runs.client(uri).get_run(run_id).data.params
     assert params["dataset.source"] == f"https://h/d.npz?X-Amz-Signature={REDACTED}"
     assert not any(SECRET in value for value in params.values())
 

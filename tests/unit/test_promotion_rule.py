@@ -1,12 +1,15 @@
-"""The champion gate's rule (vae.registry.store.should_promote), on its own: no MLflow, no race."""
+"""The champion gate's rule (vae.registry.gate.should_promote), on its own: no MLflow, no race."""
 
 from __future__ import annotations
 
+import ast
 import math
+from pathlib import Path
 
 import pytest
 
-from vae.registry.store import should_promote
+from vae.registry import gate
+from vae.registry.gate import evaluation_protocol, nll_kind, protocol_of, should_promote
 
 
 def test_the_first_version_becomes_champion():
@@ -40,3 +43,23 @@ def test_nlls_are_compared_at_six_decimals():
 
 def test_a_nan_nll_beats_nothing():
     assert should_promote(math.nan, 25.0, margin=0.0) is False
+
+
+def test_the_gate_module_imports_no_mlflow():
+    tree = ast.parse(Path(gate.__file__).read_text())
+    imported = [alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names]
+    imported += [node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)]
+    assert [name for name in imported if name.split(".")[0] == "mlflow"] == []
+
+
+def test_the_protocol_of_a_version_tagged_before_evaluated_as():
+    assert evaluation_protocol("v2", 100, "validation", 3) == "v2.k100.validation.seed3"
+    assert protocol_of({"evaluated_as": "v2.k100.validation.seed3"}) == "v2.k100.validation.seed3"
+    assert protocol_of({"dataset_version": "v1", "k": "50"}) == "v1.k50.test.seed0"  # the old defaults
+    assert protocol_of({"test_nll": "80.1"}) == "?"  # matches no protocol: re-evaluated
+
+
+def test_the_nll_kind_of_a_version():
+    assert nll_kind({"nll_kind": "8bit", "bits_per_dim": "7.0 (binary)"}) == "8bit"
+    assert nll_kind({"bits_per_dim": "6.9830 (dequantized)"}) == "dequantized"
+    assert nll_kind({}) == "binary"

@@ -88,7 +88,7 @@ def test_param_space_maps_each_distribution_to_tune_and_draws_stay_in_range(tmp_
     from ray import tune
     from ray.tune.search.variant_generator import generate_variants
 
-    from vae.tune.search import param_space, trial_config
+    from vae.tune.space import param_space, trial_config
 
     config = load_pipeline("p", _write(tmp_path, """
         epochs: 3
@@ -121,7 +121,7 @@ def test_param_space_maps_each_distribution_to_tune_and_draws_stay_in_range(tmp_
 
 
 def test_a_draw_the_pipeline_refuses_is_one_line(tmp_path):
-    from vae.tune.search import trial_config
+    from vae.tune.space import trial_config
 
     config = load_pipeline("p", _write(tmp_path, "space: {latent_dim: {randint: [2, 4]}}"))
     with pytest.raises(ConfigError) as caught:
@@ -133,7 +133,7 @@ def test_a_search_draws_model_families(tmp_path):
     """prior and body are searchable; each draw builds that family."""
     from vae.models.families import LatentFamily
     from vae.models.model import VAE, build_model
-    from vae.tune.search import trial_config
+    from vae.tune.space import trial_config
 
     config = load_pipeline("p", _write(tmp_path, """
         space:

@@ -1,6 +1,6 @@
 """Which checkpoint `--resume` and early stopping pick, on real checkpoint files (no Ray started).
 
-The states are what vae.train.training writes (torch.save of a dict); only the fields these choices read
+The states are what vae.train.checkpoints writes (torch.save of a dict); only the fields these choices read
 are filled in.
 """
 
@@ -13,7 +13,8 @@ import torch
 from vae.config import DatasetConfig, PipelineConfig
 from vae.data.ingest import ingest
 from vae.models.model import CHECKPOINT_FILE
-from vae.train.training import latest_checkpoint, train
+from vae.train.checkpoints import latest_checkpoint
+from vae.train.driver import train
 
 
 def _checkpoint(folder, epoch: int, elbo: float, pipeline: str | None, when: float):

@@ -1,5 +1,5 @@
 """The validation IWAE bound L_k (training.validation_k, search.metric 'validation_iwae'), and the
-search's time budget across `--resume` (vae.tune.search.SearchBudget).
+search's time budget across `--resume` (vae.tune.trials.SearchBudget).
 
 L_k = log 1/k sum_i p(x, z_i)/q(z_i|x) rises to log p(x) as k grows (Burda et al. 2016, Eq. 8) and
 is at least the ELBO in expectation. With a one-dimensional latent, log p(x) = log ∫ p(x|z) p(z) dz
@@ -17,8 +17,12 @@ import torch
 from vae.config import DatasetConfig, ModelConfig, PipelineConfig, RegistryConfig, TrainingConfig
 from vae.models.model import build_model
 from vae.models.objectives import standard_normal_log_density
-from vae.train.training import WorkerPlan, _epoch_metrics, _validate, format_epoch
-from vae.tune.search import TRIAL_FILE, _best_trial, trial_config
+from vae.train.driver import format_epoch
+from vae.train.plan import WorkerPlan
+from vae.train.worker import _epoch_metrics, _validate
+from vae.tune.search import _best_trial
+from vae.tune.space import trial_config
+from vae.tune.trials import TRIAL_FILE
 
 D = 6
 
@@ -120,16 +124,16 @@ def test_the_search_budget_counts_across_a_resume_and_says_when_it_ran_out(tmp_p
     the budget (not Ctrl-C) ended it."""
     import pickle
 
-    from vae.tune import search as tuning
+    from vae.tune import trials
 
     clock = [100.0]
-    monkeypatch.setattr(tuning.time, "monotonic", lambda: clock[0])
-    budget = tuning.SearchBudget(str(tmp_path), seconds=60.0)
+    monkeypatch.setattr(trials.time, "monotonic", lambda: clock[0])
+    budget = trials.SearchBudget(str(tmp_path), seconds=60.0)
     assert budget.stop_all() is False  # the first check starts the clock
     clock[0] += 40.0
-    assert budget.stop_all() is False and not tuning.budget_used_up(tmp_path)
+    assert budget.stop_all() is False and not trials.budget_used_up(tmp_path)
     restored = pickle.loads(pickle.dumps(budget))  # interrupted, then `--resume`
     clock[0] += 3600.0  # away for an hour
     assert restored.stop_all() is False and restored.used == 40.0
     clock[0] += 25.0
-    assert restored.stop_all() is True and tuning.budget_used_up(tmp_path)
+    assert restored.stop_all() is True and trials.budget_used_up(tmp_path)

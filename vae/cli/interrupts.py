@@ -113,13 +113,13 @@ def on_interrupt(pipeline: str) -> None:
     INTERRUPTED.set()  # a training that fails from here on failed from this interrupt
 
     def mark_killed() -> None:
-        from vae.registry import store as registry
+        from vae.registry import runs as mlflow_runs
 
         for run_id in sorted(ACTIVE_RUNS):
             with contextlib.suppress(Exception):
                 # A SIGTERM to the whole process group reaches Ray's raylet too: a run whose training
                 # failed from it just before this handler ran is KILLED too.
-                if registry.kill_if_running(run_id, failed_within=FAILED_BY_INTERRUPT_SECONDS):
+                if mlflow_runs.kill_if_running(run_id, failed_within=FAILED_BY_INTERRUPT_SECONDS):
                     killed.append(run_id)
 
     try:

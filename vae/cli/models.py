@@ -82,9 +82,9 @@ def _checkpoint_of(model: str, binarize: str) -> tuple[Path, str]:
     """A checkpoint directory as given, or a registered model downloaded; with its binarisation."""
     if (Path(model) / "checkpoint.pt").exists():
         return Path(model), binarize
-    from vae.registry import store as registry
+    from vae.registry import versions
 
-    checkpoint, metadata = registry.download_model(model)
+    checkpoint, metadata = versions.download_model(model)
     return checkpoint, metadata["binarize"]
 
 
@@ -142,9 +142,9 @@ def card(
     """Print a registered version's model card (Markdown): data, model, training, evaluation, gate, use, limits."""
     quiet_logs(verbose)
     try:
-        from vae.registry import store as registry
+        from vae.registry import versions
 
-        name, version, text = registry.version_description(model)
+        name, version, text = versions.version_description(model)
     except VAEError as exc:
         fail(str(exc))
     if not text:

@@ -39,14 +39,14 @@ def load_model(model_uri: str, binarize: str = "threshold") -> ResolvedModel:
 
     An alias is resolved once: the job uses the version it pointed at, even if it moves meanwhile.
     """
-    from vae.registry import store as registry
+    from vae.registry import versions
     from vae.models.model import CHECKPOINT_FILE, read_checkpoint_state
 
-    name, version = registry.resolve_model_version(model_uri)
+    name, version = versions.resolve_model_version(model_uri)
     if (Path(model_uri) / CHECKPOINT_FILE).exists():
         checkpoint, metadata = Path(model_uri), {"binarize": binarize}
     else:
-        checkpoint, metadata = registry.download_model(f"models:/{name}/{version}" if name else model_uri)
+        checkpoint, metadata = versions.download_model(f"models:/{name}/{version}" if name else model_uri)
     state = read_checkpoint_state(checkpoint)
     shape = metadata.get("shape") or state.get("image_shape")
     return ResolvedModel(state, metadata["binarize"], name, version, tuple(int(s) for s in shape) if shape else None)

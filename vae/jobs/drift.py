@@ -13,7 +13,7 @@ line before the model is scored and Ray starts. The output is one Parquet file w
 each row with its lineage and the whole summary in the file's metadata (key `vae.jobs.drift`).
 
 MLflow: `log_check` records a check as a run of its own experiment (MODEL_NAME-drift) through the MLflow
-client of vae.registry.store; creating a run without a pipeline is the one MLflow call made here, not there.
+client of vae.registry.runs; creating a run without a pipeline is the one MLflow call made here, not there.
 """
 
 from __future__ import annotations
@@ -450,12 +450,12 @@ def log_check(result: DriftResult, experiment: str | None = None) -> str:
     """Record a check as an MLflow run of EXPERIMENT (default MODEL_NAME-drift): tags with the verdict and
     lineage, params, metrics, and the output, its histogram and its summary as artifacts; returns the run id.
 
-    vae.registry.store offers no run without a pipeline config, so the run is created here with its client.
+    vae.registry.runs offers no run without a pipeline config, so the run is created here with its client.
     """
-    from vae.registry import store as registry
+    from vae.registry import runs
     from vae.paths import artifacts_uri, tracking_uri
 
-    client = registry.client()
+    client = runs.client()
     name = experiment or f"{result.model_name or 'vae'}-drift"
     found = client.get_experiment_by_name(name)
     if found is None:
@@ -472,7 +472,7 @@ def log_check(result: DriftResult, experiment: str | None = None) -> str:
         "new_hash": result.new["content_hash"],
         "reference_dataset": f"{result.reference['dataset']}@{result.reference['version']}",
         "new_dataset": f"{result.new['dataset']}@{result.new['version']}",
-        "code_version": registry.code_version(),
+        "code_version": runs.code_version(),
     }
     run = client.create_run(experiment_id, run_name=f"drift-{result.new['dataset']}-{result.new['version']}", tags=tags)
     run_id = run.info.run_id
@@ -486,11 +486,11 @@ def log_check(result: DriftResult, experiment: str | None = None) -> str:
     }
     for key, value in params.items():
         client.log_param(run_id, key, str(value))
-    registry.log_metrics(run_id, metrics_of(result))
+    runs.log_metrics(run_id, metrics_of(result))
     with tempfile.TemporaryDirectory(prefix="vae-drift-") as folder:
         summary = Path(folder) / "drift.json"
         summary.write_text(json.dumps(result.to_dict(), indent=2))
         plot = plot_histograms(result.path, folder)
-        registry.log_artifacts(run_id, [(result.path, "drift"), (plot, "drift"), (summary, "drift")])
-    registry.end_run(run_id)
+        runs.log_artifacts(run_id, [(result.path, "drift"), (plot, "drift"), (summary, "drift")])
+    runs.end_run(run_id)
     return run_id

@@ -1,7 +1,7 @@
 """Stage 4, registration: the run's record (evaluation, dataset manifest, plots), then the model
 through the champion gate, re-scoring the champion on this run's data with this run's settings.
 
-Plain library code over vae.registry.store (MLflow); flows/register.py calls `register_run`.
+Plain library code over vae.registry.runs and vae.registry.versions (MLflow); flows/register.py calls `register_run`.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import torch
 
 from vae.evaluate import evaluation
 from vae.registry import plots
-from vae.registry import store as registry
+from vae.registry import runs, versions
 from vae.config import PipelineConfig
 from vae.data.datasets import load_split, read_manifest
 from vae.models.model import VAE, load_checkpoint
@@ -82,12 +82,12 @@ def register_run(
     dataset: dict[str, str],
     history: list[dict[str, float]],
     uri: str | None = None,
-) -> registry.Registration:
+) -> versions.Registration:
     """Log the evaluation summary, manifest and plots to the run, then register through the gate."""
     manifest = read_manifest(dataset["path"])
     split = summary["split"]
     summary = {**summary, "dataset_name": dataset.get("name")}
-    registry.log_metrics(
+    runs.log_metrics(
         run_id,
         {f"{split}_{k}": v for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)},
         uri,
@@ -105,16 +105,16 @@ def register_run(
         if summary.get("per_example") and Path(summary["per_example"]).exists():
             files.append((summary["per_example"], "evaluation"))
         files += [(figure, "plots") for figure in _figures(model, x, labels, manifest, history, staged)]
-        registry.log_artifacts(run_id, files, uri)
+        runs.log_artifacts(run_id, files, uri)
 
     def evaluate_champion(model_uri: str) -> float:
         """The champion's NLL on this run's dataset version, with this run's evaluation settings."""
-        directory, metadata = registry.download_model(model_uri, uri)
+        directory, metadata = versions.download_model(model_uri, uri)
         scored = evaluation.score_checkpoint(directory, dataset["path"], config.evaluation, metadata["binarize"])
         return scored.summary["nll"]
 
-    compared = registry.champion_version(config.registry.model_name, uri)  # what the gate will meet
-    registration = registry.register_model(
+    compared = versions.champion_version(config.registry.model_name, uri)  # what the gate will meet
+    registration = versions.register_model(
         config,
         run_id,
         checkpoint_dir,
@@ -125,21 +125,21 @@ def register_run(
         uri=uri,
         evaluate_champion=evaluate_champion,
     )
-    registry.describe_version(
+    versions.describe_version(
         registration.model_name,
         registration.version,
         card_tags(summary, history, registration, compared, model_epoch=int(state["epoch"])),
         lambda tags: model_card(config, registration, tags, manifest),
         uri,
     )
-    registry.end_run(run_id, "FINISHED", uri)
+    runs.end_run(run_id, "FINISHED", uri)
     return registration
 
 
 def card_tags(
     summary: dict[str, Any],
     history: list[dict],
-    registration: registry.Registration,
+    registration: versions.Registration,
     compared: str | None,
     model_epoch: int | None = None,
 ) -> dict[str, str]:
@@ -185,7 +185,7 @@ def _prior_text(model) -> str:
 
 
 def model_card(
-    config: PipelineConfig, registration: registry.Registration, tags: dict[str, str], manifest: dict
+    config: PipelineConfig, registration: versions.Registration, tags: dict[str, str], manifest: dict
 ) -> str:
     """The version's Markdown description: data, model, training, evaluation, gate, use and limits.
 

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from vae.registry.store import PythonModel, RequestError
+from vae.registry.pyfunc import PythonModel, RequestError
 
 if TYPE_CHECKING:
     import torch

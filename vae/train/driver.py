@@ -1,0 +1,239 @@
+"""Stage 2, training, on the driver: `train` fits the model with Ray Train's TorchTrainer over Ray
+Data shards (the loop on each worker is vae.train.worker's), with a checkpoint every `checkpoint_every`
+epochs, early stopping and a time budget, and returns the final (or best) checkpoint.
+
+Rank 0 sends each epoch's metrics to the driver, which prints one line (`format_epoch`) and hands
+them to an `on_epoch` callback; a non-finite loss in a worker becomes one TrainingDivergedError line.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vae.cluster import ensure_ray
+from vae.config import PipelineConfig
+from vae.data.datasets import DatasetRef, split_path
+from vae.errors import TrainingDivergedError, VAEError
+from vae.paths import checkpoints_dir, inside
+from vae.train.checkpoints import (
+    TrainResult,
+    already_trained,
+    best_checkpoint,
+    earlier_checkpoints,
+    latest_checkpoint,
+    state_header,
+)
+from vae.train.checks import check_inputs
+from vae.train.plan import WorkerPlan, worker_plan
+from vae.train.shards import ray_dataset
+from vae.train.worker import WorkerHooks, train_loop_per_worker
+
+_DIVERGED = re.compile(r"non-finite loss \([^)]*\) at epoch \d+, step \d+[^\n]*")
+
+
+@dataclass(frozen=True)
+class TrainingRun:
+    """The training stage's result: the MLflow run it is recorded in, the checkpoint and its history."""
+
+    run_id: str
+    checkpoint: str
+    epochs: int
+    history: list[dict[str, float]] = field(default_factory=list)
+    reused: bool = False  # a finished training of the same data and settings was reused
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def format_epoch(metrics: dict[str, float], epochs: int) -> str:
+    """The one progress line per epoch."""
+    return (
+        f"epoch {int(metrics['epoch']):>3}/{epochs}  train ELBO {metrics['train_elbo']:9.3f}  "
+        f"val ELBO {metrics['validation_elbo']:9.3f}  KL {metrics['train_kl']:7.3f}  "
+        + (f"val IWAE {metrics['validation_iwae']:9.3f}  " if "validation_iwae" in metrics else "")
+        + f"{metrics['samples_per_second']:8.0f} samples/s"
+    )
+
+
+def _follow_progress(
+    queue,
+    epochs: int,
+    stop: threading.Event,
+    echo: Callable[[str], None] | None,
+    on_epoch: Callable[[dict[str, float]], None] | None,
+    failures: list[str],
+) -> None:
+    """Driver-side thread: for each epoch rank 0 reports, print its line and call `on_epoch`.
+
+    The driver is the one place metrics arrive (e.g. one writer on a sqlite MLflow store). An
+    `on_epoch` that raises (a locked database) does not end the thread: the epoch is recorded in
+    `failures` and training goes on; `train` says afterwards what was not logged.
+    """
+    from ray.util.queue import Empty
+
+    while True:
+        try:
+            metrics = queue.get(timeout=0.5)
+        except Empty:
+            if stop.is_set():
+                return
+            continue
+        except Exception:  # the queue actor is gone: training has ended
+            return
+        if echo:
+            echo(format_epoch(metrics, epochs))
+        if on_epoch:
+            try:
+                on_epoch(metrics)
+            except Exception as exc:  # noqa: BLE001 - reported after fit: training must not stop for it
+                failures.append(f"epoch {int(metrics['epoch'])}: {type(exc).__name__}: {exc}".splitlines()[0])
+
+
+def _trainer(
+    plan: WorkerPlan,
+    dataset: DatasetRef,
+    name: str,
+    storage: Path,
+    workers: int,
+    use_gpu: bool,
+    loop_config: dict[str, Any],
+):
+    """A TorchTrainer over the train and validation splits, with checkpoint retention and failure policy."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    training = plan.training
+    # With early stopping, keep the best by validation ELBO (Ray always keeps the latest).
+    best = (
+        {"checkpoint_score_attribute": "validation_elbo", "checkpoint_score_order": "max"}
+        if training.early_stopping_patience
+        else {}
+    )
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=loop_config,
+        scaling_config=ScalingConfig(
+            num_workers=workers,
+            use_gpu=use_gpu,
+            resources_per_worker={"CPU": training.cpus_per_worker, **({"GPU": 1} if use_gpu else {})},
+        ),
+        run_config=RunConfig(
+            name=name,
+            storage_path=str(storage),
+            failure_config=FailureConfig(max_failures=training.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=training.checkpoints_to_keep, **best),
+        ),
+        datasets={
+            "train": ray_dataset(split_path(dataset.path, "train"), shuffle=True),
+            "validation": ray_dataset(split_path(dataset.path, "validation")),
+        },
+    )
+
+
+def _fit(trainer, progress, epochs: int, echo, on_epoch, staging: Path):
+    """trainer.fit() with the progress thread; a diverged run becomes one TrainingDivergedError line."""
+    import ray
+
+    stop = threading.Event()
+    follower = None
+    failures: list[str] = []
+    if progress is not None:
+        follower = threading.Thread(
+            target=_follow_progress, args=(progress, epochs, stop, echo, on_epoch, failures), daemon=True
+        )
+        follower.start()
+    try:
+        return trainer.fit()
+    except Exception as exc:  # Ray wraps worker errors; surface ours as one line
+        match = _DIVERGED.search(str(exc)) or _DIVERGED.search(repr(exc.__cause__))
+        if match:
+            raise TrainingDivergedError(f"training diverged: {match.group(0)}") from None
+        raise
+    finally:
+        if follower is not None:
+            stop.set()  # the thread drains what is queued, then ends
+            follower.join(timeout=60)
+            ray.kill(progress.actor)
+        shutil.rmtree(staging, ignore_errors=True)  # what a killed worker left half-written
+        if failures:
+            line = f"metrics of {len(failures)} epoch(s) were not recorded by on_epoch; the first: {failures[0]}"
+            if echo:
+                echo(f"warning: {line}")
+            else:
+                logging.getLogger(__name__).warning(line)
+
+
+def train(
+    config: PipelineConfig,
+    dataset: DatasetRef,
+    *,
+    run_id: str | None = None,
+    on_epoch: Callable[[dict[str, float]], None] | None = None,
+    workers: int | None = None,
+    use_gpu: bool | None = None,
+    resume_from: str | None = None,
+    resume: bool = False,
+    storage_path: str | Path | None = None,
+    echo: Callable[[str], None] | None = print,
+    hooks: WorkerHooks | None = None,
+) -> TrainResult:
+    """Fit the VAE with Ray Train's TorchTrainer; returns the final (or, with early stopping, best) checkpoint.
+
+    `on_epoch(metrics)` is called on the driver after every epoch (the flow logs them to MLflow);
+    `run_id` names the run's checkpoint folder. `resume` continues from the newest checkpoint of
+    this pipeline's earlier runs; `resume_from` from a given checkpoint directory. Raises
+    TrainingDivergedError (epoch, step) if the loss becomes non-finite.
+    """
+    import ray
+    import ray.data
+    from ray.util.queue import Queue
+
+    training = config.training
+    storage = Path(storage_path or checkpoints_dir())
+    if resume and resume_from is None:
+        resume_from = latest_checkpoint(config.name, storage)
+        if resume_from is None:
+            raise VAEError(f"--resume: no checkpoint of pipeline '{config.name}' under {storage}")
+        if echo:
+            echo(f"resuming from {resume_from}")
+    manifest = check_inputs(config, dataset)  # the manifest, read once: the checks and the workers' plan
+    if resume_from is not None:
+        done = already_trained(training, resume_from)
+        if done is not None:
+            if echo:
+                echo(
+                    f"{resume_from}: already trained {done.epochs}/{training.epochs} epochs (raise training.epochs to go on)"
+                )
+            return done
+    num_workers = workers or training.workers
+    ensure_ray(num_workers * training.cpus_per_worker)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    wants_gpu = training.use_gpu if use_gpu is None else use_gpu
+    use_gpu = wants_gpu and ray.cluster_resources().get("GPU", 0) > 0
+    if wants_gpu and not use_gpu and echo:
+        echo("training.use_gpu is set but the Ray cluster has no GPU: training on CPU workers")
+    name = f"{config.name}-{run_id or time.strftime('%Y%m%d-%H%M%S')}"
+    inside(storage, name)  # names come from a file: every path must stay under storage
+    staging = inside(storage, ".staging", name)
+    plan = worker_plan(config, manifest, num_workers, staging, resume_from)
+    progress = Queue(actor_options={"num_cpus": 0}) if echo or on_epoch else None
+    trainer = _trainer(
+        plan, dataset, name, storage, num_workers, use_gpu, {"plan": plan, "progress": progress, "hooks": hooks}
+    )
+    result = _fit(trainer, progress, training.epochs, echo, on_epoch, staging)
+    if result.checkpoint is None:
+        raise VAEError(f"training run '{name}' finished without a checkpoint")
+    state = state_header(result.checkpoint.path)  # its epoch and history; the weights are not read
+    chosen = result.checkpoint.path
+    if training.early_stopping_patience and result.best_checkpoints:
+        found = [(checkpoint.path, metrics.get("validation_elbo")) for checkpoint, metrics in result.best_checkpoints]
+        chosen = best_checkpoint(found + earlier_checkpoints(resume_from))
+    return TrainResult(checkpoint=chosen, epochs=int(state["epoch"]), history=list(state["history"]))
