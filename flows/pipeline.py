@@ -20,25 +20,25 @@ def pipeline_flow(
     gpu: bool | None = None,
     resume: bool = False,
     force: bool = False,
+    session: str | None = None,
 ) -> dict:
     """Run every stage; each passes references (paths, run ids, URIs) to the next.
 
     Unchanged data and settings reuse the finished training (cached on the content hash);
-    `force` trains again. Returns the whole record as plain JSON-able values.
+    `force` trains again. `session`: `vae run`'s token for its interrupt handler (flows.train).
+    Returns the whole record as plain JSON-able values.
     """
     seconds: dict[str, float] = {}
-    clock = time.perf_counter()
+    clock = [time.perf_counter()]
 
     def lap(stage: str) -> None:
-        nonlocal clock
-        seconds[stage] = round(time.perf_counter() - clock, 3)
-        clock = time.perf_counter()
+        seconds[stage], clock[0] = round(time.perf_counter() - clock[0], 3), time.perf_counter()
 
     # The file is read once: editing pipelines.yaml during an hour of training changes nothing here.
     settings = config.load_pipeline(pipeline, pipelines_file)
     dataset = ingest_flow(settings)
     lap("ingest")
-    trained = train_flow(settings, dataset, workers, gpu, resume, force)
+    trained = train_flow(settings, dataset, workers, gpu, resume, force, session)
     lap("train")
     summary = evaluate_flow(settings, trained.checkpoint, dataset)
     lap("evaluate")

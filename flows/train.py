@@ -4,8 +4,6 @@ Cached (flows/cache_keys.py): unchanged data and settings reuse the finished run
 flow that crashed after training reruns without training again.
 """
 
-import threading
-
 from prefect import flow, task
 from prefect.tasks import exponential_backoff
 
@@ -17,13 +15,6 @@ from vae.registry import runs
 from vae.train import checkpoints, checks, driver
 from vae.config import PipelineConfig
 from vae.data.datasets import DatasetRef
-
-# MLflow runs this process started or continued; an interrupt marks those still RUNNING as KILLED.
-ACTIVE_RUNS: set[str] = set()
-# Set by `vae run`'s interrupt handler before it stops anything: the handler stops Ray's workers (and a
-# SIGTERM to the process group reaches Ray's raylet too), so training fails from it in this thread;
-# such a run is KILLED, not FAILED.
-INTERRUPTED = threading.Event()
 
 
 @task(name="start-mlflow-run", **cached(training_key), retries=3, retry_delay_seconds=exponential_backoff(2))
@@ -43,20 +34,21 @@ def train_task(settings: PipelineConfig, dataset: DatasetRef, run_id: str, worke
         result = driver.train(settings, dataset, run_id=run_id, workers=workers, use_gpu=gpu, resume=resume,
                               on_epoch=log_epoch)  # fmt: skip
     except Exception:
-        if not INTERRUPTED.is_set():
-            runs.end_run(run_id, "FAILED")
+        runs.fail_if_running(run_id)  # not a run `vae run`'s interrupt handler marked KILLED meanwhile
         raise
     return {"checkpoint": result.checkpoint, "epochs": result.epochs, "history": result.history}
 
 
 @flow(name="train")
 def train_flow(settings: PipelineConfig, dataset: DatasetRef, workers: int | None = None, gpu: bool | None = None,
-               resume: bool = False, force: bool = False) -> driver.TrainingRun:  # fmt: skip
-    """Train on an ingested dataset; `force` trains again even when the same training exists."""
+               resume: bool = False, force: bool = False, session: str | None = None) -> driver.TrainingRun:  # fmt: skip
+    """Train on an ingested dataset; `force` trains again even when the same training exists. `session`: the
+    token `vae run` tags the MLflow run with, so that its interrupt handler can mark that run KILLED."""
     fresh = force or resume
     checks.check_inputs(settings, dataset)  # bad data or networks: one line, no MLflow run, no Ray
     run_id, _ = run_cached(start_run_task, settings, dataset, workers, gpu, force=fresh, still_valid=runs.run_exists)
-    ACTIVE_RUNS.add(run_id)  # `vae run` marks it KILLED if interrupted before it ends
+    if session:
+        runs.set_tags(run_id, {runs.SESSION_TAG: session})
     arguments = (settings, dataset, run_id, workers, gpu, resume)
     trained, reused = run_cached(train_task, *arguments, force=fresh, still_valid=lambda done: checkpoints.is_checkpoint(done["checkpoint"]))  # fmt: skip
     if reused:

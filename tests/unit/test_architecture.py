@@ -182,3 +182,14 @@ def test_no_module_of_the_library_is_over_a_screenful_of_purpose():
         if (lines := len(path.read_text().splitlines())) > MAX_LINES
     }
     assert long == {}
+
+
+def test_flows_are_thin():
+    """A module of flows/ that defines a flow stays a screenful; its Prefect plumbing (results, deployments,
+    the local server, artifacts) lives beside it, and the work in vae/."""
+    long = {
+        str(path.relative_to(ROOT)): lines
+        for path in (ROOT / "flows").glob("*.py")
+        if "@flow" in (text := path.read_text()) and (lines := len(text.splitlines())) > 60
+    }
+    assert long == {}

@@ -10,8 +10,8 @@ import sys
 
 import typer
 
-# Each module registers its commands on `app`; this order is the order of `vae --help`.
-from vae.cli import run, models, data, jobs, batch, drift, tune  # noqa: F401  isort: skip
+# One module per group of `vae --help` (its panel); each registers its commands on `app`, in this order.
+from vae.cli import pipelines, data, models, jobs  # noqa: F401  isort: skip
 from vae.cli.app import app, environment_error
 
 __all__ = ["app", "main"]

@@ -52,7 +52,7 @@ def _shape(manifest: dict) -> str:
     return "x".join(str(s) for s in manifest.get("shape", []))
 
 
-@app.command()
+@app.command(rich_help_panel="Data")
 def ingest(
     source: Annotated[
         str,
@@ -133,7 +133,7 @@ def ingest(
     typer.echo(f"path          {ref.path}")
 
 
-@app.command()
+@app.command(rich_help_panel="Data")
 def datasets(
     as_json: Annotated[bool, typer.Option("--json", help="Print the manifests as one JSON list.")] = False,
 ) -> None:

@@ -93,13 +93,15 @@ def _stop_processes(pids: list[int], grace: float = 5.0) -> None:
 FAILED_BY_INTERRUPT_SECONDS = 30.0
 
 
-def on_interrupt(pipeline: str) -> None:
-    """Ctrl-C or SIGTERM during `vae run`: mark the MLflow run KILLED, stop Ray and the Prefect server,
-    remove the checkpoint staging folder, one line, exit 130. The next `vae run` resumes.
+def on_interrupt(pipeline: str, session: str) -> None:
+    """Ctrl-C or SIGTERM during `vae run`: mark the MLflow runs of this run's `session` KILLED (the token
+    run_pipeline passed to the flow, which tagged them), stop Ray and the Prefect server, remove the
+    checkpoint staging folder, one line, exit 130. The next `vae run` resumes.
 
-    Nothing else may end the process first: the interrupt is recorded before anything is stopped, the
-    raylet is frozen rather than killed (its end would make Ray exit this process with code 1), and
-    whatever fails in here still ends in the line and exit 130.
+    Nothing else may end the process first: the raylet is frozen rather than killed (its end would make
+    Ray exit this process with code 1), and whatever fails in here still ends in the line and exit 130.
+    A training that fails from the stopped workers before its run is marked KILLED marks it FAILED, and
+    this makes it KILLED (FAILED_BY_INTERRUPT_SECONDS); one that fails after finds it KILLED and leaves it.
     """
     import signal
     import threading
@@ -108,14 +110,14 @@ def on_interrupt(pipeline: str) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     killed: list[str] = []
 
-    from flows.train import ACTIVE_RUNS, INTERRUPTED
-
-    INTERRUPTED.set()  # a training that fails from here on failed from this interrupt
-
     def mark_killed() -> None:
         from vae.registry import runs as mlflow_runs
 
-        for run_id in sorted(ACTIVE_RUNS):
+        try:
+            opened = mlflow_runs.runs_of_session(session)
+        except Exception:  # the store unreachable: the line still says no run was marked
+            return
+        for run_id in opened:
             with contextlib.suppress(Exception):
                 # A SIGTERM to the whole process group reaches Ray's raylet too: a run whose training
                 # failed from it just before this handler ran is KILLED too.
@@ -197,10 +199,13 @@ def run_pipeline(pipeline: str, file: Path, workers, gpu, resume: bool, force: b
     """The pipeline flow on this run's own Prefect server (unless PREFECT_API_URL names one)."""
     import signal
 
+    import secrets
+
     keep_sigterm_from_ray()
+    session = secrets.token_hex(8)  # the flow tags this run's MLflow runs with it; the handler finds them by it
     for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: on_interrupt(pipeline))
-    arguments = (pipeline, str(file.resolve()), workers, gpu, resume, force)
+        signal.signal(signum, lambda *_: on_interrupt(pipeline, session))
+    arguments = (pipeline, str(file.resolve()), workers, gpu, resume, force, session)
     if os.environ.get("PREFECT_API_URL"):
         from flows.pipeline import pipeline_flow
 

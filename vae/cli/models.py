@@ -24,7 +24,7 @@ from vae.cli.app import (
 from vae.errors import VAEError
 
 
-@app.command()
+@app.command(rich_help_panel="Models")
 def evaluate(
     model: ModelArgument,
     dataset: DatasetOption,
@@ -134,7 +134,7 @@ def _print_summary(summary: dict) -> None:
     typer.echo(f"per-example   {summary['per_example']}")
 
 
-@app.command()
+@app.command(rich_help_panel="Models")
 def card(
     model: Annotated[str, typer.Argument(help="models:/NAME@ALIAS or models:/NAME/VERSION.")],
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show MLflow logs.")] = False,

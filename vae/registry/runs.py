@@ -216,6 +216,32 @@ def end_run(run_id: str, status: str = "FINISHED", uri: str | None = None) -> No
     client(uri).set_terminated(run_id, status)
 
 
+SESSION_TAG = "vae.session"  # the `vae run` process that opened or continued the run (its interrupt handler's key)
+
+
+def runs_of_session(session: str, uri: str | None = None) -> list[str]:
+    """The runs a `vae run` process tagged with its session token that are RUNNING or FAILED: what its
+    interrupt handler marks KILLED (kill_if_running decides each)."""
+    mlflow_client = client(uri)
+    experiments = [e.experiment_id for e in mlflow_client.search_experiments()]
+    if not experiments:
+        return []
+    found = mlflow_client.search_runs(
+        experiments, filter_string=f"tags.`{SESSION_TAG}` = '{session}' and attributes.status != 'FINISHED'"
+    )
+    return sorted(run.info.run_id for run in found)
+
+
+def fail_if_running(run_id: str, uri: str | None = None) -> bool:
+    """Mark a run whose training raised FAILED, unless it already ended: a run an interrupt handler
+    marked KILLED meanwhile stays KILLED."""
+    mlflow_client = client(uri)
+    if mlflow_client.get_run(run_id).info.status != "RUNNING":
+        return False
+    mlflow_client.set_terminated(run_id, "FAILED")
+    return True
+
+
 def kill_if_running(run_id: str, uri: str | None = None, failed_within: float | None = None) -> bool:
     """Mark an interrupted run KILLED (a run that finished before, e.g. a reused one, stays as it is).
     With `failed_within` (seconds), a run that FAILED that recently is taken to have failed from the
