@@ -64,6 +64,24 @@ def wait_until_answers(
             time.sleep(interval)
 
 
+def detach_api_logs() -> None:
+    """Send the flow-run logs still queued to the server, then stop sending any: a log line emitted after
+    the server stops (Ray's workers, `--verbose`) would make Prefect's log worker retry against a closed
+    port at exit, for about a minute ("--- Error logging to API ---")."""
+    if "prefect.logging.handlers" not in sys.modules:
+        return
+    import logging
+
+    from prefect.logging.handlers import APILogHandler, APILogWorker
+
+    with contextlib.suppress(Exception):
+        APILogWorker.drain_all(timeout=5)
+    for logger in [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]:
+        for handler in list(getattr(logger, "handlers", [])):
+            if isinstance(handler, APILogHandler):
+                logger.removeHandler(handler)
+
+
 @contextlib.contextmanager
 def local_server(timeout: float = 180) -> Iterator[str]:
     """Start the ephemeral API server on 127.0.0.1; yields its API URL; stops it on exit."""
@@ -107,6 +125,7 @@ def local_server(timeout: float = 180) -> Iterator[str]:
         wait_until_answers(f"{url}/health", "the local Prefect server", timeout, process, last_line)
         yield url
     finally:
+        detach_api_logs()
         process.terminate()
         try:
             process.wait(timeout=10)

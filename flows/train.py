@@ -1,8 +1,6 @@
-"""Stage 2: fit the VAE with Ray Train; returns the MLflow run, the checkpoint and its history.
-
-Cached (flows/cache_keys.py): unchanged data and settings reuse the finished run and say so; a
-flow that crashed after training reruns without training again.
-"""
+"""Stage 2: fit the VAE with Ray Train; returns the MLflow run, the checkpoint and its history. Cached
+(flows/cache_keys.py): unchanged data and settings reuse the finished run and say so; a flow that crashed
+after training reruns without training again."""
 
 from prefect import flow, task
 from prefect.tasks import exponential_backoff
@@ -20,6 +18,11 @@ from vae.data.datasets import DatasetRef
 @task(name="start-mlflow-run", **cached(training_key), retries=3, retry_delay_seconds=exponential_backoff(2))
 def start_run_task(settings: PipelineConfig, dataset: DatasetRef, workers: int | None, gpu: bool | None) -> str:
     return runs.start_run(settings, dataset.to_dict())
+
+
+@task(name="claim-mlflow-run", retries=3, retry_delay_seconds=exponential_backoff(2))
+def claim_task(run_id: str, session: str | None) -> None:
+    runs.claim_run(run_id, session)
 
 
 @task(name="train", **cached(training_key))  # no retries: a diverged run must not be silently rerun
@@ -45,10 +48,9 @@ def train_flow(settings: PipelineConfig, dataset: DatasetRef, workers: int | Non
     """Train on an ingested dataset; `force` trains again even when the same training exists. `session`: the
     token `vae run` tags the MLflow run with, so that its interrupt handler can mark that run KILLED."""
     fresh = force or resume
-    checks.check_inputs(settings, dataset)  # bad data or networks: one line, no MLflow run, no Ray
+    checks.check_inputs(settings, dataset)  # bad data or networks: one line, no MLflow run, no training
     run_id, _ = run_cached(start_run_task, settings, dataset, workers, gpu, force=fresh, still_valid=runs.run_exists)
-    if session:
-        runs.set_tags(run_id, {runs.SESSION_TAG: session})
+    claim_task(run_id, session)  # KILLED by an interrupt before: RUNNING again, under this session's token
     arguments = (settings, dataset, run_id, workers, gpu, resume)
     trained, reused = run_cached(train_task, *arguments, force=fresh, still_valid=lambda done: checkpoints.is_checkpoint(done["checkpoint"]))  # fmt: skip
     if reused:

@@ -5,10 +5,12 @@ The one place that calls `ray.init`; training, evaluation and embedding all ask 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import secrets
 import sys
+import threading
 
 from vae.paths import ray_address
 
@@ -32,6 +34,9 @@ def prepare_local_ray() -> None:
     os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
 
 
+_STARTING = threading.Lock()  # `vae run` starts Ray in a thread of its own while Prefect starts (vae.cli.interrupts)
+
+
 def ensure_ray(training_cpus: int = 0) -> None:
     """Connect to $RAY_ADDRESS, or start a quiet local Ray on 127.0.0.1 (token auth: `prepare_local_ray`).
 
@@ -40,8 +45,32 @@ def ensure_ray(training_cpus: int = 0) -> None:
     """
     import ray
 
-    if ray.is_initialized():
-        return
+    with _STARTING:  # a second caller waits for the first's Ray, then finds it
+        if not ray.is_initialized():
+            _start_ray(training_cpus)
+
+
+def wait_for_ray_start(timeout: float) -> None:
+    """Return once no thread is inside `ensure_ray` (or after `timeout` seconds): a process that exits while
+    another thread starts Ray would run Ray's exit handler beside its start."""
+    if _STARTING.acquire(timeout=timeout):
+        _STARTING.release()
+
+
+def _start_ray(training_cpus: int) -> None:
+    import ray
+
+    try:
+        _init_ray(training_cpus)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            ray.shutdown()  # what a failed start left running: the next call starts clean
+        raise
+
+
+def _init_ray(training_cpus: int) -> None:
+    import ray
+
     address = ray_address()
     verbose = os.environ.get("VAE_VERBOSE") == "1"
     if not verbose:

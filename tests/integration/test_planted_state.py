@@ -91,6 +91,26 @@ def test_tune_resume_refuses_a_planted_search_state(tmp_path, signed):
     assert sorted((p.relative_to(folder), p.stat().st_mtime_ns) for p in folder.rglob("*")) == before
 
 
+def test_tune_resume_refuses_a_search_saved_by_an_earlier_version_in_one_line(tmp_path):
+    """A search this user signed, but saved before vae's stage packages (no state_format in its record):
+    Tune's pickles name vae.tuning's classes, which this version has not; refused before any is opened."""
+    path = tmp_path / "pipelines.yaml"
+    path.write_text(PIPELINES.replace("planted", "earlier"))
+    dataset = ingest(load_pipeline("earlier", path).dataset)
+    folder = tuning.searches_dir("earlier") / time.strftime("%Y%m%d-%H%M%S")
+    (folder / "ray").mkdir(parents=True)
+    record = {"pipeline": "earlier", "parent_run_id": "0" * 32, "dataset": dataset.to_dict(), "status": "running"}
+    (folder / tuning.SEARCH_FILE).write_text(json.dumps(record))
+    (folder / "ray" / "tuner.pkl").write_bytes(pickle.dumps({"state": "of an earlier version"}))
+    integrity.sign_tree(folder / "ray", folder / tuning.STATE_SIGNATURE)
+    result = CliRunner().invoke(app, ["tune", "earlier", "--file", str(path), "--resume"])
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines() == [
+        f"error: --resume: the search at {folder} was saved by an earlier version of vae, whose Tune state "
+        "this version cannot load; start a new search (without --resume)"
+    ]
+
+
 def test_evaluate_refuses_a_checkpoint_that_is_a_code_running_pickle(tmp_path):
     ingest(load_pipeline("digits").dataset)
     marker = tmp_path / "payload-ran"

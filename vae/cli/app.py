@@ -27,7 +27,7 @@ app = typer.Typer(
 
 PipelinesFile = Annotated[Path, typer.Option("--file", "-f", help="The pipelines file.", show_default=True)]
 
-# What the commands that read a model share: embed (vae.cli.jobs), score and sample (vae.cli.batch), evaluate.
+# What the commands that read a model share: embed (vae.cli.jobs), score and sample (vae.cli.jobs), evaluate.
 ModelArgument = Annotated[
     str, typer.Argument(help="models:/NAME@ALIAS, models:/NAME/VERSION, runs:/ID/model, or a checkpoint directory.")
 ]

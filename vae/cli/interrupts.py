@@ -159,8 +159,8 @@ def in_thread(function, *args) -> Any:
     Off the main thread, Ray Train installs no SIGINT handler of its own (it would swallow Ctrl-C
     into a slow "graceful abort" and a silent exit 1).
 
-    The thread does not end when `function` does: the local Ray is started from it, with
-    PR_SET_PDEATHSIG, which the kernel fires when the *thread* that started a process ends. Were it
+    The thread does not end when `function` does: the local Ray may be started from it (when
+    start_services_early's thread has not started it first), with PR_SET_PDEATHSIG, which the kernel fires when the *thread* that started a process ends. Were it
     to end, the raylet would be killed under this process's own Ray connection, and Ray would end
     the process with exit code 1 before an error line or an interrupt's exit 130.
     """
@@ -186,6 +186,42 @@ def in_thread(function, *args) -> Any:
     return outcome["result"]
 
 
+def start_services_early(training_cpus: int):
+    """While `vae run` waits for its Prefect server, start what the flow will ask for anyway, each in a
+    thread of its own: a new sqlite MLflow store's tables (vae.registry.runs.prepare_store), and a local
+    Ray sized for the pipeline's training workers, in a parked thread (the processes it starts must
+    outlive it, see in_thread; not with $RAY_ADDRESS: connecting is quick). A failure here is left for the
+    flow to meet again with its own one-line error; vae.cluster.ensure_ray makes the flow's call wait for
+    this one. Returns the function that waits for the MLflow store (call it before the flow starts)."""
+    import threading
+
+    from vae.paths import ray_address
+
+    store_ready = threading.Event()
+
+    def store_up() -> None:
+        try:
+            from vae.registry import runs
+
+            runs.prepare_store()
+        except Exception:  # the flow's own first MLflow call meets it again and reports it
+            pass
+        finally:
+            store_ready.set()
+
+    def ray_up() -> None:
+        with contextlib.suppress(BaseException):
+            from vae.cluster import ensure_ray
+
+            ensure_ray(training_cpus)
+        threading.Event().wait()  # parked until the process exits (a daemon thread)
+
+    threading.Thread(target=store_up, name="vae-mlflow-store", daemon=True).start()
+    if not ray_address():
+        threading.Thread(target=ray_up, name="vae-ray", daemon=True).start()
+    return lambda: store_ready.wait(timeout=120)
+
+
 def keep_sigterm_from_ray() -> None:
     """Ray's C++ failure-signal handler, installed when this process connects to Ray, would replace
     ours for SIGTERM (the process then aborts: no KILLED run, no line, exit -6). Off for this process
@@ -195,8 +231,11 @@ def keep_sigterm_from_ray() -> None:
     ray_constants.RAY_DISABLE_FAILURE_SIGNAL_HANDLER = True
 
 
-def run_pipeline(pipeline: str, file: Path, workers, gpu, resume: bool, force: bool) -> dict[str, Any]:
-    """The pipeline flow on this run's own Prefect server (unless PREFECT_API_URL names one)."""
+def run_pipeline(
+    pipeline: str, file: Path, workers, gpu, resume: bool, force: bool, training_cpus: int = 0
+) -> dict[str, Any]:
+    """The pipeline flow on this run's own Prefect server (unless PREFECT_API_URL names one); Ray and the
+    MLflow store start while that server does (`start_services_early`, for `training_cpus`)."""
     import signal
 
     import secrets
@@ -212,11 +251,16 @@ def run_pipeline(pipeline: str, file: Path, workers, gpu, resume: bool, force: b
         return in_thread(pipeline_flow, *arguments)
     from flows.local_server import local_server
 
+    from vae.cluster import wait_for_ray_start
+
+    store_ready = start_services_early(training_cpus)
     with local_server() as api_url:
         os.environ["PREFECT_API_URL"] = api_url  # before Prefect is imported: every thread of it sees the URL
         try:
             from flows.pipeline import pipeline_flow
 
+            store_ready()
             return in_thread(pipeline_flow, *arguments)
         finally:
             os.environ.pop("PREFECT_API_URL", None)
+            wait_for_ray_start(timeout=60)  # a flow that failed early (bad data) ends after Ray's start, not during it

@@ -67,7 +67,7 @@ def run(
     """Run a pipeline end to end as a Prefect flow: ingest, train, evaluate, register."""
     quiet_logs(verbose)
     try:
-        load_pipeline(pipeline, file)  # validate before any service starts
+        settings = load_pipeline(pipeline, file)  # validate before any service starts
     except VAEError as exc:
         fail(str(exc))
     from vae.paths import vae_home
@@ -77,7 +77,8 @@ def run(
         check_writable_dir(Path(os.environ.get("PREFECT_HOME") or "~/.prefect").expanduser(), "PREFECT_HOME")
     try:
         with json_stdout(as_json):
-            result = run_pipeline(pipeline, file, workers, gpu, resume, force)
+            training_cpus = (workers or settings.training.workers) * settings.training.cpus_per_worker
+            result = run_pipeline(pipeline, file, workers, gpu, resume, force, training_cpus)
     except VAEError as exc:
         fail(str(exc))
     if as_json:

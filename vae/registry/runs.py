@@ -32,14 +32,24 @@ from vae.errors import RegistryError
 from vae.paths import artifacts_uri, tracking_uri
 
 
-def _quiet() -> None:
+def quiet_logs() -> None:
+    """MLflow's, alembic's (the store's migrations) and urllib3's loggers: warnings only."""
     for name in ("mlflow", "alembic", "urllib3"):
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
+def prepare_store(uri: str | None = None) -> None:
+    """Create and migrate a new sqlite tracking store (what the first client call would do), quietly
+    and without touching the process's MLflow settings: `vae run` does it while its Prefect server starts."""
+    uri = uri or tracking_uri()
+    if uri.startswith("sqlite:"):
+        quiet_logs()
+        MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+
+
 def client(uri: str | None = None):
     """An MlflowClient on the tracking store (sqlite under VAE_HOME unless MLFLOW_TRACKING_URI is set)."""
-    _quiet()
+    quiet_logs()
     uri = uri or tracking_uri()
     exported = os.environ.get("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(uri)  # for the fluent API (log_model); it also exports the URI...
@@ -217,6 +227,17 @@ def end_run(run_id: str, status: str = "FINISHED", uri: str | None = None) -> No
 
 
 SESSION_TAG = "vae.session"  # the `vae run` process that opened or continued the run (its interrupt handler's key)
+
+
+def claim_run(run_id: str, session: str | None, uri: str | None = None) -> None:
+    """A `vae run` takes over its pipeline's MLflow run: tagged with its session token (what its interrupt
+    handler looks for), and RUNNING again if an earlier interrupt or failure ended it (this run continues
+    it: registration marks it FINISHED). A FINISHED run stays FINISHED."""
+    mlflow_client = client(uri)
+    if session:
+        mlflow_client.set_tag(run_id, SESSION_TAG, session)
+    if mlflow_client.get_run(run_id).info.status in ("KILLED", "FAILED"):
+        mlflow_client.update_run(run_id, status="RUNNING")
 
 
 def runs_of_session(session: str, uri: str | None = None) -> list[str]:

@@ -99,10 +99,10 @@ def ray_dataset(path: str, shuffle: bool = False):
 
     metadata = pq.ParquetFile(path).metadata
     in_memory = sum(metadata.row_group(i).total_byte_size for i in range(metadata.num_row_groups))
-    if in_memory < ray.data.DataContext.get_current().target_max_block_size:
+    if in_memory < (ray.data.DataContext.get_current().target_max_block_size or 0):
         dataset = ray.data.from_arrow(pq.read_table(path))
     else:
         dataset = ray.data.read_parquet(path)
         if os.path.getsize(path) < MATERIALIZE_BELOW_BYTES:
             dataset = dataset.materialize()  # read once into the object store, not every epoch
-    return dataset.randomize_block_order() if shuffle else dataset  # shuffle: new row-group order every epoch
+    return dataset.randomize_block_order() if shuffle else dataset  # a new block order every epoch (of several)

@@ -48,6 +48,9 @@ from vae.user_code import code_dirs
 
 SEARCH_FILE = "search.json"
 STATE_SIGNATURE = "state.sig"  # the HMAC of every file of Tune's experiment (`ray/`), written when the search stops
+# Tune pickles the trial function and callbacks by module path: a search whose record names another state
+# format (one saved by vae before its stage packages, with vae.tuning's classes) cannot be restored.
+STATE_FORMAT = 2
 
 
 class SearchInterrupted(VAEError):
@@ -198,6 +201,11 @@ def _start_or_resume(
         record = json.loads((folder / SEARCH_FILE).read_text())
         if record.get("status") != "done":  # Tune's pickles are opened only when this user signed them
             integrity.verify_tree(folder / "ray", folder / STATE_SIGNATURE)
+            if record.get("state_format") != STATE_FORMAT:
+                raise VAEError(
+                    f"--resume: the search at {folder} was saved by an earlier version of vae, whose Tune state "
+                    "this version cannot load; start a new search (without --resume)"
+                )
         if record.get("dataset", {}).get("content_hash") != dataset.content_hash:
             raise VAEError(
                 f"--resume: the search at {folder} ran on dataset version {record['dataset']['version']}, "
@@ -215,6 +223,7 @@ def _start_or_resume(
         "dataset": dataset.to_dict(),
         "status": "running",
         "budget": budget,
+        "state_format": STATE_FORMAT,
     }
     write_json(folder / SEARCH_FILE, record)
     return folder, record, False
@@ -338,11 +347,3 @@ def _finish(config, dataset, folder, record, results, runs, uri, echo, started) 
     )
     write_json(folder / SEARCH_FILE, {**record, "status": "done", "result": result.to_dict()})
     return result
-
-
-def __getattr__(name: str):
-    """`vae.tune.search.TrialRuns` and `.SearchBudget`: where Tune's pickles of a search started before
-    these classes moved to vae.tune.trials look for them, so that such a search still resumes."""
-    if name in ("TrialRuns", "SearchBudget"):
-        return getattr(tune_trials, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
