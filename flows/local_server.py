@@ -84,7 +84,17 @@ def detach_api_logs() -> None:
 
 @contextlib.contextmanager
 def local_server(timeout: float = 180) -> Iterator[str]:
-    """Start the ephemeral API server on 127.0.0.1; yields its API URL; stops it on exit."""
+    """Start the ephemeral API server on 127.0.0.1; yields its API URL once it answers; stops it on exit."""
+    with starting_local_server(timeout) as (url, answering):
+        answering()
+        yield url
+
+
+@contextlib.contextmanager
+def starting_local_server(timeout: float = 180) -> Iterator[tuple[str, Callable[[], None]]]:
+    """Start the ephemeral API server on 127.0.0.1; yields its API URL at once, with the function that
+    waits until it answers (one VAEError line if it does not within `timeout`): the caller can set
+    PREFECT_API_URL and import Prefect and its flows while the server starts. Stops it on exit."""
     import importlib.util
 
     package = Path(importlib.util.find_spec("prefect").origin).parent  # not imported: settings read env at import
@@ -122,8 +132,7 @@ def local_server(timeout: float = 180) -> Iterator[str]:
         return (log.read().decode(errors="replace").strip().splitlines() or ["no output"])[-1]
 
     try:
-        wait_until_answers(f"{url}/health", "the local Prefect server", timeout, process, last_line)
-        yield url
+        yield url, lambda: wait_until_answers(f"{url}/health", "the local Prefect server", timeout, process, last_line)
     finally:
         detach_api_logs()
         process.terminate()

@@ -249,16 +249,19 @@ def run_pipeline(
         from flows.pipeline import pipeline_flow
 
         return in_thread(pipeline_flow, *arguments)
-    from flows.local_server import local_server
+    from flows.local_server import starting_local_server
 
     from vae.cluster import wait_for_ray_start
 
-    store_ready = start_services_early(training_cpus)
-    with local_server() as api_url:
+    with starting_local_server() as (api_url, answering):
         os.environ["PREFECT_API_URL"] = api_url  # before Prefect is imported: every thread of it sees the URL
         try:
+            # While the server starts: ~6 s of imports (Prefect, torch, Ray Train, MLflow), all in this thread
+            # (no two threads import one package at once), then Ray and the MLflow store in threads of their own.
             from flows.pipeline import pipeline_flow
 
+            store_ready = start_services_early(training_cpus)
+            answering()
             store_ready()
             return in_thread(pipeline_flow, *arguments)
         finally:
