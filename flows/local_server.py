@@ -83,14 +83,6 @@ def detach_api_logs() -> None:
 
 
 @contextlib.contextmanager
-def local_server(timeout: float = 180) -> Iterator[str]:
-    """Start the ephemeral API server on 127.0.0.1; yields its API URL once it answers; stops it on exit."""
-    with starting_local_server(timeout) as (url, answering):
-        answering()
-        yield url
-
-
-@contextlib.contextmanager
 def starting_local_server(timeout: float = 180) -> Iterator[tuple[str, Callable[[], None]]]:
     """Start the ephemeral API server on 127.0.0.1; yields its API URL at once, with the function that
     waits until it answers (one VAEError line if it does not within `timeout`): the caller can set

@@ -22,17 +22,17 @@ def pipeline_flow(
     force: bool = False,
     session: str | None = None,
 ) -> dict:
-    """Run every stage; each passes references (paths, run ids, URIs) to the next.
-
-    Unchanged data and settings reuse the finished training (cached on the content hash);
-    `force` trains again. `session`: `vae run`'s token for its interrupt handler (flows.train).
-    Returns the whole record as plain JSON-able values.
+    """Run every stage; each passes references (paths, run ids, URIs) to the next. Unchanged data and
+    settings reuse the finished training (cached on the content hash); `force` trains again. `session`:
+    `vae run`'s token for its interrupt handler (flows.train). Returns the record as plain JSON values.
     """
     seconds: dict[str, float] = {}
-    clock = [time.perf_counter()]
+    clock = time.perf_counter()
 
     def lap(stage: str) -> None:
-        seconds[stage], clock[0] = round(time.perf_counter() - clock[0], 3), time.perf_counter()
+        nonlocal clock
+        seconds[stage] = round(time.perf_counter() - clock, 3)
+        clock = time.perf_counter()
 
     # The file is read once: editing pipelines.yaml during an hour of training changes nothing here.
     settings = config.load_pipeline(pipeline, pipelines_file)

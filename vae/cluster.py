@@ -47,7 +47,12 @@ def ensure_ray(training_cpus: int = 0) -> None:
 
     with _STARTING:  # a second caller waits for the first's Ray, then finds it
         if not ray.is_initialized():
-            _start_ray(training_cpus)
+            try:
+                _start_ray(training_cpus)
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    ray.shutdown()  # what a failed start left running: the next call starts clean
+                raise
 
 
 def wait_for_ray_start(timeout: float) -> None:
@@ -58,17 +63,6 @@ def wait_for_ray_start(timeout: float) -> None:
 
 
 def _start_ray(training_cpus: int) -> None:
-    import ray
-
-    try:
-        _init_ray(training_cpus)
-    except BaseException:
-        with contextlib.suppress(Exception):
-            ray.shutdown()  # what a failed start left running: the next call starts clean
-        raise
-
-
-def _init_ray(training_cpus: int) -> None:
     import ray
 
     address = ray_address()

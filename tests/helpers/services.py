@@ -1,4 +1,5 @@
-"""Real services on loopback for tests: PostgreSQL from Debian's packages and `mlflow server`."""
+"""Real services on loopback for tests: PostgreSQL from Debian's packages, `mlflow server` and
+`mlflow models serve`."""
 
 from __future__ import annotations
 
@@ -12,7 +13,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
+
 from flows.local_server import free_port, wait_until_answers
+from vae.errors import VAEError
 
 
 def _as_postgres(command: list[str]) -> list[str]:
@@ -120,3 +124,29 @@ def mlflow_server(backend_uri: str, workdir: Path, timeout: float = 180) -> Iter
         except subprocess.TimeoutExpired:
             process.kill()
         log.close()
+
+
+@contextmanager
+def mlflow_serve(model: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> Iterator[str]:
+    """`mlflow models serve -m MODEL --env-manager local` on 127.0.0.1 (with `env`, default this process's,
+    and the venv's bin first on PATH: the local env manager execs uvicorn from it); yields its URL once
+    /ping answers (a test failure with the server's last output if it does not in 120 s); stops it."""
+    port = free_port()
+    bin_dir = str(Path(sys.executable).parent)
+    env = dict(os.environ if env is None else env)
+    env["PATH"] = f"{bin_dir}:{env.get('PATH', '')}"
+    process = subprocess.Popen(
+        [f"{bin_dir}/mlflow", "models", "serve", "-m", model, "--env-manager", "local",
+         "--host", "127.0.0.1", "--port", str(port)],
+        cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        try:
+            wait_until_answers(f"{url}/ping", "mlflow models serve", 120, process, lambda: process.stderr.read()[-3000:], 0.5)  # fmt: skip
+        except VAEError as error:
+            pytest.fail(str(error))
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=30)

@@ -6,9 +6,6 @@ its artifacts in a process where the new `vae` is already imported."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import tarfile
 import urllib.request
 from pathlib import Path
@@ -16,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from flows.local_server import free_port, wait_until_answers
+from tests.helpers.services import mlflow_serve
 
 pytestmark = pytest.mark.integration
 ARCHIVE = Path(__file__).resolve().parents[1] / "fixtures" / "registered-model.tar.gz"
@@ -51,22 +48,7 @@ def _check(answers: dict, expected: dict) -> None:
 
 def test_mlflow_models_serve_of_a_model_registered_before_the_move_answers_as_it_did(old_model):
     model, expected = old_model
-    port = free_port()
-    bin_dir = str(Path(sys.executable).parent)  # `mlflow models serve --env-manager local` execs uvicorn
-    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ.get('PATH', '')}"}
-    command = [f"{bin_dir}/mlflow", "models", "serve", "-m", str(model), "--env-manager", "local"]
-    process = subprocess.Popen(
-        [*command, "--host", "127.0.0.1", "--port", str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until_answers(
-            f"{url}/ping", "mlflow models serve", 120, process, lambda: process.stderr.read()[-2000:], 0.5
-        )
+    with mlflow_serve(str(model)) as url:
 
         def predict(inputs: np.ndarray, params: dict) -> dict:
             body = json.dumps({"inputs": inputs.tolist(), **({"params": params} if params else {})}).encode()
@@ -77,9 +59,6 @@ def test_mlflow_models_serve_of_a_model_registered_before_the_move_answers_as_it
                 return json.loads(response.read())["predictions"]
 
         _check(_answers(predict, expected), expected)
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
 
 
 def test_this_checkouts_code_reads_a_model_registered_before_the_move(old_model):

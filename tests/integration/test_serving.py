@@ -5,20 +5,16 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 import torch
 
-from flows.local_server import free_port, wait_until_answers
 from tests.helpers.registry_helpers import gate_config, register, save_checkpoint
-from vae.errors import VAEError
+from tests.helpers.services import mlflow_serve
 from vae.paths import tracking_uri
 from vae.data.ingest import ingest
 from vae.data.datasets import load_split
@@ -44,39 +40,8 @@ def server(tmp_path_factory):
     register(config, 30.0, seed=5, workdir=tmp_path_factory.mktemp("serve"))
     # The registered version's weights, rebuilt in-process from the same seed: the reference.
     reference = load_checkpoint(save_checkpoint(tmp_path_factory.mktemp("reference"), config.model, 64, 5))[0]
-    port = free_port()
-    bin_dir = str(Path(sys.executable).parent)  # `mlflow models serve --env-manager local` execs uvicorn
-    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ.get('PATH', '')}", "MLFLOW_TRACKING_URI": tracking_uri()}
-    process = subprocess.Popen(
-        [
-            f"{bin_dir}/mlflow",
-            "models",
-            "serve",
-            "-m",
-            "models:/vae-serve@champion",
-            "--env-manager",
-            "local",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-        ],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until_answers(
-            f"{url}/ping", "mlflow models serve", 120, process, lambda: process.stderr.read()[-2000:], 0.5
-        )
-    except VAEError as error:
-        process.kill()
-        pytest.fail(str(error))
-    yield url, config, reference
-    process.terminate()
-    process.wait(timeout=30)
+    with mlflow_serve("models:/vae-serve@champion", {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri()}) as url:
+        yield url, config, reference
 
 
 def _invoke(url: str, inputs, **params) -> tuple[int, dict]:

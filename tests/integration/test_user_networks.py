@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import urllib.request
 from pathlib import Path
 
@@ -18,14 +16,14 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from flows.local_server import free_port, wait_until_answers
+from tests.helpers.services import mlflow_serve
 from vae.jobs import embedding
 from vae.evaluate import evaluation
 from vae.registry import runs
 from vae.train import checks, driver
 from vae.tune import search as tuning
 from vae.config import EvaluationConfig, load_pipeline
-from vae.errors import ConfigError, VAEError
+from vae.errors import ConfigError
 from vae.data.ingest import ingest
 from vae.models.model import CHECKPOINT_FILE, check_networks
 from vae.paths import tracking_uri
@@ -125,29 +123,13 @@ def test_a_users_networks_train_evaluate_embed_register_and_serve(ray_session, p
 
     # The registered model carries the module: serve it with the user's file gone.
     (folder / "own_nets_run.py").rename(tmp_path / "elsewhere.py")
-    port = free_port()
-    bin_dir = str(Path(sys.executable).parent)
     env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
-    env.update(PATH=f"{bin_dir}:{env.get('PATH', '')}", MLFLOW_TRACKING_URI=tracking_uri())
-    process = subprocess.Popen(
-        [f"{bin_dir}/mlflow", "models", "serve", "-m", model_uri, "--env-manager", "local",
-         "--host", "127.0.0.1", "--port", str(port)],
-        cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    try:
-        try:
-            wait_until_answers(f"{url}/ping", "mlflow models serve", 120, process, lambda: process.stderr.read()[-3000:], 0.5)  # fmt: skip
-        except VAEError as error:
-            pytest.fail(str(error))
+    with mlflow_serve(model_uri, {**env, "MLFLOW_TRACKING_URI": tracking_uri()}, cwd=tmp_path) as url:
         images = np.zeros((3, 8, 8))
         status, body = _post(f"{url}/invocations", {"inputs": images.tolist()})
         assert status == 200 and np.asarray(body["predictions"]["z_mean"]).shape == (3, 4)
         status, body = _post(f"{url}/invocations", {"inputs": images.tolist(), "params": {"method": "score", "k": 10}})
         assert status == 200 and np.isfinite(np.asarray(body["predictions"]["log_px"])).all()
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
 
 
 @pytest.mark.parametrize(

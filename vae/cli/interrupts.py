@@ -160,9 +160,10 @@ def in_thread(function, *args) -> Any:
     into a slow "graceful abort" and a silent exit 1).
 
     The thread does not end when `function` does: the local Ray may be started from it (when
-    start_services_early's thread has not started it first), with PR_SET_PDEATHSIG, which the kernel fires when the *thread* that started a process ends. Were it
-    to end, the raylet would be killed under this process's own Ray connection, and Ray would end
-    the process with exit code 1 before an error line or an interrupt's exit 130.
+    start_services_early's thread has not started it first), with PR_SET_PDEATHSIG, which the kernel
+    fires when the *thread* that started a process ends. Were it to end, the raylet would be killed
+    under this process's own Ray connection, and Ray would end the process with exit code 1 before
+    an error line or an interrupt's exit 130.
     """
     import threading
 
@@ -236,9 +237,8 @@ def run_pipeline(
 ) -> dict[str, Any]:
     """The pipeline flow on this run's own Prefect server (unless PREFECT_API_URL names one); Ray and the
     MLflow store start while that server does (`start_services_early`, for `training_cpus`)."""
-    import signal
-
     import secrets
+    import signal
 
     keep_sigterm_from_ray()
     session = secrets.token_hex(8)  # the flow tags this run's MLflow runs with it; the handler finds them by it

@@ -256,17 +256,18 @@ def runs_of_session(session: str, uri: str | None = None) -> list[str]:
 def fail_if_running(run_id: str, uri: str | None = None) -> bool:
     """Mark a run whose training raised FAILED, unless it already ended: a run an interrupt handler
     marked KILLED meanwhile stays KILLED."""
-    mlflow_client = client(uri)
-    if mlflow_client.get_run(run_id).info.status != "RUNNING":
-        return False
-    mlflow_client.set_terminated(run_id, "FAILED")
-    return True
+    return _end_if_running(run_id, "FAILED", uri)
 
 
 def kill_if_running(run_id: str, uri: str | None = None, failed_within: float | None = None) -> bool:
     """Mark an interrupted run KILLED (a run that finished before, e.g. a reused one, stays as it is).
     With `failed_within` (seconds), a run that FAILED that recently is taken to have failed from the
     interrupt itself and is marked KILLED too."""
+    return _end_if_running(run_id, "KILLED", uri, failed_within)
+
+
+def _end_if_running(run_id: str, status: str, uri: str | None, failed_within: float | None = None) -> bool:
+    """End a RUNNING run (or one that FAILED within `failed_within` seconds) with `status`; True if it did."""
     mlflow_client = client(uri)
     info = mlflow_client.get_run(run_id).info
     recent_failure = (
@@ -277,7 +278,7 @@ def kill_if_running(run_id: str, uri: str | None = None, failed_within: float | 
     )
     if info.status != "RUNNING" and not recent_failure:
         return False
-    mlflow_client.set_terminated(run_id, "KILLED")
+    mlflow_client.set_terminated(run_id, status)
     return True
 
 
