@@ -31,7 +31,9 @@ def ray_session():
     """One local Ray for the whole suite: starting Ray costs seconds, a fit tens of seconds."""
     import ray
 
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    from vae.cluster import local_ray_options
+
+    ray.init(include_dashboard=False, log_to_driver=False, logging_level="ERROR", **local_ray_options(num_cpus=4))
     yield ray
     ray.shutdown()
 

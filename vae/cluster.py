@@ -34,6 +34,32 @@ def prepare_local_ray() -> None:
     os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
 
 
+# Ray Train settings for a Ray this process starts on one machine (unless the user set them): a fit's
+# fixed cost on 2 cores is its actors' process starts, ~1.5 s of CPU each (issue 26, BENCHMARKS.md).
+LOCAL_TRAIN_ENVIRONMENT = {
+    # Spot-instance preemption: there is none to watch on one machine, and the watcher is an actor (a
+    # process) per fit.
+    "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
+    # The controller polls its workers every 0.5 s, not 2: it sees a worker group up, a fit done or a
+    # worker dead up to 1.5 s sooner, at the cost of a few more local RPCs.
+    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",
+}
+
+# The raylet's own settings for that Ray: no Python workers started beside the first driver's
+# connection (one per logical CPU). Ray Train's actors never run in them (each actor gets a process
+# of its own), and on a small machine their imports compete with the start of everything else.
+LOCAL_SYSTEM_CONFIG = {"prestart_worker_first_driver": False}
+
+
+def local_ray_options(num_cpus: int) -> dict:
+    """`ray.init` keywords for a Ray this process starts on this machine (the CLI, the flows and the
+    tests' own Ray): loopback only, `num_cpus` logical CPUs, and the settings above (Ray Train's read
+    from the environment, set here unless the user set them)."""
+    for name, value in LOCAL_TRAIN_ENVIRONMENT.items():
+        os.environ.setdefault(name, value)
+    return {"_node_ip_address": "127.0.0.1", "num_cpus": num_cpus, "_system_config": dict(LOCAL_SYSTEM_CONFIG)}
+
+
 _STARTING = threading.Lock()  # `vae run` starts Ray in a thread of its own while Prefect starts (vae.cli.interrupts)
 
 
@@ -72,7 +98,7 @@ def _start_ray(training_cpus: int) -> None:
     local = {}
     if not address:
         # With `prepare_local_ray` every server binds loopback; the dashboard is off (its agent stays, behind the token).
-        local = {"_node_ip_address": "127.0.0.1", "num_cpus": max(os.cpu_count() or 1, training_cpus) + 2}
+        local = local_ray_options(max(os.cpu_count() or 1, training_cpus) + 2)
     ray.init(
         address=address or "local",  # never a cluster `ray start` left in /tmp/ray/ray_current_cluster
         include_dashboard=False,

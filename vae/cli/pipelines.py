@@ -18,7 +18,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from vae.cli.app import champion_line, PipelinesFile, app, check_writable_dir, fail, json_stdout, quiet_logs
-from vae.cli.interrupts import run_pipeline
+from vae.cli.interrupts import exit_at_once, run_pipeline
 from vae.config import DEFAULT_PIPELINES_FILE, load_pipeline, load_pipelines
 from vae.errors import VAEError
 
@@ -85,6 +85,7 @@ def run(
         typer.echo(json.dumps(result, default=str))
     else:
         print_result(result)
+    exit_at_once(0)
 
 
 @app.command("pipelines", rich_help_panel=PANEL)
@@ -174,6 +175,9 @@ def tune(
         typer.echo(json.dumps(result.to_dict(), default=str))
     else:
         print_search_result(result.to_dict())
+    from vae.cli.interrupts import exit_at_once
+
+    exit_at_once(0)
 
 
 @app.command(rich_help_panel=PANEL)
