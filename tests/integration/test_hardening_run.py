@@ -180,10 +180,19 @@ def test_interrupt_rerun_planted_pickle_and_sigkill(tmp_path):
     staging = checkpoints_dir() / ".staging"
     assert not staging.exists() or list(staging.iterdir()) == []
 
-    # (2) The rerun finishes.
+    # (2) The rerun finishes, and leaves nothing of its own running: once the result is printed `vae run`
+    # kills its Ray's processes itself and exits (vae.cli.interrupts.exit_at_once), without Ray's shutdown.
     process = _start(pipelines)
+    seen = _wait_for(process, "epoch ")
+    children = [child.pid for child in psutil.Process(process.pid).children(recursive=True)]
+    assert any("raylet" in psutil.Process(pid).name() for pid in _alive(children))
     out, err = process.communicate(timeout=300)
+    out = seen + out
     assert process.returncode == 0, out + err
+    deadline = time.monotonic() + 5
+    while _alive(children) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _alive(children) == []
     assert "champion" in out
     assert client.get_run(runs[0].info.run_id).info.status == "FINISHED"
     assert len(client.search_model_versions("name = 'vae-hard'")) == 1
