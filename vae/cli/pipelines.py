@@ -175,8 +175,6 @@ def tune(
         typer.echo(json.dumps(result.to_dict(), default=str))
     else:
         print_search_result(result.to_dict())
-    from vae.cli.interrupts import exit_at_once
-
     exit_at_once(0)
 
 
