@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import signal
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -116,6 +117,7 @@ def test_a_killed_worker_is_replaced_and_training_resumes_from_the_latest_checkp
     audit = tmp_path / "audit"
     audit.mkdir()
     config = _config(epochs=8, batch_size=16, max_failures=2)
+    rendezvous = set(Path(tempfile.gettempdir()).glob("vae-rendezvous-*"))  # the process groups' FileStore folders
     outcome: dict = {}
     runner = threading.Thread(
         target=lambda: outcome.update(
@@ -144,3 +146,5 @@ def test_a_killed_worker_is_replaced_and_training_resumes_from_the_latest_checkp
     j, r = started[drops[0] - 1], started[drops[0]]
     assert started == list(range(1, j + 1)) + list(range(r, 9)) and 2 <= r <= j, started
     assert result.history[r - 2]["epoch"] == r - 1  # the checkpoint's own record was kept, not retrained
+    # Both worker groups' rendezvous folders are gone, the killed one's included.
+    assert set(Path(tempfile.gettempdir()).glob("vae-rendezvous-*")) == rendezvous

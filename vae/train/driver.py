@@ -110,6 +110,8 @@ def _trainer(
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    from vae.train.process_group import TorchConfig
+
     training = plan.training
     # With early stopping, keep the best by validation ELBO (Ray always keeps the latest).
     best = (
@@ -120,6 +122,7 @@ def _trainer(
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config=loop_config,
+        torch_config=TorchConfig(),  # no socket off loopback on one machine (process_group.py)
         scaling_config=ScalingConfig(
             num_workers=workers,
             use_gpu=use_gpu,
