@@ -1,6 +1,7 @@
-"""Stage 2, training, on the driver: `train` fits the model with Ray Train's TorchTrainer over Ray
-Data shards (the loop on each worker is vae.train.worker's), with a checkpoint every `checkpoint_every`
-epochs, early stopping and a time budget, and returns the final (or best) checkpoint.
+"""Stage 2, training, on the driver: `train` fits the model with Ray Train's TorchTrainer over shards
+from the object store or Ray Data (vae.train.shards; the loop on each worker is vae.train.worker's),
+with a checkpoint every `checkpoint_every` epochs, early stopping and a time budget, and returns the
+final (or best) checkpoint.
 
 Rank 0 sends each epoch's metrics to the driver, which prints one line (`format_epoch`) and hands
 them to an `on_epoch` callback; a non-finite loss in a worker becomes one TrainingDivergedError line.
@@ -33,7 +34,7 @@ from vae.train.checkpoints import (
 )
 from vae.train.checks import check_inputs
 from vae.train.plan import WorkerPlan, worker_plan
-from vae.train.shards import ray_dataset
+from vae.train.shards import put_splits, ray_dataset
 from vae.train.worker import WorkerHooks, train_loop_per_worker
 
 _DIVERGED = re.compile(r"non-finite loss \([^)]*\) at epoch \d+, step \d+[^\n]*")
@@ -97,9 +98,17 @@ def _follow_progress(
                 failures.append(f"epoch {int(metrics['epoch'])}: {type(exc).__name__}: {exc}".splitlines()[0])
 
 
+def _ray_datasets(dataset: DatasetRef) -> dict:
+    """Ray Datasets over the train (block order shuffled every epoch) and validation splits."""
+    return {
+        "train": ray_dataset(split_path(dataset.path, "train"), shuffle=True),
+        "validation": ray_dataset(split_path(dataset.path, "validation")),
+    }
+
+
 def _trainer(
     plan: WorkerPlan,
-    dataset: DatasetRef,
+    datasets: dict,
     name: str,
     storage: Path,
     workers: int,
@@ -134,10 +143,7 @@ def _trainer(
             failure_config=FailureConfig(max_failures=training.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=training.checkpoints_to_keep, **best),
         ),
-        datasets={
-            "train": ray_dataset(split_path(dataset.path, "train"), shuffle=True),
-            "validation": ray_dataset(split_path(dataset.path, "validation")),
-        },
+        datasets=datasets,
     )
 
 
@@ -228,9 +234,10 @@ def train(
     staging = inside(storage, ".staging", name)
     plan = worker_plan(config, manifest, num_workers, staging, resume_from)
     progress = Queue(actor_options={"num_cpus": 0}) if echo or on_epoch else None
-    trainer = _trainer(
-        plan, dataset, name, storage, num_workers, use_gpu, {"plan": plan, "progress": progress, "hooks": hooks}
-    )
+    # Resident shards come from the object store (no Ray Data pipeline); bigger ones stream from Ray Data.
+    splits, datasets = (put_splits(dataset.path), {}) if plan.resident else (None, _ray_datasets(dataset))
+    loop_config = {"plan": plan, "progress": progress, "hooks": hooks, "splits": splits}
+    trainer = _trainer(plan, datasets, name, storage, num_workers, use_gpu, loop_config)
     result = _fit(trainer, progress, training.epochs, echo, on_epoch, staging)
     if result.checkpoint is None:
         raise VAEError(f"training run '{name}' finished without a checkpoint")

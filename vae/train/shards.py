@@ -1,12 +1,22 @@
-"""Training data through Ray Data: the Ray Datasets over a dataset's Parquet splits (`ray_dataset`,
-on the driver) and, on each Ray Train worker, its train and validation shards (`Shards`), held on
-the worker's device (read once) or streamed every epoch, cut into shuffled minibatches.
+"""Training data for the Ray Train workers, and each worker's train and validation shards (`Shards`),
+cut into shuffled minibatches.
+
+Two ways in, chosen once on the driver by the plan's `resident` (a worker's shard fits its device's
+budget, `training.device_data_mb`):
+- resident: the driver puts both splits into Ray's object store once (`put_splits`, a few MB to a
+  few hundred); each worker takes its contiguous block of rows from it (zero-copy on its node) and
+  holds it on its device for the whole run. No Ray Data pipeline is started: its split coordinators
+  are two processes per fit (a search: per trial), ~1.5 s of CPU each on a small machine.
+- streamed: Ray Datasets over the Parquet splits (`ray_dataset`), split across workers by Ray Train
+  and read every epoch.
 """
 
 from __future__ import annotations
 
+import math
 import os
 
+import numpy as np
 import torch
 
 from vae.train.plan import WorkerPlan
@@ -18,18 +28,49 @@ CHUNK_BATCHES = 32  # minibatches per Ray Data batch when streaming (see streame
 GPU_VALIDATION_ROWS = 2048
 
 
-def _load_shard(shard, device: torch.device) -> torch.Tensor:
-    """A worker's whole shard as stored pixels (N, D) on its device, read once from Ray Data."""
-    parts = [batch["image"] for batch in shard.iter_torch_batches(batch_size=8192, device=device)]
-    return torch.cat(parts) if parts else torch.empty((0, 0), device=device)
+SPLITS = ("train", "validation")
 
 
-def resident_minibatches(data: torch.Tensor, batch_size: int, generator: torch.Generator, drop_last: bool):
-    """Shuffled minibatches (B, D) of a shard held on the device: the permutation is drawn there too."""
-    order = torch.randperm(data.shape[0], generator=generator, device=data.device)  # (N,)
-    end = data.shape[0] - data.shape[0] % batch_size if drop_last else data.shape[0]
-    for start in range(0, end, batch_size):
-        yield data[order[start : start + batch_size]]  # (B, D)
+def put_splits(dataset_path: str) -> dict:
+    """The train and validation images (N, D), as stored, in Ray's object store: {split: ObjectRef}."""
+    import ray
+
+    from vae.data.datasets import load_split
+
+    return {split: ray.put(load_split(dataset_path, split)[0]) for split in SPLITS}
+
+
+def rank_rows(rows: int, rank: int, world: int) -> slice:
+    """Rank's contiguous block of a split's rows: the first `rows % world` ranks take one row more."""
+    size, extra = divmod(rows, world)
+    start = rank * size + min(rank, extra)
+    return slice(start, start + size + (rank < extra))
+
+
+def resident_steps(rows: int, world: int, batch_size: int, drop_last: bool) -> int:
+    """Minibatches per epoch on every rank alike (DDP's collectives need the same count everywhere):
+    those of the smallest shard, `rows // world` rows; a rank with one row more puts it in its last batch."""
+    smallest = rows // world
+    return smallest // batch_size if drop_last else math.ceil(smallest / batch_size)
+
+
+def resident_minibatches(
+    data: torch.Tensor, batch_size: int, generator: torch.Generator, drop_last: bool, steps: int | None = None
+):
+    """Shuffled minibatches (B, D) of a shard held on the device: the permutation is drawn there too.
+
+    Without `steps`: every full batch and, unless `drop_last`, the short last one. With `steps`
+    (`resident_steps`): exactly that many; the last takes the rows the others left (all of them
+    unless `drop_last`), so a shard one row longer than the smallest has one batch of B + 1.
+    """
+    rows = data.shape[0]
+    order = torch.randperm(rows, generator=generator, device=data.device)  # (N,)
+    if steps is None:
+        steps = rows // batch_size if drop_last else math.ceil(rows / batch_size)
+    end = min(rows, steps * batch_size) if drop_last else rows
+    for step in range(steps):
+        stop = end if step == steps - 1 else (step + 1) * batch_size
+        yield data[order[step * batch_size : stop]]  # (B, D)
 
 
 def streamed_minibatches(shard, batch_size: int, seed: int, device: torch.device, drop_last: bool = False):
@@ -51,26 +92,37 @@ def streamed_minibatches(shard, batch_size: int, seed: int, device: torch.device
             yield images[order[start : start + batch_size]].to(device, non_blocking=True)  # (B, D)
 
 
-class Shards:
-    """A worker's train and validation rows: held on the device (read once) or streamed from Ray Data."""
+def _resident_shard(split, rank: int, world: int, device: torch.device) -> torch.Tensor:
+    """Rank's block of a split in the object store, as stored pixels (N, D) on its device."""
+    import ray
 
-    def __init__(self, plan: WorkerPlan, device: torch.device, world: int):
+    images = ray.get(split)  # (N, D), read-only: a view of the object store on this node
+    return torch.from_numpy(np.array(images[rank_rows(images.shape[0], rank, world)])).to(device)
+
+
+class Shards:
+    """A worker's train and validation rows: held on the device (from the object store) or streamed from Ray Data."""
+
+    def __init__(self, plan: WorkerPlan, device: torch.device, rank: int, world: int, splits: dict | None):
         import ray.train
 
-        self.plan, self.device = plan, device
-        self.train, self.validation = ray.train.get_dataset_shard("train"), ray.train.get_dataset_shard("validation")
+        self.plan, self.device, self.world = plan, device, world
         batch = plan.training.batch_size
         if plan.resident:
-            self.train, self.validation = _load_shard(self.train, device), _load_shard(self.validation, device)
-            self.steps_per_epoch = max(1, self.train.shape[0] // batch)
+            self.train = _resident_shard(splits["train"], rank, world, device)
+            self.validation = _resident_shard(splits["validation"], rank, world, device)
+            self.steps_per_epoch = max(1, resident_steps(plan.train_rows, world, batch, drop_last=False))
         else:
+            self.train = ray.train.get_dataset_shard("train")
+            self.validation = ray.train.get_dataset_shard("validation")
             self.steps_per_epoch = max(1, plan.train_rows // (batch * world))
 
     def train_batches(self, seed: int, drop_last: bool):
         batch = self.plan.training.batch_size
         if self.plan.resident:
             generator = torch.Generator(device=self.device).manual_seed(seed)
-            return resident_minibatches(self.train, batch, generator, drop_last)
+            steps = resident_steps(self.plan.train_rows, self.world, batch, drop_last)
+            return resident_minibatches(self.train, batch, generator, drop_last, steps)
         return streamed_minibatches(self.train, batch, seed, self.device, drop_last)
 
     def validation_batches(self):
@@ -84,7 +136,7 @@ class Shards:
 
 
 def ray_dataset(path: str, shuffle: bool = False):
-    """A Ray Dataset over one Parquet split; small splits are read once, in memory, not per epoch.
+    """A Ray Dataset over one Parquet split (streamed shards); small splits are read once, in memory, not per epoch.
 
     A split under one Ray Data block (DataContext.target_max_block_size, 128 MiB) is read here with
     pyarrow (its row groups' uncompressed bytes decide) and put into the object store as that one block (`ray.data.from_arrow`): the same single

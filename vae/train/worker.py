@@ -243,7 +243,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     rank, world = context.get_world_rank(), context.get_world_size()
     device = ray.train.torch.get_device()
     worker = _set_up(plan, device, world, hooks)
-    shards = Shards(plan, device, world)
+    shards = Shards(plan, device, rank, world, config.get("splits"))
     mark = time.perf_counter()  # an epoch's wall time runs from here to the next one's metrics
     for epoch in range(worker.progress.first_epoch, training.epochs + 1):
         # Noise depends only on (seed, rank, epoch): a resumed epoch draws what it would have drawn.
