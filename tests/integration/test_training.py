@@ -148,3 +148,38 @@ def test_a_killed_worker_is_replaced_and_training_resumes_from_the_latest_checkp
     assert result.history[r - 2]["epoch"] == r - 1  # the checkpoint's own record was kept, not retrained
     # Both worker groups' rendezvous folders are gone, the killed one's included.
     assert set(Path(tempfile.gettempdir()).glob("vae-rendezvous-*")) == rendezvous
+
+
+def test_a_one_worker_fit_in_process_matches_ray_train_and_keeps_checkpoints_alike(ray_session, tmp_path):
+    """`train(..., in_process=True)` (a search's one-worker trials) runs the same loop without Ray Train:
+    the reference is the same fit by Ray Train's one worker (one torch thread, as Ray gives it), which
+    must match to the last bit, epoch by epoch; both keep the newest `checkpoints_to_keep` checkpoints."""
+    import torch
+
+    config = _config(workers=1, epochs=5, checkpoint_every=1, checkpoints_to_keep=2, early_stopping_patience=None)
+    dataset = ingest(config.dataset)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        lines: dict[bool, list[str]] = {True: [], False: []}
+        results = {
+            mode: driver.train(
+                config, dataset, storage_path=tmp_path / str(mode), echo=lines[mode].append, in_process=mode
+            )
+            for mode in (True, False)
+        }
+    finally:
+        torch.set_num_threads(threads)
+    ours, ray_train = results[True], results[False]
+    assert [int(h["epoch"]) for h in ours.history] == [1, 2, 3, 4, 5] and ours.epochs == ray_train.epochs == 5
+    for key in ("train_elbo", "train_kl", "validation_elbo"):
+        assert [h[key] for h in ours.history] == [h[key] for h in ray_train.history], key
+    assert len(lines[True]) == len(lines[False]) == 5  # one progress line per epoch from both
+    kept = {
+        mode: sorted(p.name for p in Path(r.checkpoint).parent.glob("checkpoint_*") if p.is_dir())
+        for mode, r in results.items()
+    }
+    assert len(kept[True]) == len(kept[False]) == 2 and Path(ours.checkpoint).name == kept[True][-1]
+    assert not list(Path(tmp_path / "True").glob("*/.checkpoint_*"))  # no partial copy left
+    weights = [torch.load(Path(r.checkpoint) / "checkpoint.pt", weights_only=True)["model"] for r in (ours, ray_train)]
+    assert all(torch.equal(weights[0][name], weights[1][name]) for name in weights[0])

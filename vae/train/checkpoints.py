@@ -39,19 +39,16 @@ class Progress:
     trained_seconds: float = 0.0
 
 
-def restore_checkpoint(plan: WorkerPlan, model: VAE, optimizer, scheduler) -> Progress:
+def restore_checkpoint(plan: WorkerPlan, model: VAE, optimizer, scheduler, restarted: dict | None) -> Progress:
     """Load a checkpoint into the worker's model, optimiser and scheduler; where it left training.
 
-    Ray's own checkpoint (a restarted run) wins over an explicit starting checkpoint."""
-    import ray.train
-
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is None and plan.resume_from:
-        checkpoint = ray.train.Checkpoint(plan.resume_from)
-    if checkpoint is None:
+    `restarted` (the state of Ray Train's own checkpoint, a restarted run) wins over an explicit
+    starting checkpoint, `plan.resume_from`."""
+    state = restarted
+    if state is None and plan.resume_from:
+        state = read_checkpoint_state(plan.resume_from)
+    if state is None:
         return Progress()
-    with checkpoint.as_directory() as directory:
-        state = read_checkpoint_state(directory)
     model.load_state_dict(state["model"])
     restore_optimizer(optimizer, state["optimizer"])
     if "scheduler" in state:

@@ -19,9 +19,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from vae.cluster import ensure_ray
 from vae.config import PipelineConfig
-from vae.data.datasets import DatasetRef, split_path
+from vae.data.datasets import DatasetRef, load_split, split_path
 from vae.errors import TrainingDivergedError, VAEError
 from vae.paths import checkpoints_dir, inside
 from vae.train.checkpoints import (
@@ -33,9 +35,10 @@ from vae.train.checkpoints import (
     state_header,
 )
 from vae.train.checks import check_inputs
-from vae.train.plan import WorkerPlan, worker_plan
-from vae.train.shards import put_splits, ray_dataset
-from vae.train.worker import WorkerHooks, train_loop_per_worker
+from vae.train.plan import WorkerPlan, runs_in_process, worker_plan
+from vae.train.shards import SPLITS, put_splits, ray_dataset
+from vae.train.sessions import InProcessSession
+from vae.train.worker import NonFiniteLossError, WorkerHooks, run_worker, train_loop_per_worker
 
 _DIVERGED = re.compile(r"non-finite loss \([^)]*\) at epoch \d+, step \d+[^\n]*")
 
@@ -89,13 +92,27 @@ def _follow_progress(
             continue
         except Exception:  # the queue actor is gone: training has ended
             return
+        _deliver(metrics, epochs, echo, on_epoch, failures)
+
+
+def _deliver(metrics: dict[str, float], epochs: int, echo, on_epoch, failures: list[str]) -> None:
+    """An epoch's line and `on_epoch`; an `on_epoch` that raises is recorded in `failures`, not raised."""
+    if echo:
+        echo(format_epoch(metrics, epochs))
+    if on_epoch:
+        try:
+            on_epoch(metrics)
+        except Exception as exc:  # noqa: BLE001 - reported after fit: training must not stop for it
+            failures.append(f"epoch {int(metrics['epoch'])}: {type(exc).__name__}: {exc}".splitlines()[0])
+
+
+def _warn_unrecorded(failures: list[str], echo) -> None:
+    if failures:
+        line = f"metrics of {len(failures)} epoch(s) were not recorded by on_epoch; the first: {failures[0]}"
         if echo:
-            echo(format_epoch(metrics, epochs))
-        if on_epoch:
-            try:
-                on_epoch(metrics)
-            except Exception as exc:  # noqa: BLE001 - reported after fit: training must not stop for it
-                failures.append(f"epoch {int(metrics['epoch'])}: {type(exc).__name__}: {exc}".splitlines()[0])
+            echo(f"warning: {line}")
+        else:
+            logging.getLogger(__name__).warning(line)
 
 
 def _ray_datasets(dataset: DatasetRef) -> dict:
@@ -147,8 +164,9 @@ def _trainer(
     )
 
 
-def _fit(trainer, progress, epochs: int, echo, on_epoch, staging: Path):
-    """trainer.fit() with the progress thread; a diverged run becomes one TrainingDivergedError line."""
+def _fit(trainer, progress, epochs: int, echo, on_epoch, staging: Path) -> tuple[str | None, list]:
+    """trainer.fit() with the progress thread; a diverged run becomes one TrainingDivergedError line.
+    Returns the newest checkpoint and the kept ones with their validation ELBOs."""
     import ray
 
     stop = threading.Event()
@@ -160,11 +178,9 @@ def _fit(trainer, progress, epochs: int, echo, on_epoch, staging: Path):
         )
         follower.start()
     try:
-        return trainer.fit()
+        result = trainer.fit()
     except Exception as exc:  # Ray wraps worker errors; surface ours as one line
-        match = _DIVERGED.search(str(exc)) or _DIVERGED.search(repr(exc.__cause__))
-        if match:
-            raise TrainingDivergedError(f"training diverged: {match.group(0)}") from None
+        _raise_if_diverged(exc)
         raise
     finally:
         if follower is not None:
@@ -172,12 +188,40 @@ def _fit(trainer, progress, epochs: int, echo, on_epoch, staging: Path):
             follower.join(timeout=60)
             ray.kill(progress.actor)
         shutil.rmtree(staging, ignore_errors=True)  # what a killed worker left half-written
-        if failures:
-            line = f"metrics of {len(failures)} epoch(s) were not recorded by on_epoch; the first: {failures[0]}"
-            if echo:
-                echo(f"warning: {line}")
-            else:
-                logging.getLogger(__name__).warning(line)
+        _warn_unrecorded(failures, echo)
+    kept = [(checkpoint.path, metrics.get("validation_elbo")) for checkpoint, metrics in result.best_checkpoints or []]
+    return (result.checkpoint.path if result.checkpoint else None), kept
+
+
+def _raise_if_diverged(exc: BaseException) -> None:
+    match = _DIVERGED.search(str(exc)) or _DIVERGED.search(repr(exc.__cause__))
+    if match:
+        raise TrainingDivergedError(f"training diverged: {match.group(0)}") from None
+
+
+def _fit_in_process(
+    plan: WorkerPlan, dataset: DatasetRef, run_dir: Path, use_gpu: bool, echo, on_epoch, hooks, staging: Path
+) -> tuple[str | None, list]:
+    """The one worker's loop in this process, without Ray Train (vae.train.sessions); returns what `_fit` does."""
+    training = plan.training
+    failures: list[str] = []
+    session = InProcessSession(
+        run_dir,
+        training.checkpoints_to_keep,
+        score="validation_elbo" if training.early_stopping_patience else None,
+        on_metrics=lambda metrics: _deliver(metrics, training.epochs, echo, on_epoch, failures),
+        device=torch.device("cuda" if use_gpu else "cpu"),
+    )
+    splits = {split: load_split(dataset.path, split)[0] for split in SPLITS}
+    try:
+        run_worker({"plan": plan, "hooks": hooks, "splits": splits}, session)
+    except NonFiniteLossError as exc:
+        _raise_if_diverged(exc)
+        raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        _warn_unrecorded(failures, echo)
+    return session.latest, [(kept.path, kept.metrics.get("validation_elbo")) for kept in session.kept]
 
 
 def train(
@@ -193,13 +237,16 @@ def train(
     storage_path: str | Path | None = None,
     echo: Callable[[str], None] | None = print,
     hooks: WorkerHooks | None = None,
+    in_process: bool = False,
 ) -> TrainResult:
     """Fit the VAE with Ray Train's TorchTrainer; returns the final (or, with early stopping, best) checkpoint.
 
     `on_epoch(metrics)` is called on the driver after every epoch (the flow logs them to MLflow);
     `run_id` names the run's checkpoint folder. `resume` continues from the newest checkpoint of
     this pipeline's earlier runs; `resume_from` from a given checkpoint directory. Raises
-    TrainingDivergedError (epoch, step) if the loss becomes non-finite.
+    TrainingDivergedError (epoch, step) if the loss becomes non-finite. `in_process` runs a one-worker
+    fit whose data fits the device budget in this process, without Ray Train (a search's trials,
+    vae.train.sessions); otherwise, and for more workers or streamed data, Ray Train fits.
     """
     import ray
     import ray.data
@@ -233,17 +280,19 @@ def train(
     inside(storage, name)  # names come from a file: every path must stay under storage
     staging = inside(storage, ".staging", name)
     plan = worker_plan(config, manifest, num_workers, staging, resume_from)
-    progress = Queue(actor_options={"num_cpus": 0}) if echo or on_epoch else None
-    # Resident shards come from the object store (no Ray Data pipeline); bigger ones stream from Ray Data.
-    splits, datasets = (put_splits(dataset.path), {}) if plan.resident else (None, _ray_datasets(dataset))
-    loop_config = {"plan": plan, "progress": progress, "hooks": hooks, "splits": splits}
-    trainer = _trainer(plan, datasets, name, storage, num_workers, use_gpu, loop_config)
-    result = _fit(trainer, progress, training.epochs, echo, on_epoch, staging)
-    if result.checkpoint is None:
+    if in_process and runs_in_process(training, manifest, num_workers):
+        latest, kept = _fit_in_process(plan, dataset, storage / name, use_gpu, echo, on_epoch, hooks, staging)
+    else:
+        progress = Queue(actor_options={"num_cpus": 0}) if echo or on_epoch else None
+        # Resident shards come from the object store (no Ray Data pipeline); bigger ones stream from Ray Data.
+        splits, datasets = (put_splits(dataset.path), {}) if plan.resident else (None, _ray_datasets(dataset))
+        loop_config = {"plan": plan, "progress": progress, "hooks": hooks, "splits": splits}
+        trainer = _trainer(plan, datasets, name, storage, num_workers, use_gpu, loop_config)
+        latest, kept = _fit(trainer, progress, training.epochs, echo, on_epoch, staging)
+    if latest is None:
         raise VAEError(f"training run '{name}' finished without a checkpoint")
-    state = state_header(result.checkpoint.path)  # its epoch and history; the weights are not read
-    chosen = result.checkpoint.path
-    if training.early_stopping_patience and result.best_checkpoints:
-        found = [(checkpoint.path, metrics.get("validation_elbo")) for checkpoint, metrics in result.best_checkpoints]
-        chosen = best_checkpoint(found + earlier_checkpoints(resume_from))
+    state = state_header(latest)  # its epoch and history; the weights are not read
+    chosen = latest
+    if training.early_stopping_patience and kept:
+        chosen = best_checkpoint(kept + earlier_checkpoints(resume_from))
     return TrainResult(checkpoint=chosen, epochs=int(state["epoch"]), history=list(state["history"]))

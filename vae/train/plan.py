@@ -51,12 +51,22 @@ def worker_plan(
         max_value=float(manifest["value_range"][1]),
         binarize=config.dataset.binarize,
         train_rows=int(manifest["rows"]["train"]),
-        resident=shard_bytes(manifest, workers) <= config.training.device_data_mb * 2**20,
+        resident=fits_device(config.training, manifest, workers),
         staging_dir=str(staging),
         resume_from=str(resume_from) if resume_from else None,
         pipeline=config.name,
         code_dirs=tuple(code_dirs(config.model.network_specs)),
     )
+
+
+def fits_device(training: TrainingConfig, manifest: dict[str, Any], workers: int) -> bool:
+    """Whether a worker's shard is held on its device (`training.device_data_mb`), not streamed."""
+    return shard_bytes(manifest, workers) <= training.device_data_mb * 2**20
+
+
+def runs_in_process(training: TrainingConfig, manifest: dict[str, Any], workers: int) -> bool:
+    """Whether `train(..., in_process=True)` fits in the calling process: one worker, its data resident."""
+    return workers == 1 and fits_device(training, manifest, workers)
 
 
 def shard_bytes(manifest: dict[str, Any], workers: int) -> int:

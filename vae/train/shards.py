@@ -93,19 +93,20 @@ def streamed_minibatches(shard, batch_size: int, seed: int, device: torch.device
 
 
 def _resident_shard(split, rank: int, world: int, device: torch.device) -> torch.Tensor:
-    """Rank's block of a split in the object store, as stored pixels (N, D) on its device."""
-    import ray
+    """Rank's block of a split (in the object store, or an array in this process) as stored pixels (N, D) on its device."""
+    if not isinstance(split, np.ndarray):
+        import ray
 
-    images = ray.get(split)  # (N, D), read-only: a view of the object store on this node
+        split = ray.get(split)  # (N, D), read-only: a view of the object store on this node
+    images = split
     return torch.from_numpy(np.array(images[rank_rows(images.shape[0], rank, world)])).to(device)
 
 
 class Shards:
     """A worker's train and validation rows: held on the device (from the object store) or streamed from Ray Data."""
 
-    def __init__(self, plan: WorkerPlan, device: torch.device, rank: int, world: int, splits: dict | None):
-        import ray.train
-
+    def __init__(self, plan: WorkerPlan, session, splits: dict | None):
+        rank, world, device = session.rank, session.world, session.device
         self.plan, self.device, self.world = plan, device, world
         batch = plan.training.batch_size
         if plan.resident:
@@ -113,8 +114,8 @@ class Shards:
             self.validation = _resident_shard(splits["validation"], rank, world, device)
             self.steps_per_epoch = max(1, resident_steps(plan.train_rows, world, batch, drop_last=False))
         else:
-            self.train = ray.train.get_dataset_shard("train")
-            self.validation = ray.train.get_dataset_shard("validation")
+            self.train = session.dataset_shard("train")
+            self.validation = session.dataset_shard("validation")
             self.steps_per_epoch = max(1, plan.train_rows // (batch * world))
 
     def train_batches(self, seed: int, drop_last: bool):

@@ -26,6 +26,7 @@ from vae.models.model import CHECKPOINT_FILE, VAE, build_model
 from vae.models.objectives import elbo, iwae_bound
 from vae.train.checkpoints import Progress, checkpoint_state, restore_checkpoint
 from vae.train.plan import WorkerPlan
+from vae.train.sessions import RayTrainSession, Session
 from vae.train.shards import Shards
 from vae.train.stepper import Objective, Stepper, make_optimizer
 from vae.user_code import add_search_paths
@@ -136,10 +137,9 @@ class _Worker:
     progress: Progress
 
 
-def _set_up(plan: WorkerPlan, device: torch.device, world: int, hooks: WorkerHooks | None) -> _Worker:
+def _set_up(plan: WorkerPlan, session: Session, hooks: WorkerHooks | None) -> _Worker:
     """Build the model and optimiser on the device and restore them from a checkpoint if there is one."""
-    import ray.train.torch
-
+    device, world = session.device, session.world
     training = plan.training
     torch.manual_seed(training.seed)  # identical initial weights everywhere (DDP broadcasts rank 0's anyway)
     add_search_paths(plan.code_dirs)  # users' network modules, beside their pipelines.yaml
@@ -148,9 +148,8 @@ def _set_up(plan: WorkerPlan, device: torch.device, world: int, hooks: WorkerHoo
     graphed = training.cuda_graph and device.type == "cuda" and world == 1 and hooks is None
     optimizer = make_optimizer(model.parameters(), training.learning_rate, device, graphed)
     scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=training.lr_decay)
-    progress = restore_checkpoint(plan, model, optimizer, scheduler)
-    objective = Objective(model, training.objective, training.iwae_k)
-    objective = ray.train.torch.prepare_model(objective) if world > 1 else objective.to(device)
+    progress = restore_checkpoint(plan, model, optimizer, scheduler, session.restart_state())
+    objective = session.prepare(Objective(model, training.objective, training.iwae_k))
     stepper = Stepper(
         objective,
         optimizer,
@@ -200,7 +199,7 @@ def _should_stop(training: TrainingConfig, progress: Progress, metrics: dict) ->
     return stop or (training.max_minutes is not None and progress.trained_seconds >= 60 * training.max_minutes)
 
 
-def _checkpoint_and_report(plan: WorkerPlan, worker: _Worker, metrics: dict, rank: int, last: bool, queue) -> None:
+def _checkpoint_and_report(plan: WorkerPlan, worker: _Worker, metrics: dict, session: Session, last: bool) -> None:
     """Every epoch rank 0 sends its metrics to the driver; on checkpoint epochs (every `checkpoint_every`,
     and the last) rank 0 writes a checkpoint and every rank reports to Ray Train.
 
@@ -209,41 +208,37 @@ def _checkpoint_and_report(plan: WorkerPlan, worker: _Worker, metrics: dict, ran
     RAY_TRAIN_HEALTH_CHECK_INTERVAL_S (2 s): measured on an H200, reporting every 0.2 s epoch made
     them ~2 s each. The per-epoch lines and `on_epoch` use the driver's queue instead.
     """
-    import ray.train
-
     epoch = int(metrics["epoch"])
-    if rank == 0 and queue is not None:
-        queue.put(metrics)  # the driver prints it and hands it to on_epoch
+    session.epoch_done(metrics)
     if not (epoch % plan.training.checkpoint_every == 0 or last):
         return  # the same decision on every rank: all of them report together, or none does
     os.makedirs(plan.staging_dir, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=plan.staging_dir) as directory:
-        checkpoint = None
         # With early stopping the best of these checkpoints (by validation ELBO) is the result.
-        if rank == 0:
+        if session.rank == 0:
             state = checkpoint_state(plan, worker.model, worker.optimizer, worker.scheduler, epoch, worker.progress)
             torch.save(state, os.path.join(directory, CHECKPOINT_FILE))
-            checkpoint = ray.train.Checkpoint.from_directory(directory)
-        ray.train.report(metrics, checkpoint=checkpoint)
+        session.report(metrics, directory if session.rank == 0 else None)
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
-    """Runs on every Ray Train worker: restore, then per epoch train, validate, checkpoint and report.
+    """Runs on every Ray Train worker: `run_worker` in a Ray Train session.
 
     vae.train.driver hands it to TorchTrainer by reference: it stays a module-level function that
     workers import from here.
     """
-    import ray.train
-    import ray.train.torch
+    run_worker(config, RayTrainSession(config.get("progress")))
 
+
+def run_worker(config: dict[str, Any], session: Session) -> None:
+    """One worker's training (Ray Train's or in-process): restore, then per epoch train, validate,
+    checkpoint and report. `config`: the plan, the hooks and the resident splits."""
     plan: WorkerPlan = config["plan"]
     hooks: WorkerHooks | None = config.get("hooks")
     training = plan.training
-    context = ray.train.get_context()
-    rank, world = context.get_world_rank(), context.get_world_size()
-    device = ray.train.torch.get_device()
-    worker = _set_up(plan, device, world, hooks)
-    shards = Shards(plan, device, rank, world, config.get("splits"))
+    rank, world, device = session.rank, session.world, session.device
+    worker = _set_up(plan, session, hooks)
+    shards = Shards(plan, session, config.get("splits"))
     mark = time.perf_counter()  # an epoch's wall time runs from here to the next one's metrics
     for epoch in range(worker.progress.first_epoch, training.epochs + 1):
         # Noise depends only on (seed, rank, epoch): a resumed epoch draws what it would have drawn.
@@ -266,6 +261,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         metrics = _epoch_metrics(worker, validation, epoch, world, [train_seconds, now - mark], training.validation_k)
         mark = now
         stop = _should_stop(training, worker.progress, metrics)
-        _checkpoint_and_report(plan, worker, metrics, rank, epoch == training.epochs or stop, config.get("progress"))
+        _checkpoint_and_report(plan, worker, metrics, session, epoch == training.epochs or stop)
         if stop:
             break

@@ -36,12 +36,13 @@ from vae.evaluate import evaluation
 from vae.registry import registration
 from vae.registry import runs as mlflow_runs
 from vae.train import checkpoints, checks
+from vae.train.plan import runs_in_process
 from vae.tune import trials as tune_trials
 from vae.tune.space import describe_draw, param_space, plain, trial_config
 from vae.tune.trials import SEARCHES, TRIAL_FILE, SearchState, budget_used_up, run_trial, write_json
 from vae.cluster import ensure_ray
 from vae.config import NetworkSpec, PipelineConfig
-from vae.data.datasets import DatasetRef
+from vae.data.datasets import DatasetRef, read_manifest
 from vae.errors import ConfigError, VAEError
 from vae.paths import inside, tracking_uri, vae_home
 from vae.user_code import code_dirs
@@ -127,6 +128,7 @@ def _tuner(config: PipelineConfig, dataset: DatasetRef, folder: Path, trials: in
 
 
 def _trainable(config: PipelineConfig, dataset: DatasetRef, folder: Path):
+    import ray
     from ray import tune
 
     # Users' networks: the pipeline's own and every searched choice, imported from their folders.
@@ -134,11 +136,22 @@ def _trainable(config: PipelineConfig, dataset: DatasetRef, folder: Path):
     choices = [getattr(space, side, None) for side in ("encoder", "decoder")]
     specs = [*config.model.network_specs]
     specs += [NetworkSpec.model_validate(value) for drawn in choices if drawn is not None for value in drawn.candidates]
+    # A one-worker trial whose data fits the device trains in the trial's own process (no Ray Train
+    # controller and worker group per trial) and holds the worker's resources itself; otherwise the
+    # trial function holds a token CPU (Tune refuses none) and its Ray Train workers reserve their own.
+    training = config.training
+    in_process = runs_in_process(training, read_manifest(dataset.path), config.search.workers)
+    gpu = training.use_gpu and ray.cluster_resources().get("GPU", 0) > 0
+    resources = {"CPU": training.cpus_per_worker, **({"GPU": 1} if gpu else {})} if in_process else {"CPU": 0.01}
     trial = tune.with_parameters(
-        run_trial, base=config, dataset=dataset, folder=str(folder), code_dirs=tuple(code_dirs(specs))
+        run_trial,
+        base=config,
+        dataset=dataset,
+        folder=str(folder),
+        code_dirs=tuple(code_dirs(specs)),
+        in_process=in_process,
     )
-    # The trial function holds a token CPU (Tune refuses none): its Ray Train workers reserve their own.
-    return tune.with_resources(trial, {"CPU": 0.01})
+    return tune.with_resources(trial, resources)
 
 
 def _best_trial(results, folder: Path, pipeline: str, metric: str) -> tuple[str, dict, dict]:

@@ -48,8 +48,11 @@ def write_json(path: Path, value: dict) -> None:
     os.replace(temporary, path)
 
 
-def run_trial(drawn: dict, *, base: PipelineConfig, dataset: DatasetRef, folder: str, code_dirs=()) -> None:
-    """One trial, in a Tune actor: this draw's training, every epoch's metrics reported to Tune."""
+def run_trial(
+    drawn: dict, *, base: PipelineConfig, dataset: DatasetRef, folder: str, code_dirs=(), in_process: bool = False
+) -> None:
+    """One trial, in a Tune actor: this draw's training (`in_process`: in this actor, without Ray
+    Train; vae.train.sessions), every epoch's metrics reported to Tune."""
     from ray import tune
 
     add_search_paths(code_dirs)  # users' network modules (a searched choice among them too)
@@ -60,7 +63,14 @@ def run_trial(drawn: dict, *, base: PipelineConfig, dataset: DatasetRef, folder:
     # A restored search restarts an unfinished trial here: it continues from its newest checkpoint.
     resume = checkpoints.latest_checkpoint(config.name, storage) is not None
     result = driver.train(
-        config, dataset, run_id=trial_id, resume=resume, storage_path=storage, echo=None, on_epoch=tune.report
+        config,
+        dataset,
+        run_id=trial_id,
+        resume=resume,
+        storage_path=storage,
+        echo=None,
+        on_epoch=tune.report,
+        in_process=in_process,
     )
     write_json(
         storage / TRIAL_FILE, {"checkpoint": result.checkpoint, "epochs": result.epochs, "history": result.history}
