@@ -141,13 +141,13 @@ def test_a_resumed_search_spends_only_the_budget_it_had_left(ray_session, tmp_pa
     instead of reporting itself interrupted."""
     path = tmp_path / "pipelines.yaml"
     path.write_text(
-        # Far more epochs than 90 s allow, on any machine: the budget ends the search.
+        # Far more epochs than 30 s allow, on any machine: the budget ends the search.
         PIPELINES.replace("training: {epochs: 2,", "training: {epochs: 100000,").replace(
-            "      trials: 1 ", "      max_minutes: 1.5\n      trials: 1 "
+            "      trials: 1 ", "      max_minutes: 0.5\n      trials: 1 "
         )
     )
     config = load_pipeline("tune-it", path)
-    assert config.search.max_minutes == 1.5 and config.training.epochs == 100000
+    assert config.search.max_minutes == 0.5 and config.training.epochs == 100000
     dataset = ingest(config.dataset)
 
     def interrupt_at_the_first_epoch(line: str) -> None:
@@ -158,10 +158,10 @@ def test_a_resumed_search_spends_only_the_budget_it_had_left(ray_session, tmp_pa
         tuning.search(config, dataset, echo=interrupt_at_the_first_epoch)
     folder = tuning.latest_search("tune-it")
     first = json.loads((folder / BUDGET_FILE).read_text())
-    assert 0 < first["used"] < first["seconds"] == 90.0 and not budget_used_up(folder)
+    assert 0 < first["used"] < first["seconds"] == 30.0 and not budget_used_up(folder)
 
     result = tuning.search(config, dataset, resume=True)
     after = json.loads((folder / BUDGET_FILE).read_text())
-    assert budget_used_up(folder) and after["used"] < 90.0 + 10.0
+    assert budget_used_up(folder) and after["used"] < 30.0 + 10.0
     assert result.evaluation["k"] == 20 and result.registration["model_uri"]
     assert 0 < result.best["epochs"] < 100000
