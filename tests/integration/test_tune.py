@@ -21,7 +21,7 @@ from vae.tune.trials import BUDGET_FILE, TRIAL_FILE, budget_used_up
 from vae.config import load_pipeline
 from vae.data.ingest import ingest
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = pytest.mark.integration
 
 PIPELINES = """
 pipelines:
@@ -135,6 +135,7 @@ def test_an_interrupted_search_resumes_without_rerunning_finished_trials(ray_ses
     assert Path(result.folder) == folder
 
 
+@pytest.mark.slow  # spends a 30 s budget by design; CI's budget keeps it out (pytest -m slow)
 def test_a_resumed_search_spends_only_the_budget_it_had_left(ray_session, tmp_path):
     """Tune restores its stopper with the experiment: a search interrupted after part of its time budget
     gets the rest on `--resume`, and when that runs out it finishes (best scored and registered)
