@@ -1,10 +1,11 @@
 """Stage 2, train: maximise the ELBO with Ray Train (TorchTrainer) across workers: the driver,
-the per-worker loop over Ray Data shards, the optimisation step, checkpoints and resume.
+the per-worker loop over object-store or Ray Data shards, the optimisation step, checkpoints and resume.
 
 driver.py: `train` on the driver (the TorchTrainer, progress lines, the result); process_group.py:
 torch.distributed for the workers with no socket off loopback on one machine; worker.py: the loop
-on every Ray Train worker; stepper.py: one optimisation step, eager or a CUDA graph; shards.py: Ray
-Data input and minibatches; plan.py: the WorkerPlan every worker reads; checkpoints.py: what a
+on every worker; sessions.py: what the loop asks of where it runs (Ray Train, or in-process for a
+search's one-worker trials); stepper.py: one optimisation step, eager or a CUDA graph; shards.py: the
+object-store or Ray Data input and minibatches; plan.py: the WorkerPlan every worker reads; checkpoints.py: what a
 checkpoint holds, restoring one, finding and choosing among them; checks.py: what a run is refused
 for before it starts. Only this package imports Ray Train.
 

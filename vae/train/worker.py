@@ -1,8 +1,10 @@
-"""Stage 2's loop on every Ray Train worker (`train_loop_per_worker`): restore, then per epoch train
-over the worker's shard with the ELBO (or IWAE) objective, validate, all-reduce, checkpoint and report.
+"""Stage 2's loop on every worker (`run_worker`; `train_loop_per_worker` on a Ray Train worker):
+restore, then per epoch train over the worker's shard with the ELBO (or IWAE) objective, validate,
+all-reduce, checkpoint and report.
 
-A plain PyTorch loop with the Ray calls at its edges (get_dataset_shard, prepare_model for DDP,
-report); the step itself is vae.train.stepper's (eager, or a CUDA graph on one GPU worker). Metrics
+A plain PyTorch loop whose surroundings are one `Session` (vae.train.sessions: Ray Train's, with its
+dataset shards, DDP and reports, or the in-process one of a search's one-worker trials); the step
+itself is vae.train.stepper's (eager, or a CUDA graph on one GPU worker). Metrics
 are all-reduced once per epoch; progress lines and checkpoints come from rank 0. `WorkerHooks`
 let tests and tools watch the loop (`RowAudit`: which rows each rank saw).
 """
