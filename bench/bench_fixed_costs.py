@@ -7,6 +7,10 @@
   each a worker process to start) and as vae.train.shards.ray_dataset does now for a split under one
   block (`from_arrow(pyarrow.parquet.read_table(...))`); only the dataset part is timed. The two run
   interleaved, in fresh processes, and the shards they give are compared row for row.
+- `fits`: a one-worker fit of digits (6 epochs, a checkpoint each) by Ray Train's TorchTrainer and
+  in the calling process (`train(..., in_process=True)`, what a search's one-worker trials do),
+  each in a fresh process with a fresh local Ray, interleaved; only `train` is timed (Ray's start is
+  not), and the two histories are compared bit for bit.
 - `cli`: `vae --help` and `vae pipelines` wall time (target: 1.5 s).
 - `--runs`: a cold `vae run digits` (fresh VAE_HOME and PREFECT_HOME) then a warm one (`--force`,
   the same homes): wall times and the flow's own stage seconds (targets: 45 s and 30 s).
@@ -59,6 +63,44 @@ threads = [threading.Thread(target=take, args=(i, it)) for i, it in enumerate(it
 [t.start() for t in threads]; [t.join() for t in threads]
 print(json.dumps({"seconds": seconds, "blocks": made[0].num_blocks(), "shards": shards}))
 """
+
+
+FIT = r"""
+import json, os, sys, tempfile, time
+import torch
+torch.set_num_threads(1)  # as Ray Train gives its worker (1 CPU)
+from vae.cluster import ensure_ray, prepare_local_ray
+prepare_local_ray()
+from vae.config import load_pipeline
+from vae.data.ingest import ingest
+from vae.train import driver
+config = load_pipeline("digits")
+training = config.training.model_copy(update={"workers": 1, "epochs": 6, "checkpoint_every": 1})
+config = config.model_copy(update={"training": training})
+dataset = ingest(config.dataset)
+ensure_ray(1)
+started = time.perf_counter()
+result = driver.train(config, dataset, storage_path=tempfile.mkdtemp(), echo=None, in_process=sys.argv[1] == "in")
+seconds = time.perf_counter() - started
+print(json.dumps({"seconds": seconds, "history": [h["validation_elbo"] for h in result.history]}))
+"""
+
+
+def fits(repeat: int, home: str) -> None:
+    seconds: dict[str, list[float]] = {"ray": [], "in": []}
+    histories = {}
+    env = {**ENV, "VAE_HOME": home}
+    for _ in range(repeat):
+        for how in seconds:  # interleaved
+            _, out = _timed([sys.executable, "-c", FIT, how], env)
+            result = json.loads(out.strip().splitlines()[-1])
+            seconds[how].append(result["seconds"])
+            histories[how] = result["history"]
+    a, b = (statistics.median(seconds[how]) for how in seconds)
+    print(f"one-worker fit of digits, 6 epochs (median of {repeat}, fresh Ray each, only train() timed):")
+    print(f"  Ray Train TorchTrainer          {a:6.2f} s")
+    print(f"  in process (a search's trials)  {b:6.2f} s   ratio {b / a:.3f}")
+    print(f"  validation ELBO per epoch identical bit for bit: {histories['ray'] == histories['in']}")
 
 
 def _timed(command: list[str], env: dict | None = None) -> tuple[float, str]:
@@ -119,6 +161,7 @@ def main() -> None:
 
     folder = ingest(DatasetConfig(name="digits", source="sklearn:digits", validation_fraction=0.1)).path
     ray_data(folder, args.repeat)
+    fits(args.repeat, os.environ.get("VAE_HOME") or tempfile.mkdtemp(prefix="vae-fits-"))
     cli(max(args.repeat, 5))
     if args.runs:
         runs()
