@@ -86,21 +86,24 @@ print(json.dumps({"seconds": seconds, "history": [h["validation_elbo"] for h in 
 """
 
 
-def fits(repeat: int, home: str) -> None:
-    seconds: dict[str, list[float]] = {"ray": [], "in": []}
-    histories = {}
-    env = {**ENV, "VAE_HOME": home}
+def _interleaved(script: str, args: list[str], variants: tuple[str, str], repeat: int, env: dict | None = None):
+    """Each variant's median seconds and last JSON result: `script ARGS VARIANT` in a fresh process, in turns."""
+    seconds: dict[str, list[float]] = {how: [] for how in variants}
+    last = {}
     for _ in range(repeat):
-        for how in seconds:  # interleaved
-            _, out = _timed([sys.executable, "-c", FIT, how], env)
-            result = json.loads(out.strip().splitlines()[-1])
-            seconds[how].append(result["seconds"])
-            histories[how] = result["history"]
-    a, b = (statistics.median(seconds[how]) for how in seconds)
+        for how in variants:
+            _, out = _timed([sys.executable, "-c", script, *args, how], env)
+            last[how] = json.loads(out.strip().splitlines()[-1])
+            seconds[how].append(last[how]["seconds"])
+    return [statistics.median(seconds[how]) for how in variants], last
+
+
+def fits(repeat: int, home: str) -> None:
+    (a, b), last = _interleaved(FIT, [], ("ray", "in"), repeat, {**ENV, "VAE_HOME": home})
     print(f"one-worker fit of digits, 6 epochs (median of {repeat}, fresh Ray each, only train() timed):")
     print(f"  Ray Train TorchTrainer          {a:6.2f} s")
     print(f"  in process (a search's trials)  {b:6.2f} s   ratio {b / a:.3f}")
-    print(f"  validation ELBO per epoch identical bit for bit: {histories['ray'] == histories['in']}")
+    print(f"  validation ELBO per epoch identical bit for bit: {last['ray']['history'] == last['in']['history']}")
 
 
 def _timed(command: list[str], env: dict | None = None) -> tuple[float, str]:
@@ -110,21 +113,12 @@ def _timed(command: list[str], env: dict | None = None) -> tuple[float, str]:
 
 
 def ray_data(folder: str, repeat: int) -> None:
-    seconds: dict[str, list[float]] = {"read_parquet": [], "from_arrow": []}
-    shards = {}
-    for _ in range(repeat):
-        for how in seconds:  # interleaved
-            _, out = _timed([sys.executable, "-c", DATASETS, folder, how])
-            result = json.loads(out.strip().splitlines()[-1])
-            seconds[how].append(result["seconds"])
-            shards[how] = result["shards"]
-    a, b = (statistics.median(seconds[how]) for how in seconds)
+    (a, b), last = _interleaved(DATASETS, [folder], ("read_parquet", "from_arrow"), repeat)
     print(f"ray data, digits train+validation datasets (median of {repeat}, fresh Ray each):")
     print(f"  read_parquet().materialize()  {a:6.2f} s")
     print(f"  from_arrow(read_table())      {b:6.2f} s   ratio {b / a:.3f}")
-    print(
-        f"  the two shards of the train split identical row for row: {shards['read_parquet'] == shards['from_arrow']}"
-    )
+    same = last["read_parquet"]["shards"] == last["from_arrow"]["shards"]
+    print(f"  the two shards of the train split identical row for row: {same}")
 
 
 def cli(repeat: int) -> None:
