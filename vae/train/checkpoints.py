@@ -86,14 +86,14 @@ def state_header(directory: str | Path) -> dict[str, Any]:
     return read_checkpoint_state(directory, mmap=True)
 
 
+def rank_score(value: float | None) -> float:
+    """A checkpoint's validation ELBO for ranking: an unknown or NaN one ranks last."""
+    return -math.inf if value is None or math.isnan(value) else value
+
+
 def best_checkpoint(candidates: list[tuple[str, float | None]]) -> str:
     """The checkpoint with the highest validation ELBO; an unknown or NaN one ranks last."""
-
-    def score(pair: tuple[str, float | None]) -> float:
-        value = pair[1]
-        return -math.inf if value is None or math.isnan(value) else value
-
-    return max(candidates, key=score)[0]
+    return max(candidates, key=lambda pair: rank_score(pair[1]))[0]
 
 
 def earlier_checkpoints(resume_from: str | None) -> list[tuple[str, float | None]]:

@@ -23,7 +23,7 @@ import torch
 
 from vae.cluster import ensure_ray
 from vae.config import PipelineConfig
-from vae.data.datasets import DatasetRef, load_split, split_path
+from vae.data.datasets import DatasetRef, split_path
 from vae.errors import TrainingDivergedError, VAEError
 from vae.paths import checkpoints_dir, inside
 from vae.train.checkpoints import (
@@ -36,7 +36,7 @@ from vae.train.checkpoints import (
 )
 from vae.train.checks import check_inputs
 from vae.train.plan import WorkerPlan, runs_in_process, worker_plan
-from vae.train.shards import SPLITS, put_splits, ray_dataset
+from vae.train.shards import load_splits, put_splits, ray_dataset
 from vae.train.sessions import InProcessSession
 from vae.train.worker import NonFiniteLossError, WorkerHooks, run_worker, train_loop_per_worker
 
@@ -212,9 +212,8 @@ def _fit_in_process(
         on_metrics=lambda metrics: _deliver(metrics, training.epochs, echo, on_epoch, failures),
         device=torch.device("cuda" if use_gpu else "cpu"),
     )
-    splits = {split: load_split(dataset.path, split)[0] for split in SPLITS}
     try:
-        run_worker({"plan": plan, "hooks": hooks, "splits": splits}, session)
+        run_worker({"plan": plan, "hooks": hooks, "splits": load_splits(dataset.path)}, session)
     except NonFiniteLossError as exc:
         _raise_if_diverged(exc)
         raise

@@ -13,16 +13,15 @@ more than its 12 epochs of digits (issue 26, BENCHMARKS.md).
 
 from __future__ import annotations
 
-import math
 import os
 import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
 import torch
+
+from vae.train.checkpoints import rank_score
 
 CHECKPOINT_PREFIX = "checkpoint_"
 
@@ -141,7 +140,7 @@ class InProcessSession(Session):
             return
         newest = self.kept[-1]
         if self.score:
-            ranked = sorted(self.kept, key=lambda kept: _score(kept.metrics.get(self.score)), reverse=True)
+            ranked = sorted(self.kept, key=lambda kept: rank_score(kept.metrics.get(self.score)), reverse=True)
         else:
             ranked = list(reversed(self.kept))
         keep = {id(kept) for kept in ranked[: self.num_to_keep]} | {id(newest)}
@@ -158,7 +157,3 @@ def _checkpoint_name() -> str:
     """Ray Train's checkpoint folder name: checkpoint_<local time to the microsecond> (sorts by time)."""
     now = time.time_ns() // 1000
     return CHECKPOINT_PREFIX + time.strftime("%Y-%m-%d_%H-%M-%S", time.localtime(now // 10**6)) + f".{now % 10**6:06d}"
-
-
-def _score(value: Any) -> float:
-    return -math.inf if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)

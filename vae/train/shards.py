@@ -31,13 +31,18 @@ GPU_VALIDATION_ROWS = 2048
 SPLITS = ("train", "validation")
 
 
+def load_splits(dataset_path: str) -> dict[str, np.ndarray]:
+    """The train and validation images (N, D), as stored: {split: array}."""
+    from vae.data.datasets import load_split
+
+    return {split: load_split(dataset_path, split)[0] for split in SPLITS}
+
+
 def put_splits(dataset_path: str) -> dict:
     """The train and validation images (N, D), as stored, in Ray's object store: {split: ObjectRef}."""
     import ray
 
-    from vae.data.datasets import load_split
-
-    return {split: ray.put(load_split(dataset_path, split)[0]) for split in SPLITS}
+    return {split: ray.put(images) for split, images in load_splits(dataset_path).items()}
 
 
 def rank_rows(rows: int, rank: int, world: int) -> slice:
@@ -98,8 +103,7 @@ def _resident_shard(split, rank: int, world: int, device: torch.device) -> torch
         import ray
 
         split = ray.get(split)  # (N, D), read-only: a view of the object store on this node
-    images = split
-    return torch.from_numpy(np.array(images[rank_rows(images.shape[0], rank, world)])).to(device)
+    return torch.from_numpy(np.array(split[rank_rows(split.shape[0], rank, world)])).to(device)
 
 
 class Shards:
