@@ -51,12 +51,24 @@ LOCAL_TRAIN_ENVIRONMENT = {
 LOCAL_SYSTEM_CONFIG = {"prestart_worker_first_driver": False}
 
 
+# Set in the environment of a Ray that vae starts, so that its raylet and every worker (a Tune trial
+# that fits, say) inherit it: `is_own_ray` there too.
+OWN_RAY = "VAE_OWN_RAY"
+
+
+def is_own_ray() -> bool:
+    """Whether this process runs on a Ray that vae started on this machine (`local_ray_options`): one
+    node, fixed resources, gone with the command. Not on a cluster reached through $RAY_ADDRESS."""
+    return os.environ.get(OWN_RAY) == "1" and not ray_address()
+
+
 def local_ray_options(num_cpus: int) -> dict:
     """`ray.init` keywords for a Ray this process starts on this machine (the CLI, the flows and the
     tests' own Ray): loopback only, `num_cpus` logical CPUs, and the settings above (Ray Train's read
     from the environment, set here unless the user set them)."""
     for name, value in LOCAL_TRAIN_ENVIRONMENT.items():
         os.environ.setdefault(name, value)
+    os.environ[OWN_RAY] = "1"
     return {"_node_ip_address": "127.0.0.1", "num_cpus": num_cpus, "_system_config": dict(LOCAL_SYSTEM_CONFIG)}
 
 

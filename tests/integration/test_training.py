@@ -57,11 +57,19 @@ def _processes_named(fragment: str) -> list[int]:
     return sorted(found)
 
 
+def _actors() -> dict[str, str]:
+    """Every actor the Ray of this session has had, alive or dead: id → class name."""
+    from ray._private.state import actors
+
+    return {actor_id: actor["ActorClassName"] for actor_id, actor in actors().items()}
+
+
 def test_resume_continues_at_the_next_epoch_and_shards_partition_the_split(ray_session, tmp_path):
     dataset = ingest(_config().dataset)
     first_audit, second_audit = tmp_path / "first", tmp_path / "second"
     first_audit.mkdir(), second_audit.mkdir()
     lines: list[str] = []
+    before = _actors()
     first = driver.train(
         _config(epochs=2, use_gpu=True),
         dataset,
@@ -73,6 +81,11 @@ def test_resume_continues_at_the_next_epoch_and_shards_partition_the_split(ray_s
     # use_gpu on a machine without a GPU: one line says so, and CPU workers train.
     assert lines[0] == "training.use_gpu is set but the Ray cluster has no GPU: training on CPU workers"
     assert [h["cuda_graph"] for h in first.history] == [0.0, 0.0]
+    # On a Ray of vae's own, a fit starts its controller, the workers' barrier, the two workers and the
+    # progress queue: no autoscaling coordinator, placement-group cleaner or dataset manager
+    # (vae.train.trainer; each would be a process of its own).
+    started = sorted(name for actor_id, name in _actors().items() if actor_id not in before)
+    assert started == ["RayTrainWorker", "RayTrainWorker", "SynchronizationActor", "TrainController", "_QueueActor"]
 
     # The two workers' rows in an epoch are disjoint and together are the whole train split.
     seen = [collections.Counter(json.loads((first_audit / f"rows-rank{r}.json").read_text())) for r in (0, 1)]

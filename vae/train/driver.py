@@ -134,9 +134,9 @@ def _trainer(
 ):
     """A TorchTrainer over the train and validation splits, with checkpoint retention and failure policy."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
 
     from vae.train.process_group import TorchConfig
+    from vae.train.trainer import TorchTrainer  # Ray's, without a cluster's services on a Ray of vae's own
 
     training = plan.training
     # With early stopping, keep the best by validation ELBO (Ray always keeps the latest).
