@@ -222,7 +222,7 @@ def test_interrupt_rerun_planted_pickle_and_sigkill(tmp_path):
         os.kill(pid, signal.SIGKILL)
 
 
-@pytest.mark.slow  # busy loops on every core for minutes: over CI's budget; run with -m slow
+@pytest.mark.slow  # two more `vae run`s and busy loops on every core: over CI's budget; run with -m slow
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_an_interrupt_under_cpu_load_is_exit_130_one_line_and_a_killed_run(tmp_path, signum):
     """A terminal's Ctrl-C or a scheduler's SIGTERM to the process group, with two busy loops holding
@@ -232,12 +232,19 @@ def test_an_interrupt_under_cpu_load_is_exit_130_one_line_and_a_killed_run(tmp_p
     SIGTERM (exit -6, no line, the run left RUNNING)."""
     name = f"load-{signum.name.lower()}"
     pipelines = tmp_path / "pipelines.yaml"
-    pipelines.write_text(PIPELINES.replace("hard-digits", name).replace("vae-hard", f"vae-{name}"))
-    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(os.cpu_count() or 2)]
+    # 60 epochs: the signal lands while the workers train, however fast the first epochs go.
+    pipelines.write_text(
+        PIPELINES.replace("hard-digits", name).replace("vae-hard", f"vae-{name}").replace("epochs: 6,", "epochs: 60,")
+    )
     process = _start(pipelines, "--force", pipeline=name)
+    hogs: list[subprocess.Popen] = []
     try:
-        _wait_for(process, "epoch   1/6")
+        _wait_for(process, "epoch   1/60")
         children = [child.pid for child in psutil.Process(process.pid).children(recursive=True)]
+        # The loops start once the run trains (the handler is what must be slow, not the run's start,
+        # which took a minute under them) and spin for a second before the signal.
+        hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(os.cpu_count() or 2)]
+        time.sleep(1)
         os.killpg(process.pid, signum)
         code = process.wait(timeout=120)
     finally:
