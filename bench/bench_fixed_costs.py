@@ -1,6 +1,6 @@
 """Fixed costs of a small run, side by side (issue 26): what `vae` pays before and around the model's work.
 
-    python bench/bench_fixed_costs.py [--repeat 3] [--runs]
+    python bench/bench_fixed_costs.py [--repeat 3] [--runs] [--only ray-data|fits|services|cli]
 
 - `ray data`: a fresh process starts a local Ray, then makes the Ray Datasets of digits' train and
   validation splits as training did before (`read_parquet(...).materialize()`: Ray Data's read tasks,
@@ -11,6 +11,10 @@
   in the calling process (`train(..., in_process=True)`, what a search's one-worker trials do),
   each in a fresh process with a fresh local Ray, interleaved; only `train` is timed (Ray's start is
   not), and the two histories are compared bit for bit.
+- `services`: digits' own two-worker fit (15 epochs, `vae run digits`'s settings) by vae's TorchTrainer
+  on a Ray of vae's own, with Ray Train's cluster services (autoscaling coordinator, placement-group
+  cleaner, dataset manager; what `VAE_OWN_RAY=0` gives) and without them (vae.train.trainer), each in
+  a fresh process with a fresh local Ray, interleaved; only `train` is timed, histories compared.
 - `cli`: `vae --help` and `vae pipelines` wall time (target: 1.5 s).
 - `--runs`: a cold `vae run digits` (fresh VAE_HOME and PREFECT_HOME) then a warm one (`--force`,
   the same homes): wall times and the flow's own stage seconds (targets: 45 s and 30 s).
@@ -86,6 +90,24 @@ print(json.dumps({"seconds": seconds, "history": [h["validation_elbo"] for h in 
 """
 
 
+TWO_WORKERS = r"""
+import json, os, sys, tempfile, time
+from vae.cluster import ensure_ray, prepare_local_ray
+prepare_local_ray()
+from vae.config import load_pipeline
+from vae.data.ingest import ingest
+from vae.train import driver
+config = load_pipeline("digits")
+dataset = ingest(config.dataset)
+ensure_ray(config.training.workers)
+os.environ["VAE_OWN_RAY"] = "1" if sys.argv[1] == "without" else "0"  # vae.cluster.is_own_ray
+started = time.perf_counter()
+result = driver.train(config, dataset, storage_path=tempfile.mkdtemp(), echo=None)
+seconds = time.perf_counter() - started
+print(json.dumps({"seconds": seconds, "history": [h["validation_elbo"] for h in result.history]}))
+"""
+
+
 def _interleaved(script: str, args: list[str], variants: tuple[str, str], repeat: int, env: dict | None = None):
     """Each variant's median seconds and last JSON result: `script ARGS VARIANT` in a fresh process, in turns."""
     seconds: dict[str, list[float]] = {how: [] for how in variants}
@@ -104,6 +126,14 @@ def fits(repeat: int, home: str) -> None:
     print(f"  Ray Train TorchTrainer          {a:6.2f} s")
     print(f"  in process (a search's trials)  {b:6.2f} s   ratio {b / a:.3f}")
     print(f"  validation ELBO per epoch identical bit for bit: {last['ray']['history'] == last['in']['history']}")
+
+
+def services(repeat: int, home: str) -> None:
+    (a, b), last = _interleaved(TWO_WORKERS, [], ("with", "without"), repeat, {**ENV, "VAE_HOME": home})
+    print(f"two-worker fit of digits, 15 epochs (median of {repeat}, fresh Ray each, only train() timed):")
+    print(f"  with Ray Train's cluster services     {a:6.2f} s")
+    print(f"  without them (vae.train.trainer)      {b:6.2f} s   ratio {b / a:.3f}")
+    print(f"  validation ELBO per epoch identical bit for bit: {last['with']['history'] == last['without']['history']}")
 
 
 def _timed(command: list[str], env: dict | None = None) -> tuple[float, str]:
@@ -147,6 +177,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--runs", action="store_true", help="also a cold and a warm `vae run digits`")
+    parser.add_argument("--only", choices=["ray-data", "fits", "services", "cli"], help="one section")
     args = parser.parse_args()
     print(f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
     sys.path.insert(0, str(REPO))
@@ -154,9 +185,16 @@ def main() -> None:
     from vae.config import DatasetConfig
 
     folder = ingest(DatasetConfig(name="digits", source="sklearn:digits", validation_fraction=0.1)).path
-    ray_data(folder, args.repeat)
-    fits(args.repeat, os.environ.get("VAE_HOME") or tempfile.mkdtemp(prefix="vae-fits-"))
-    cli(max(args.repeat, 5))
+    home = os.environ.get("VAE_HOME") or tempfile.mkdtemp(prefix="vae-fits-")
+    sections = {
+        "ray-data": lambda: ray_data(folder, args.repeat),
+        "fits": lambda: fits(args.repeat, home),
+        "services": lambda: services(args.repeat, home),
+        "cli": lambda: cli(max(args.repeat, 5)),
+    }
+    for name, section in sections.items():
+        if args.only in (None, name):
+            section()
     if args.runs:
         runs()
 

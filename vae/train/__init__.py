@@ -1,7 +1,8 @@
 """Stage 2, train: maximise the ELBO with Ray Train (TorchTrainer) across workers: the driver,
 the per-worker loop over object-store or Ray Data shards, the optimisation step, checkpoints and resume.
 
-driver.py: `train` on the driver (the TorchTrainer, progress lines, the result); process_group.py:
+driver.py: `train` on the driver (the TorchTrainer, progress lines, the result); trainer.py: Ray
+Train's TorchTrainer without a cluster's services on a Ray of vae's own; process_group.py:
 torch.distributed for the workers with no socket off loopback on one machine; worker.py: the loop
 on every worker; sessions.py: what the loop asks of where it runs (Ray Train, or in-process for a
 search's one-worker trials); stepper.py: one optimisation step, eager or a CUDA graph; shards.py: the

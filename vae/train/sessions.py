@@ -6,9 +6,10 @@ runs the same loop in the calling process as the only worker, without Ray Train:
 prunes checkpoints the way Ray Train's `CheckpointConfig` does (`RUN/checkpoint_<time>`, the best
 `num_to_keep` by validation ELBO under early stopping, else the newest, and always the newest) and
 hands each epoch's metrics straight to the caller. A search uses it for one-worker trials: each
-Ray Train fit starts a controller, a placement-group cleaner, a sync actor, a dataset manager and
-the worker, each a new process (~1.5 s of CPU on a small machine), which on 2 cores cost a trial
-more than its 12 epochs of digits (issue 26, BENCHMARKS.md).
+Ray Train fit starts a controller, a sync actor, the progress queue and the worker (on a cluster
+also a placement-group cleaner, a dataset manager and an autoscaling coordinator; vae.train.trainer),
+each a new process (~1.5 s of CPU on a small machine), which on 2 cores cost a trial more than its 12
+epochs of digits (issue 26, BENCHMARKS.md).
 """
 
 from __future__ import annotations
