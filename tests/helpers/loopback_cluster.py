@@ -81,8 +81,10 @@ class Services:
 
     def environment(self, service: str, extra: dict[str, str] | None = None) -> dict[str, str]:
         env = {
-            k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_", "RAY_")) and k != "VAE_HOME"
-        }
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("PREFECT_", "MLFLOW_", "RAY_")) and k not in ("VAE_HOME", "VAE_OWN_RAY")
+        }  # what the compose file gives a service, not this test process's own (its local Ray's included)
         env.update({k: str(v) for k, v in (self.config["services"][service].get("environment") or {}).items()})
         env["PATH"] = f"{BIN}:{env.get('PATH', '')}"
         env.update(extra or {})

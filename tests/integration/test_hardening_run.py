@@ -1,9 +1,11 @@
 """Real `vae run`s, signalled and tampered with: Ctrl-C, SIGKILL, a planted pickle, open sockets.
 
-One tiny pipeline, three runs: (1) interrupted by SIGINT to its process group (a terminal's Ctrl-C)
-after its first epoch, while its sockets are listed; (2) a rerun that finishes; (3) a run after
-pickles were planted under every persisted task result, killed by SIGKILL of the CLI alone. Then
-SIGINT and SIGTERM to the process group while busy loops hold every core.
+One tiny pipeline, four runs: (1) interrupted by SIGINT to its process group (a terminal's Ctrl-C)
+after its first epoch, while its sockets are listed; (2) a rerun that trains to the end and is
+killed by SIGKILL of its process group as evaluation starts (a crash); (2b) a rerun that reuses that
+training and registers once; (3) a run after pickles were planted under every persisted task result,
+killed by SIGKILL of the CLI alone. Then SIGINT and SIGTERM to the process group while busy loops
+hold every core.
 """
 
 from __future__ import annotations
@@ -180,10 +182,26 @@ def test_interrupt_rerun_planted_pickle_and_sigkill(tmp_path):
     staging = checkpoints_dir() / ".staging"
     assert not staging.exists() or list(staging.iterdir()) == []
 
-    # (2) The rerun finishes, and leaves nothing of its own running: once the result is printed `vae run`
-    # kills its Ray's processes itself and exits (vae.cli.interrupts.exit_at_once), without Ray's shutdown.
+    # (2) The rerun trains to the end and is killed (SIGKILL to its process group, as a machine's crash
+    # would) as evaluation starts: the training task's result is persisted, nothing is registered.
     process = _start(pipelines)
-    seen = _wait_for(process, "epoch ")
+    seen = _wait_for(process, "evaluating log p(x)")
+    children = [child.pid for child in psutil.Process(process.pid).children(recursive=True)]
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait(timeout=30)
+    assert "epoch   6/6" in seen, seen
+    assert client.search_model_versions("name = 'vae-hard'") == []
+    trained = sorted(checkpoints_dir().glob("hard-digits-*"))
+    assert trained
+    deadline = time.monotonic() + 20
+    while _alive(children) and time.monotonic() < deadline:
+        time.sleep(0.2)
+
+    # (2b) The next run reuses that training (no epoch trained again, no new run folder), registers exactly
+    # once, and leaves nothing of its own running: once the result is printed `vae run` kills its Ray's
+    # processes itself and exits (vae.cli.interrupts.exit_at_once), without Ray's shutdown.
+    process = _start(pipelines)
+    seen = _wait_for(process, "reusing the finished training")
     children = [child.pid for child in psutil.Process(process.pid).children(recursive=True)]
     assert any("raylet" in psutil.Process(pid).name() for pid in _alive(children))
     out, err = process.communicate(timeout=300)
@@ -193,9 +211,12 @@ def test_interrupt_rerun_planted_pickle_and_sigkill(tmp_path):
     while _alive(children) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert _alive(children) == []
-    assert "champion" in out
-    assert client.get_run(runs[0].info.run_id).info.status == "FINISHED"
-    assert len(client.search_model_versions("name = 'vae-hard'")) == 1
+    assert "champion" in out and "epoch   1/6" not in out, out
+    assert sorted(checkpoints_dir().glob("hard-digits-*")) == trained
+    versions = client.search_model_versions("name = 'vae-hard'")
+    assert len(versions) == 1
+    runs = client.search_runs([experiment.experiment_id])
+    assert [(run.info.run_id, run.info.status) for run in runs] == [(versions[0].run_id, "FINISHED")]
 
     # (3) Pickles planted under every persisted result; the next run must not load them.
     marker = tmp_path / "PWNED"
