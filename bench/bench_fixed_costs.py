@@ -120,20 +120,24 @@ def _interleaved(script: str, args: list[str], variants: tuple[str, str], repeat
     return [statistics.median(seconds[how]) for how in variants], last
 
 
+def _two_fits(title: str, script: str, variants: dict[str, str], repeat: int, home: str) -> None:
+    """Two ways of one fit, side by side: `variants` maps the script's argument to its label."""
+    (a, b), last = _interleaved(script, [], tuple(variants), repeat, {**ENV, "VAE_HOME": home})
+    (first, second), (label_a, label_b) = tuple(variants), variants.values()
+    print(f"{title} (median of {repeat}, fresh Ray each, only train() timed):")
+    print(f"  {label_a:<36} {a:6.2f} s")
+    print(f"  {label_b:<36} {b:6.2f} s   ratio {b / a:.3f}")
+    print(f"  validation ELBO per epoch identical bit for bit: {last[first]['history'] == last[second]['history']}")
+
+
 def fits(repeat: int, home: str) -> None:
-    (a, b), last = _interleaved(FIT, [], ("ray", "in"), repeat, {**ENV, "VAE_HOME": home})
-    print(f"one-worker fit of digits, 6 epochs (median of {repeat}, fresh Ray each, only train() timed):")
-    print(f"  Ray Train TorchTrainer          {a:6.2f} s")
-    print(f"  in process (a search's trials)  {b:6.2f} s   ratio {b / a:.3f}")
-    print(f"  validation ELBO per epoch identical bit for bit: {last['ray']['history'] == last['in']['history']}")
+    variants = {"ray": "Ray Train TorchTrainer", "in": "in process (a search's trials)"}
+    _two_fits("one-worker fit of digits, 6 epochs", FIT, variants, repeat, home)
 
 
 def services(repeat: int, home: str) -> None:
-    (a, b), last = _interleaved(TWO_WORKERS, [], ("with", "without"), repeat, {**ENV, "VAE_HOME": home})
-    print(f"two-worker fit of digits, 15 epochs (median of {repeat}, fresh Ray each, only train() timed):")
-    print(f"  with Ray Train's cluster services     {a:6.2f} s")
-    print(f"  without them (vae.train.trainer)      {b:6.2f} s   ratio {b / a:.3f}")
-    print(f"  validation ELBO per epoch identical bit for bit: {last['with']['history'] == last['without']['history']}")
+    variants = {"with": "with Ray Train's cluster services", "without": "without them (vae.train.trainer)"}
+    _two_fits("two-worker fit of digits, 15 epochs", TWO_WORKERS, variants, repeat, home)
 
 
 def _timed(command: list[str], env: dict | None = None) -> tuple[float, str]:
