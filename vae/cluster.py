@@ -93,6 +93,13 @@ def ensure_ray(training_cpus: int = 0) -> None:
                 raise
 
 
+def has_gpu() -> bool:
+    """Whether the Ray this process is connected to has a GPU on any node (what `use_gpu` falls back on)."""
+    import ray
+
+    return ray.cluster_resources().get("GPU", 0) > 0
+
+
 def wait_for_ray_start(timeout: float) -> None:
     """Return once no thread is inside `ensure_ray` (or after `timeout` seconds): a process that exits while
     another thread starts Ray would run Ray's exit handler beside its start."""

@@ -153,10 +153,10 @@ def estimate_across_workers(
     """Split x into contiguous shards, one Ray task each (a GPU each when asked), and concatenate in order."""
     import ray
 
-    from vae.cluster import ensure_ray
+    from vae.cluster import ensure_ray, has_gpu
 
     ensure_ray(config.workers)
-    gpus = 1 if config.use_gpu and ray.cluster_resources().get("GPU", 0) > 0 else 0
+    gpus = 1 if config.use_gpu and has_gpu() else 0
     remote = ray.remote(num_cpus=1, num_gpus=gpus)(_estimate_shard)
     state_ref = ray.put(
         {

@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from vae.cluster import has_gpu
 from vae.errors import DataError
 
 
@@ -120,7 +121,7 @@ def map_with_actors(
     has GPUs and `use_gpu` is not False); the results stream back in the dataset's order."""
     import ray
 
-    gpu = bool(ray.cluster_resources().get("GPU", 0) > 0) if use_gpu is None else use_gpu
+    gpu = has_gpu() if use_gpu is None else use_gpu
     mapped = dataset.map_batches(
         actor,
         # The weights go in as a reference nested in a tuple: Ray does not resolve it for the

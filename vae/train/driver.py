@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from vae.cluster import ensure_ray
+from vae.cluster import ensure_ray, has_gpu
 from vae.config import PipelineConfig
 from vae.data.datasets import DatasetRef, split_path
 from vae.errors import TrainingDivergedError, VAEError
@@ -272,7 +272,7 @@ def train(
     ensure_ray(num_workers * training.cpus_per_worker)
     ray.data.DataContext.get_current().enable_progress_bars = False
     wants_gpu = training.use_gpu if use_gpu is None else use_gpu
-    use_gpu = wants_gpu and ray.cluster_resources().get("GPU", 0) > 0
+    use_gpu = wants_gpu and has_gpu()
     if wants_gpu and not use_gpu and echo:
         echo("training.use_gpu is set but the Ray cluster has no GPU: training on CPU workers")
     name = f"{config.name}-{run_id or time.strftime('%Y%m%d-%H%M%S')}"

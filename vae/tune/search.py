@@ -40,7 +40,7 @@ from vae.train.plan import runs_in_process
 from vae.tune import trials as tune_trials
 from vae.tune.space import describe_draw, param_space, plain, trial_config
 from vae.tune.trials import SEARCHES, TRIAL_FILE, SearchState, budget_used_up, run_trial, write_json
-from vae.cluster import ensure_ray
+from vae.cluster import ensure_ray, has_gpu
 from vae.config import NetworkSpec, PipelineConfig
 from vae.data.datasets import DatasetRef, read_manifest
 from vae.errors import ConfigError, VAEError
@@ -128,7 +128,6 @@ def _tuner(config: PipelineConfig, dataset: DatasetRef, folder: Path, trials: in
 
 
 def _trainable(config: PipelineConfig, dataset: DatasetRef, folder: Path):
-    import ray
     from ray import tune
 
     # Users' networks: the pipeline's own and every searched choice, imported from their folders.
@@ -141,7 +140,7 @@ def _trainable(config: PipelineConfig, dataset: DatasetRef, folder: Path):
     # trial function holds a token CPU (Tune refuses none) and its Ray Train workers reserve their own.
     training = config.training
     in_process = runs_in_process(training, read_manifest(dataset.path), config.search.workers)
-    gpu = training.use_gpu and ray.cluster_resources().get("GPU", 0) > 0
+    gpu = training.use_gpu and has_gpu()
     resources = {"CPU": training.cpus_per_worker, **({"GPU": 1} if gpu else {})} if in_process else {"CPU": 0.01}
     trial = tune.with_parameters(
         run_trial,
