@@ -30,15 +30,13 @@ from vae.cluster import is_own_ray
 
 
 class _FixedResources(FixedScalingPolicy):
-    """Ray's fixed scaling policy, asking no autoscaling coordinator for resources nobody can add."""
+    """Ray's fixed scaling policy, asking no autoscaling coordinator for resources nobody can add: no
+    coordinator client is made (Ray's cancel at shutdown then does nothing), and no request is sent."""
 
     def after_controller_start(self, train_run_context) -> None:
-        self._requester_id = f"train-{train_run_context.run_id}"
-
-    def _maybe_send_resource_request(self) -> None:
         pass
 
-    def _cancel_resource_request(self) -> None:
+    def _maybe_send_resource_request(self) -> None:
         pass
 
 
