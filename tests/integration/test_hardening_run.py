@@ -93,6 +93,14 @@ def _alive(pids: list[int]) -> list[int]:
     return [pid for pid in pids if psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE]
 
 
+def _alive_after(pids: list[int], seconds: float) -> list[int]:
+    """`pids` still alive once they have all gone or `seconds` have passed, whichever is first."""
+    deadline = time.monotonic() + seconds
+    while _alive(pids) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return _alive(pids)
+
+
 def _gcs_refuses_without_token(port: int, token: str) -> tuple[str, int]:
     import grpc
     from ray.core.generated import gcs_service_pb2, gcs_service_pb2_grpc
@@ -193,9 +201,7 @@ def test_interrupt_rerun_planted_pickle_and_sigkill(tmp_path):
     assert client.search_model_versions("name = 'vae-hard'") == []
     trained = sorted(checkpoints_dir().glob("hard-digits-*"))
     assert trained
-    deadline = time.monotonic() + 20
-    while _alive(children) and time.monotonic() < deadline:
-        time.sleep(0.2)
+    _alive_after(children, 20)
 
     # (2b) The next run reuses that training (no epoch trained again, no new run folder), registers exactly
     # once, and leaves nothing of its own running: once the result is printed `vae run` kills its Ray's
@@ -207,10 +213,7 @@ def test_interrupt_rerun_planted_pickle_and_sigkill(tmp_path):
     out, err = process.communicate(timeout=300)
     out = seen + out
     assert process.returncode == 0, out + err
-    deadline = time.monotonic() + 5
-    while _alive(children) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert _alive(children) == []
+    assert _alive_after(children, 5) == []
     assert "champion" in out and "epoch   1/6" not in out, out
     assert sorted(checkpoints_dir().glob("hard-digits-*")) == trained
     versions = client.search_model_versions("name = 'vae-hard'")
@@ -230,16 +233,10 @@ def test_interrupt_rerun_planted_pickle_and_sigkill(tmp_path):
     assert len(server) == 1
     os.kill(process.pid, signal.SIGKILL)  # the CLI alone, as an OOM killer would
     process.wait(timeout=30)
-    deadline = time.monotonic() + 15
-    while _alive(server) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert _alive(server) == []  # no orphan Prefect server
+    assert _alive_after(server, 15) == []  # no orphan Prefect server
     assert not marker.exists()
     assert "not a plain JSON result record" in refused
-    deadline = time.monotonic() + 20
-    while _alive(children) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    for pid in _alive(children):  # what Ray leaves behind is ended here, so later tests start clean
+    for pid in _alive_after(children, 20):  # what Ray leaves behind is ended here, so later tests start clean
         os.kill(pid, signal.SIGKILL)
 
 
@@ -287,9 +284,6 @@ def test_an_interrupt_under_cpu_load_is_exit_130_one_line_and_a_killed_run(tmp_p
         f"interrupted: pipeline '{name}' stopped (MLflow run {runs[0].info.run_id} marked KILLED); "
         f"`vae run {name}` resumes"
     )
-    deadline = time.monotonic() + 15  # the raylet and GCS are killed by the kernel as the CLI exits
-    while _alive(children) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert _alive(children) == []
+    assert _alive_after(children, 15) == []  # the raylet and GCS are killed by the kernel as the CLI exits
     staging = checkpoints_dir() / ".staging"
     assert not staging.exists() or list(staging.iterdir()) == []
