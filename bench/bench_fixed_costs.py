@@ -69,43 +69,48 @@ print(json.dumps({"seconds": seconds, "blocks": made[0].num_blocks(), "shards": 
 """
 
 
-FIT = r"""
+_DIGITS_FIT = r"""
 import json, os, sys, tempfile, time
-import torch
-torch.set_num_threads(1)  # as Ray Train gives its worker (1 CPU)
 from vae.cluster import ensure_ray, prepare_local_ray
 prepare_local_ray()
 from vae.config import load_pipeline
 from vae.data.ingest import ingest
 from vae.train import driver
 config = load_pipeline("digits")
+"""
+_TIMED_TRAIN = r"""
+started = time.perf_counter()
+result = driver.train(config, dataset, storage_path=tempfile.mkdtemp(), echo=None, **options)
+seconds = time.perf_counter() - started
+print(json.dumps({"seconds": seconds, "history": [h["validation_elbo"] for h in result.history]}))
+"""
+
+# A one-worker fit, 6 epochs with a checkpoint each: Ray Train (`ray`) or in process (`in`).
+FIT = (
+    _DIGITS_FIT
+    + r"""
+import torch
+torch.set_num_threads(1)  # as Ray Train gives its worker (1 CPU)
 training = config.training.model_copy(update={"workers": 1, "epochs": 6, "checkpoint_every": 1})
 config = config.model_copy(update={"training": training})
 dataset = ingest(config.dataset)
 ensure_ray(1)
-started = time.perf_counter()
-result = driver.train(config, dataset, storage_path=tempfile.mkdtemp(), echo=None, in_process=sys.argv[1] == "in")
-seconds = time.perf_counter() - started
-print(json.dumps({"seconds": seconds, "history": [h["validation_elbo"] for h in result.history]}))
+options = {"in_process": sys.argv[1] == "in"}
 """
+    + _TIMED_TRAIN
+)
 
-
-TWO_WORKERS = r"""
-import json, os, sys, tempfile, time
-from vae.cluster import ensure_ray, prepare_local_ray
-prepare_local_ray()
-from vae.config import load_pipeline
-from vae.data.ingest import ingest
-from vae.train import driver
-config = load_pipeline("digits")
+# digits' own two-worker fit, with Ray Train's cluster services (`with`) or without them (`without`).
+TWO_WORKERS = (
+    _DIGITS_FIT
+    + r"""
 dataset = ingest(config.dataset)
 ensure_ray(config.training.workers)
 os.environ["VAE_OWN_RAY"] = "1" if sys.argv[1] == "without" else "0"  # vae.cluster.is_own_ray
-started = time.perf_counter()
-result = driver.train(config, dataset, storage_path=tempfile.mkdtemp(), echo=None)
-seconds = time.perf_counter() - started
-print(json.dumps({"seconds": seconds, "history": [h["validation_elbo"] for h in result.history]}))
+options = {}
 """
+    + _TIMED_TRAIN
+)
 
 
 def _interleaved(script: str, args: list[str], variants: tuple[str, str], repeat: int, env: dict | None = None):
