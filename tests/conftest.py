@@ -26,6 +26,21 @@ from vae.paths import quiet_environment  # noqa: E402 (after VAE_HOME and PREFEC
 quiet_environment()
 
 
+@pytest.fixture(autouse=True)
+def _environment_restored():
+    """What a test's in-process `vae` command sets in os.environ (e.g. PREFECT_LOCAL_STORAGE_PATH under
+    a monkeypatched VAE_HOME) ends with the test: later tests, and the commands they start, see the
+    suite's own environment whatever order they run in. Session and module fixtures set theirs
+    before this snapshot."""
+    before = dict(os.environ)
+    yield
+    for key in set(os.environ) - set(before):
+        del os.environ[key]
+    for key, value in before.items():
+        if os.environ.get(key) != value:
+            os.environ[key] = value
+
+
 @pytest.fixture(scope="session")
 def ray_session():
     """One local Ray for the whole suite: starting Ray costs seconds, a fit tens of seconds."""
@@ -50,3 +65,27 @@ def prefect_server():
 @pytest.fixture(scope="session")
 def state_dir() -> Path:
     return _STATE
+
+
+# The modules that take longest (a minute or more each, mostly `vae run`s, Ray Train fits and the
+# loopback cluster) go first, then the rest of the integration tests, then the unit tests: with the
+# suite spread over workers by module (pyproject: -n auto --dist loadfile --no-loadscope-reorder),
+# the short modules fill the gaps at the end instead of a long one running alone.
+_LONGEST_FIRST = ("test_cluster", "test_hardening_run", "test_registry_gate", "test_training", "test_tune")
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    def rank(item) -> tuple[int, int]:
+        module = item.path.stem
+        if module in _LONGEST_FIRST:
+            return 0, _LONGEST_FIRST.index(module)
+        return (1 if item.get_closest_marker("integration") else 2), 0
+
+    items.sort(key=rank)  # stable: within a rank, collection order
+
+
+def pytest_xdist_auto_num_workers(config) -> int:
+    """`-n auto` (pyproject's addopts): a worker per core, at most four. Each worker starts its own
+    Ray and Prefect test server (~10 s of CPU) and its own state folder; with more, those set-ups
+    outweigh what the integration tests gain."""
+    return max(1, min(os.cpu_count() or 1, 4))

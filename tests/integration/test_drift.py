@@ -150,7 +150,6 @@ def test_the_null_is_not_flagged_and_the_output_carries_its_lineage(ray_session,
     assert logged == {"drift/null.parquet", "drift/log_px_histogram.png", "drift/drift.json"}
 
 
-@pytest.mark.slow  # CI budget: the simpler-digits case below covers exit 3 in CI
 def test_inverted_digits_are_drift_with_exit_code_3(ray_session, world):
     out = world["folder"] / "inverted.parquet"
     reference = f"{world['digits']['path']}:test"
@@ -217,7 +216,6 @@ def test_bad_input_is_one_line_before_ray_starts_and_nothing_is_written(world):
         assert not out.exists() and not [p for p in folder.iterdir() if p.name.startswith(".refused")]
 
 
-@pytest.mark.slow  # CI budget (two Ray Data scorings and a Prefect flow); run with -m slow
 def test_drift_flow_fails_on_drift_publishes_artifacts_and_skips_unchanged_inputs(
     ray_session, prefect_server, world, tmp_path
 ):

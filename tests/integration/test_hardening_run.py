@@ -240,7 +240,6 @@ def test_interrupt_rerun_planted_pickle_and_sigkill(tmp_path):
         os.kill(pid, signal.SIGKILL)
 
 
-@pytest.mark.slow  # two more `vae run`s and busy loops on every core: over CI's budget; run with -m slow
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_an_interrupt_under_cpu_load_is_exit_130_one_line_and_a_killed_run(tmp_path, signum):
     """A terminal's Ctrl-C or a scheduler's SIGTERM to the process group, with two busy loops holding

@@ -135,7 +135,6 @@ def test_an_interrupted_search_resumes_without_rerunning_finished_trials(ray_ses
     assert Path(result.folder) == folder
 
 
-@pytest.mark.slow  # spends a 30 s budget by design; CI's budget keeps it out (pytest -m slow)
 def test_a_resumed_search_spends_only_the_budget_it_had_left(ray_session, tmp_path):
     """Tune restores its stopper with the experiment: a search interrupted after part of its time budget
     gets the rest on `--resume`, and when that runs out it finishes (best scored and registered)

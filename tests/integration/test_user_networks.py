@@ -182,7 +182,6 @@ SEARCH = """
 """
 
 
-@pytest.mark.slow
 def test_vae_tune_searches_among_a_users_networks(ray_session, tmp_path):
     """A searched choice of networks: each trial trains its draw in a Tune actor that knew nothing of
     the user's folder; the best is registered with its own encoder in the model."""
