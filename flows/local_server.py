@@ -20,6 +20,7 @@ import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 from vae.errors import VAEError
 
@@ -80,6 +81,24 @@ def detach_api_logs() -> None:
         for handler in list(getattr(logger, "handlers", [])):
             if isinstance(handler, APILogHandler):
                 logger.removeHandler(handler)
+
+
+def without_heartbeats(function: Callable[..., Any]) -> Callable[..., Any]:
+    """`function` with Prefect's flow-run heartbeats off, for flows on a server of this process's own.
+
+    A heartbeat lets a long-lived server mark a flow run whose process died as crashed; this server dies
+    with the run, so there is nothing to tell it. And each flow run's end joins the heartbeat thread,
+    which sleeps in one-second steps: ~0.5 s per flow run, five of them in a pipeline (issue 26). On a
+    server named by PREFECT_API_URL (a deployment's) the heartbeats stay. Prefect disables them in its
+    own test session the same way (None)."""
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+        with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+            return function(*args, **kwargs)
+
+    return call
 
 
 @contextlib.contextmanager

@@ -55,10 +55,15 @@ def ray_session():
 
 @pytest.fixture(scope="session")
 def prefect_server():
-    """Prefect's test harness: a real temporary API server and database for the session."""
+    """Prefect's test harness: a real temporary API server and database for the session, with flow-run
+    heartbeats off as `vae run` has them on a server of its own (flows.local_server.without_heartbeats)."""
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness(server_startup_timeout=180):
+    with (
+        prefect_test_harness(server_startup_timeout=180),
+        temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}),
+    ):
         yield
 
 

@@ -268,7 +268,7 @@ def run_pipeline(
         from flows.pipeline import pipeline_flow
 
         return in_thread(pipeline_flow, *arguments)
-    from flows.local_server import starting_local_server
+    from flows.local_server import starting_local_server, without_heartbeats
 
     from vae.cluster import wait_for_ray_start
 
@@ -282,7 +282,7 @@ def run_pipeline(
             store_ready = start_services_early(training_cpus)
             answering()
             store_ready()
-            return in_thread(pipeline_flow, *arguments)
+            return in_thread(without_heartbeats(pipeline_flow), *arguments)
         finally:
             os.environ.pop("PREFECT_API_URL", None)
             wait_for_ray_start(timeout=60)  # a flow that failed early (bad data) ends after Ray's start, not during it
