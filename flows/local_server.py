@@ -83,19 +83,27 @@ def detach_api_logs() -> None:
                 logger.removeHandler(handler)
 
 
-def without_heartbeats(function: Callable[..., Any]) -> Callable[..., Any]:
-    """`function` with Prefect's flow-run heartbeats off, for flows on a server of this process's own.
+@contextlib.contextmanager
+def heartbeats_off() -> Iterator[None]:
+    """Prefect's flow-run heartbeats off for the flow runs started inside, in this thread (a settings context).
 
-    A heartbeat lets a long-lived server mark a flow run whose process died as crashed; this server dies
-    with the run, so there is nothing to tell it. And each flow run's end joins the heartbeat thread,
-    which sleeps in one-second steps: ~0.5 s per flow run, five of them in a pipeline (issue 26). On a
-    server named by PREFECT_API_URL (a deployment's) the heartbeats stay. Prefect disables them in its
-    own test session the same way (None)."""
+    A heartbeat lets a long-lived server mark a flow run whose process died as crashed; a server of this
+    process's own dies with the run, so there is nothing to tell it. And each flow run's end joins the
+    heartbeat thread, which sleeps in one-second steps: ~0.5 s per flow run, five of them in a pipeline
+    (issue 26). On a server named by PREFECT_API_URL (a deployment's) the heartbeats stay. Prefect's own
+    test session turns them off the same way (None); so does this project's (tests/conftest.py)."""
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+    with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+        yield
+
+
+def without_heartbeats(function: Callable[..., Any]) -> Callable[..., Any]:
+    """`function` under `heartbeats_off`, wherever it is called: a settings context does not follow a
+    function into the thread that `vae run` runs its flow in (vae.cli.interrupts.in_thread)."""
 
     def call(*args: Any, **kwargs: Any) -> Any:
-        from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
-
-        with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+        with heartbeats_off():
             return function(*args, **kwargs)
 
     return call

@@ -56,14 +56,12 @@ def ray_session():
 @pytest.fixture(scope="session")
 def prefect_server():
     """Prefect's test harness: a real temporary API server and database for the session, with flow-run
-    heartbeats off as `vae run` has them on a server of its own (flows.local_server.without_heartbeats)."""
-    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+    heartbeats off as `vae run` has them on a server of its own (flows.local_server.heartbeats_off)."""
     from prefect.testing.utilities import prefect_test_harness
 
-    with (
-        prefect_test_harness(server_startup_timeout=180),
-        temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}),
-    ):
+    from flows.local_server import heartbeats_off
+
+    with prefect_test_harness(server_startup_timeout=180), heartbeats_off():
         yield
 
 
