@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from vae.train import driver, worker
+from vae.train import driver, hooks
 from vae.config import DatasetConfig, ModelConfig, PipelineConfig, RegistryConfig, TrainingConfig
 from vae.data.ingest import ingest
 from vae.data.datasets import load_split
@@ -64,28 +64,43 @@ def _actors() -> dict[str, str]:
     return {actor_id: actor["ActorClassName"] for actor_id, actor in actors().items()}
 
 
+def _maps_torch(pid: int) -> bool:
+    """Whether process `pid` has loaded torch (its shared library is mapped)."""
+    return "libtorch" in Path(f"/proc/{pid}/maps").read_text()
+
+
 def test_resume_continues_at_the_next_epoch_and_shards_partition_the_split(ray_session, tmp_path):
     dataset = ingest(_config().dataset)
     first_audit, second_audit = tmp_path / "first", tmp_path / "second"
     first_audit.mkdir(), second_audit.mkdir()
     lines: list[str] = []
+    loaded: dict[str, list[bool]] = {}
+
+    def echo(line: str) -> None:  # on the driver, while the fit's processes run
+        lines.append(line)
+        if line.startswith("epoch") and not loaded:
+            for name in ("TrainController", "RayTrainWorker"):
+                loaded[name] = [_maps_torch(pid) for pid in _processes_named(f"ray::{name}")]
+
     before = _actors()
     first = driver.train(
         _config(epochs=2, use_gpu=True),
         dataset,
         storage_path=tmp_path / "runs",
-        echo=lines.append,
-        hooks=worker.RowAudit(str(first_audit)),
+        echo=echo,
+        hooks=hooks.RowAudit(str(first_audit)),
     )
     assert first.epochs == 2 and _started(first_audit) == [1, 2]
     # use_gpu on a machine without a GPU: one line says so, and CPU workers train.
     assert lines[0] == "training.use_gpu is set but the Ray cluster has no GPU: training on CPU workers"
     assert [h["cuda_graph"] for h in first.history] == [0.0, 0.0]
-    # On a Ray of vae's own, a fit starts its controller, the workers' barrier, the two workers and the
-    # progress queue: no autoscaling coordinator, placement-group cleaner or dataset manager
-    # (vae.train.trainer; each would be a process of its own).
+    # On a Ray of vae's own, a fit starts its controller, the workers' barrier and the two workers: no
+    # autoscaling coordinator, placement-group cleaner, dataset manager (vae.train.trainer) or progress
+    # queue (vae.train.progress: a file on one machine); each would be a process of its own.
     started = sorted(name for actor_id, name in _actors().items() if actor_id not in before)
-    assert started == ["RayTrainWorker", "RayTrainWorker", "SynchronizationActor", "TrainController", "_QueueActor"]
+    assert started == ["RayTrainWorker", "RayTrainWorker", "SynchronizationActor", "TrainController"]
+    # The controller never loads torch (what it unpickles is torch-free: vae.train.scaling); the workers do.
+    assert loaded == {"TrainController": [False], "RayTrainWorker": [True, True]}
 
     # The two workers' rows in an epoch are disjoint and together are the whole train split.
     seen = [collections.Counter(json.loads((first_audit / f"rows-rank{r}.json").read_text())) for r in (0, 1)]
@@ -111,7 +126,7 @@ def test_resume_continues_at_the_next_epoch_and_shards_partition_the_split(ray_s
         echo=resumed_lines.append,
         on_epoch=flaky_log,
         resume=True,
-        hooks=worker.RowAudit(str(second_audit)),
+        hooks=hooks.RowAudit(str(second_audit)),
     )
     assert _started(second_audit) == [3, 4]
     assert [int(h["epoch"]) for h in second.history] == [1, 2, 3, 4]
@@ -135,7 +150,7 @@ def test_a_killed_worker_is_replaced_and_training_resumes_from_the_latest_checkp
     runner = threading.Thread(
         target=lambda: outcome.update(
             result=driver.train(
-                config, dataset, storage_path=tmp_path / "runs", echo=None, hooks=worker.RowAudit(str(audit))
+                config, dataset, storage_path=tmp_path / "runs", echo=None, hooks=hooks.RowAudit(str(audit))
             )
         )
     )

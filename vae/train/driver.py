@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from vae.cluster import ensure_ray, has_gpu
+from vae.cluster import ensure_ray, has_gpu, is_own_ray
 from vae.config import PipelineConfig
 from vae.data.datasets import DatasetRef, split_path
 from vae.errors import TrainingDivergedError, VAEError
@@ -36,9 +36,11 @@ from vae.train.checkpoints import (
 )
 from vae.train.checks import check_inputs
 from vae.train.plan import WorkerPlan, runs_in_process, worker_plan
+from vae.train.progress import Channel, open_channel
 from vae.train.shards import load_splits, put_splits, ray_dataset
 from vae.train.sessions import InProcessSession
-from vae.train.worker import NonFiniteLossError, WorkerHooks, run_worker, train_loop_per_worker
+from vae.train.hooks import WorkerHooks
+from vae.train.worker import NonFiniteLossError, run_worker, train_loop_per_worker
 
 _DIVERGED = re.compile(r"non-finite loss \([^)]*\) at epoch \d+, step \d+[^\n]*")
 
@@ -68,7 +70,7 @@ def format_epoch(metrics: dict[str, float], epochs: int) -> str:
 
 
 def _follow_progress(
-    queue,
+    channel: Channel,
     epochs: int,
     stop: threading.Event,
     echo: Callable[[str], None] | None,
@@ -81,17 +83,15 @@ def _follow_progress(
     `on_epoch` that raises (a locked database) does not end the thread: the epoch is recorded in
     `failures` and training goes on; `train` says afterwards what was not logged.
     """
-    from ray.util.queue import Empty
-
     while True:
         try:
-            metrics = queue.get(timeout=0.5)
-        except Empty:
+            metrics = channel.get(timeout=0.5)
+        except Exception:  # the channel is gone (the queue actor died): training has ended
+            return
+        if metrics is None:
             if stop.is_set():
                 return
             continue
-        except Exception:  # the queue actor is gone: training has ended
-            return
         _deliver(metrics, epochs, echo, on_epoch, failures)
 
 
@@ -167,7 +167,6 @@ def _trainer(
 def _fit(trainer, progress, epochs: int, echo, on_epoch, staging: Path) -> tuple[str | None, list]:
     """trainer.fit() with the progress thread; a diverged run becomes one TrainingDivergedError line.
     Returns the newest checkpoint and the kept ones with their validation ELBOs."""
-    import ray
 
     stop = threading.Event()
     follower = None
@@ -186,7 +185,7 @@ def _fit(trainer, progress, epochs: int, echo, on_epoch, staging: Path) -> tuple
         if follower is not None:
             stop.set()  # the thread drains what is queued, then ends
             follower.join(timeout=60)
-            ray.kill(progress.actor)
+            progress.close()
         shutil.rmtree(staging, ignore_errors=True)  # what a killed worker left half-written
         _warn_unrecorded(failures, echo)
     kept = [(checkpoint.path, metrics.get("validation_elbo")) for checkpoint, metrics in result.best_checkpoints or []]
@@ -247,9 +246,7 @@ def train(
     fit whose data fits the device budget in this process, without Ray Train (a search's trials,
     vae.train.sessions); otherwise, and for more workers or streamed data, Ray Train fits.
     """
-    import ray
     import ray.data
-    from ray.util.queue import Queue
 
     training = config.training
     storage = Path(storage_path or checkpoints_dir())
@@ -282,7 +279,7 @@ def train(
     if in_process and runs_in_process(training, manifest, num_workers):
         latest, kept = _fit_in_process(plan, dataset, storage / name, use_gpu, echo, on_epoch, hooks, staging)
     else:
-        progress = Queue(actor_options={"num_cpus": 0}) if echo or on_epoch else None
+        progress = open_channel(one_machine=is_own_ray()) if echo or on_epoch else None
         # Resident shards come from the object store (no Ray Data pipeline); bigger ones stream from Ray Data.
         splits, datasets = (put_splits(dataset.path), {}) if plan.resident else (None, _ray_datasets(dataset))
         loop_config = {"plan": plan, "progress": progress, "hooks": hooks, "splits": splits}

@@ -1,13 +1,13 @@
 """Where the worker loop runs: what it asks of its surroundings, as one small interface (`Session`).
 
 `RayTrainSession` is a Ray Train worker's (rank and world from the train context, its dataset
-shards, DDP, `ray.train.report` with checkpoints, the driver's progress queue). `InProcessSession`
+shards, DDP, `ray.train.report` with checkpoints, the driver's progress channel). `InProcessSession`
 runs the same loop in the calling process as the only worker, without Ray Train: it persists and
 prunes checkpoints the way Ray Train's `CheckpointConfig` does (`RUN/checkpoint_<time>`, the best
 `num_to_keep` by validation ELBO under early stopping, else the newest, and always the newest) and
 hands each epoch's metrics straight to the caller. A search uses it for one-worker trials: each
-Ray Train fit starts a controller, a sync actor, the progress queue and the worker (on a cluster
-also a placement-group cleaner, a dataset manager and an autoscaling coordinator; vae.train.trainer),
+Ray Train fit starts a controller, a sync actor and the worker (on a cluster also the progress queue,
+a placement-group cleaner, a dataset manager and an autoscaling coordinator; vae.train.trainer),
 each a new process (~1.5 s of CPU on a small machine), which on 2 cores cost a trial more than its 12
 epochs of digits (issue 26, BENCHMARKS.md).
 """
@@ -58,14 +58,14 @@ class Session:
 class RayTrainSession(Session):
     """A Ray Train worker's session (call inside `train_loop_per_worker`)."""
 
-    def __init__(self, progress_queue=None):
+    def __init__(self, progress=None):
         import ray.train
         import ray.train.torch
 
         context = ray.train.get_context()
         self.rank, self.world = context.get_world_rank(), context.get_world_size()
         self.device = ray.train.torch.get_device()
-        self.queue = progress_queue
+        self.channel = progress
 
     def restart_state(self) -> dict | None:
         import ray.train
@@ -89,8 +89,8 @@ class RayTrainSession(Session):
         return ray.train.torch.prepare_model(module) if self.world > 1 else module.to(self.device)
 
     def epoch_done(self, metrics: dict[str, float]) -> None:
-        if self.rank == 0 and self.queue is not None:
-            self.queue.put(metrics)  # the driver prints it and hands it to on_epoch
+        if self.rank == 0 and self.channel is not None:
+            self.channel.put(metrics)  # the driver prints it and hands it to on_epoch (vae.train.progress)
 
     def report(self, metrics: dict[str, float], directory: str | None) -> None:
         import ray.train

@@ -27,17 +27,7 @@ from ray.train.v2._internal.callbacks.placement_group_callback import PlacementG
 from ray.train.v2._internal.execution.scaling_policy.fixed import FixedScalingPolicy
 
 from vae.cluster import is_own_ray
-
-
-class _FixedResources(FixedScalingPolicy):
-    """Ray's fixed scaling policy, asking no autoscaling coordinator for resources nobody can add: no
-    coordinator client is made (Ray's cancel at shutdown then does nothing), and no request is sent."""
-
-    def after_controller_start(self, train_run_context) -> None:
-        pass
-
-    def _maybe_send_resource_request(self) -> None:
-        pass
+from vae.train.scaling import FixedResources
 
 
 class TorchTrainer(RayTorchTrainer):
@@ -52,5 +42,5 @@ class TorchTrainer(RayTorchTrainer):
 
     def _initialize_and_run_controller(self, **controller_init_kwargs):
         if is_own_ray() and type(controller_init_kwargs.get("scaling_policy")) is FixedScalingPolicy:
-            controller_init_kwargs["scaling_policy"] = _FixedResources(self.scaling_config)
+            controller_init_kwargs["scaling_policy"] = FixedResources(self.scaling_config)
         return super()._initialize_and_run_controller(**controller_init_kwargs)

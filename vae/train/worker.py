@@ -6,13 +6,11 @@ A plain PyTorch loop whose surroundings are one `Session` (vae.train.sessions: R
 dataset shards, DDP and reports, or the in-process one of a search's one-worker trials); the step
 itself is vae.train.stepper's (eager, or a CUDA graph on one GPU worker). Metrics
 are all-reduced once per epoch; progress lines and checkpoints come from rank 0. `WorkerHooks`
-let tests and tools watch the loop (`RowAudit`: which rows each rank saw).
+(vae.train.hooks) let tests and tools watch the loop.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import tempfile
 import time
@@ -27,43 +25,12 @@ from vae.data.inputs import prepare_inputs
 from vae.models.model import CHECKPOINT_FILE, VAE, build_model
 from vae.models.objectives import elbo, iwae_bound
 from vae.train.checkpoints import Progress, checkpoint_state, restore_checkpoint
+from vae.train.hooks import WorkerHooks
 from vae.train.plan import WorkerPlan
 from vae.train.sessions import RayTrainSession, Session
 from vae.train.shards import Shards
 from vae.train.stepper import Objective, Stepper, make_optimizer
 from vae.user_code import add_search_paths
-
-
-class WorkerHooks:
-    """Callbacks into the worker loop, for tests and tools; the default does nothing."""
-
-    def epoch_started(self, epoch: int, rank: int) -> None: ...
-
-    def batch(self, epoch: int, rank: int, images: torch.Tensor) -> None: ...
-
-    def epoch_finished(self, epoch: int, rank: int) -> None: ...
-
-
-class RowAudit(WorkerHooks):
-    """Records epochs started (rank 0) and, for the run's first epoch, a hash of every row each rank saw."""
-
-    def __init__(self, directory: str):
-        self.directory, self.first_epoch, self.seen = directory, None, []
-
-    def epoch_started(self, epoch: int, rank: int) -> None:
-        self.first_epoch = self.first_epoch or epoch
-        if rank == 0:
-            with open(os.path.join(self.directory, "epochs_started.txt"), "a") as handle:
-                handle.write(f"{epoch}\n")
-
-    def batch(self, epoch: int, rank: int, images: torch.Tensor) -> None:
-        if epoch == self.first_epoch:
-            self.seen.extend(hashlib.sha1(row.cpu().numpy().tobytes()).hexdigest() for row in images)
-
-    def epoch_finished(self, epoch: int, rank: int) -> None:
-        if epoch == self.first_epoch:
-            with open(os.path.join(self.directory, f"rows-rank{rank}.json"), "w") as handle:
-                json.dump(self.seen, handle)
 
 
 class NonFiniteLossError(RuntimeError):
