@@ -85,7 +85,8 @@ def _follow_progress(
     """
     while True:
         try:
-            metrics = channel.get(timeout=0.5)
+            # A short wait: once the fit has ended, `_fit` waits for this thread to see `stop`.
+            metrics = channel.get(timeout=0.1)
         except Exception:  # the channel is gone (the queue actor died): training has ended
             return
         if metrics is None:

@@ -175,7 +175,7 @@ def _checkpoint_and_report(plan: WorkerPlan, worker: _Worker, metrics: dict, ses
     Only checkpoint epochs go to `ray.train.report`: Train V2 keeps no metrics without a checkpoint,
     and each report waits for the controller to take it off a one-slot queue, which it polls every
     RAY_TRAIN_HEALTH_CHECK_INTERVAL_S (2 s): measured on an H200, reporting every 0.2 s epoch made
-    them ~2 s each. The per-epoch lines and `on_epoch` use the driver's queue instead.
+    them ~2 s each. The per-epoch lines and `on_epoch` use the driver's progress channel instead.
     """
     epoch = int(metrics["epoch"])
     session.epoch_done(metrics)
