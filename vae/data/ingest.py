@@ -443,15 +443,19 @@ def ingest_report(
         return _write(source, config, root, verify=verify)
 
 
+HASH_MEMO = ".content-hashes.json"
+
+
 def cache_key(config: DatasetConfig, root: Path | None = None) -> str | None:
     """A key naming the version this config's source content would give: its path, hashed.
 
-    Local sources are streamed through sha256 (no conversion); a URL has a key only with a given
-    sha256. None when there is no cheap answer, or the source is unreadable (ingest reports why).
+    Local sources are streamed through sha256 (no conversion), once: the hash of unchanged files is
+    remembered under `root` (vae.data.sources.memo); a URL has a key only with a given sha256. None when
+    there is no cheap answer, or the source is unreadable (ingest reports why).
     """
     root = Path(root) if root else datasets_dir()
     try:
-        digest = config.sha256.lower() if config.sha256 else sources.content_hash(config.source)
+        digest = config.sha256.lower() if config.sha256 else sources.content_hash(config.source, root / HASH_MEMO)
     except DataError:
         return None
     if digest is None:

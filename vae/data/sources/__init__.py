@@ -13,6 +13,7 @@ found (by name, then by its first bytes), and each format is read by its own mod
   sklearn_data   sklearn:digits, sklearn:sample-patches
   download    http(s) URLs, fetched to a temporary file
   layout      (N, H, W, C) or (N, C, H, W) arrays → stored channel-major
+  memo        content hashes remembered by their files' identity (a stat, not a read, per run)
 
 Each reader declares its rows, image shape and pixel dtype up front (from a header, a file
 listing or a counting pass), then yields chunks (images (b, *shape), labels (b,) or None), so a
@@ -59,7 +60,8 @@ from vae.data.sources.images import IMAGE_SUFFIXES, open_image_folder
 from vae.data.sources.layout import channels_first
 from vae.data.sources.npy import open_npy, open_npz
 from vae.data.sources.parquet import open_parquet
-from vae.data.sources.sklearn_data import SKLEARN_SOURCES, sklearn_digits, sklearn_sample_patches
+from vae.data.sources.memo import remembered
+from vae.data.sources.sklearn_data import SKLEARN_SOURCES, bundled_files, sklearn_digits, sklearn_sample_patches
 
 # What the rest of vae uses; CHUNK_BYTES is not among them: it lives (and is patched) in base.
 __all__ = [
@@ -77,6 +79,7 @@ __all__ = [
     "hash_tree",
     "is_url",
     "open_source",
+    "bundled_files",
     "sklearn_digits",
     "sklearn_sample_patches",
 ]
@@ -84,19 +87,22 @@ __all__ = [
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
 
 
-def content_hash(spec: str) -> str | None:
-    """The content hash open_source would report, without converting anything; None for a URL."""
+def content_hash(spec: str, memo: Path | None = None) -> str | None:
+    """The content hash open_source would report, without converting anything; None for a URL. With a
+    `memo` file, the hash of files unchanged since it was last computed is not computed again (memo.py)."""
     if is_url(spec):
         return None
     if spec in SKLEARN_SOURCES:
-        return SKLEARN_SOURCES[spec]().content_hash
+        how, files = bundled_files(spec)
+        return remembered(memo if files else None, how, files, lambda: SKLEARN_SOURCES[spec]().content_hash)
     path = _local_path(spec)
     if path.is_dir() and looks_like_cifar(path):
-        return guard_io(path, lambda: hash_tree(path, cifar_files(path)))
+        files = guard_io(path, lambda: cifar_files(path))
+        return guard_io(path, lambda: remembered(memo, ["cifar"], files, lambda: hash_tree(path, files)))
     if path.is_dir():
         _, files = _folder_files(path)
-        return guard_io(path, lambda: hash_tree(path, files))
-    return guard_io(path, lambda: hash_file(path))
+        return guard_io(path, lambda: remembered(memo, ["folder", str(path)], files, lambda: hash_tree(path, files)))
+    return guard_io(path, lambda: remembered(memo, ["file"], [path], lambda: hash_file(path)))
 
 
 @contextlib.contextmanager

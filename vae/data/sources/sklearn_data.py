@@ -8,6 +8,7 @@ held in memory (they are small) and hashed from their arrays.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import numpy as np
 
@@ -71,6 +72,34 @@ def sklearn_sample_patches(
 
 
 SAMPLE_PATCHES = "sklearn:sample-patches"
+
+# The files of sklearn's installation each source is read from (what its content hash is remembered by).
+_BUNDLED = {
+    "sklearn:digits": ("datasets/data/digits.csv.gz",),
+    SAMPLE_PATCHES: ("datasets/images/china.jpg", "datasets/images/flower.jpg"),
+}
+
+
+def bundled_files(spec: str) -> tuple[list, list[Path]]:
+    """How `spec` is read (sklearn's version, the patch geometry) and the files it is read from, found
+    without importing sklearn (~1 s); no files if sklearn's layout is not the one expected."""
+    import importlib.metadata
+    import importlib.util
+
+    found = importlib.util.find_spec("sklearn")
+    root = Path(found.origin).parent if found and found.origin else None
+    files = [root / relative for relative in _BUNDLED[spec]] if root else []
+    how = [
+        spec,
+        importlib.metadata.version("scikit-learn"),
+        PATCH_SIDE,
+        PATCH_TRAIN_STRIDE,
+        PATCH_TEST_STRIDE,
+        PATCH_TEST_COLUMN,
+    ]
+    return how, files if files and all(path.is_file() for path in files) else []
+
+
 SKLEARN_SOURCES: dict[str, Callable[[], Source]] = {
     "sklearn:digits": sklearn_digits,
     SAMPLE_PATCHES: sklearn_sample_patches,
