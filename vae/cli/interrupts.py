@@ -206,28 +206,19 @@ def in_thread(function, *args) -> Any:
     return outcome["result"]
 
 
-def start_services_early(training_cpus: int):
-    """While `vae run` waits for its Prefect server, start what the flow will ask for anyway, each in a
-    thread of its own: a new sqlite MLflow store's tables (vae.registry.runs.prepare_store), and a local
-    Ray sized for the pipeline's training workers, in a parked thread (the processes it starts must
-    outlive it, see in_thread; not with $RAY_ADDRESS: connecting is quick). A failure here is left for the
-    flow to meet again with its own one-line error; vae.cluster.ensure_ray makes the flow's call wait for
-    this one. Returns the function that waits for the MLflow store (call it before the flow starts)."""
+def start_services_early(training_cpus: int) -> None:
+    """While `vae run` waits for its Prefect server and ingests, start what the flow will ask for anyway,
+    each in a thread of its own: the sqlite MLflow store (vae.registry.runs.prepare_store_in_background:
+    the flow's first MLflow call waits for it), and a local Ray sized for the pipeline's training workers,
+    in a parked thread (the processes it starts must outlive it, see in_thread; not with $RAY_ADDRESS:
+    connecting is quick). A failure here is left for the flow to meet again with its own one-line error;
+    vae.cluster.ensure_ray makes the flow's call wait for this one."""
     import threading
 
     from vae.paths import ray_address
+    from vae.registry import runs
 
-    store_ready = threading.Event()
-
-    def store_up() -> None:
-        try:
-            from vae.registry import runs
-
-            runs.prepare_store()
-        except Exception:  # the flow's own first MLflow call meets it again and reports it
-            pass
-        finally:
-            store_ready.set()
+    runs.prepare_store_in_background()
 
     def ray_up() -> None:
         with contextlib.suppress(BaseException):
@@ -236,10 +227,8 @@ def start_services_early(training_cpus: int):
             ensure_ray(training_cpus)
         threading.Event().wait()  # parked until the process exits (a daemon thread)
 
-    threading.Thread(target=store_up, name="vae-mlflow-store", daemon=True).start()
     if not ray_address():
         threading.Thread(target=ray_up, name="vae-ray", daemon=True).start()
-    return lambda: store_ready.wait(timeout=120)
 
 
 def keep_sigterm_from_ray() -> None:
@@ -279,10 +268,13 @@ def run_pipeline(
             # (no two threads import one package at once), then Ray and the MLflow store in threads of their own.
             from flows.pipeline import pipeline_flow
 
-            store_ready = start_services_early(training_cpus)
+            start_services_early(training_cpus)
             answering()
-            store_ready()
             return in_thread(without_heartbeats(pipeline_flow), *arguments)
         finally:
+            from vae.registry.runs import wait_for_store
+
             os.environ.pop("PREFECT_API_URL", None)
-            wait_for_ray_start(timeout=60)  # a flow that failed early (bad data) ends after Ray's start, not during it
+            # A flow that failed early (bad data) ends after Ray's start and the store's, not during them.
+            wait_for_ray_start(timeout=60)
+            wait_for_store(timeout=60)

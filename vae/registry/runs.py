@@ -11,6 +11,7 @@ import logging
 import math
 import os
 import subprocess
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -38,17 +39,43 @@ def quiet_logs() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
-def prepare_store(uri: str | None = None) -> None:
-    """Create and migrate a new sqlite tracking store (what the first client call would do), quietly
-    and without touching the process's MLflow settings: `vae run` does it while its Prefect server starts."""
+# Held while a thread prepares the store (`prepare_store_in_background`): a client made meanwhile, in
+# any thread, waits for it, since two first connections to a new sqlite store would both create its tables.
+_PREPARING = threading.Lock()
+
+
+def prepare_store_in_background(uri: str | None = None) -> None:
+    """Open (and for a new sqlite store, create and migrate) the tracking store in a thread of its own, as
+    the first client call would, quietly and without touching the process's MLflow settings (`vae run`
+    does it while the flow ingests: ~1 s, mostly importing the SQLAlchemy store). `client()` waits for it;
+    a failure here is left for the first client call to meet again and report."""
     uri = uri or tracking_uri()
-    if uri.startswith("sqlite:"):
-        quiet_logs()
-        MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+    if not uri.startswith("sqlite:"):
+        return
+    _PREPARING.acquire()  # here, not in the thread: a client made before the thread runs waits too
+
+    def prepare() -> None:
+        try:
+            quiet_logs()
+            MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+        except Exception:  # noqa: BLE001 - the first client call meets it again and reports it
+            pass
+        finally:
+            _PREPARING.release()
+
+    threading.Thread(target=prepare, name="vae-mlflow-store", daemon=True).start()
+
+
+def wait_for_store(timeout: float) -> None:
+    """Return once no thread prepares the store (or after `timeout` seconds): a process that exits while
+    a new store's tables are being created would leave it half-migrated."""
+    if _PREPARING.acquire(timeout=timeout):
+        _PREPARING.release()
 
 
 def client(uri: str | None = None):
     """An MlflowClient on the tracking store (sqlite under VAE_HOME unless MLFLOW_TRACKING_URI is set)."""
+    wait_for_store(timeout=120)
     quiet_logs()
     uri = uri or tracking_uri()
     exported = os.environ.get("MLFLOW_TRACKING_URI")
