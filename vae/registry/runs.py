@@ -189,9 +189,8 @@ def child_runs(parent_run_id: str, uri: str | None = None) -> dict[str, str]:
     """The trials of a search: {trial_id: run_id} of the parent's child runs."""
     mlflow_client = client(uri)
     experiment_id = mlflow_client.get_run(parent_run_id).info.experiment_id
-    runs = mlflow_client.search_runs(
-        [experiment_id], f"tags.`mlflow.parentRunId` = '{parent_run_id}'", max_results=10000
-    )
+    children = f"tags.`mlflow.parentRunId` = '{parent_run_id}'"
+    runs = _every_page(mlflow_client.search_runs, experiment_ids=[experiment_id], filter_string=children)
     return {run.data.tags.get("trial_id", run.info.run_id): run.info.run_id for run in runs}
 
 
@@ -271,13 +270,26 @@ def runs_of_session(session: str, uri: str | None = None) -> list[str]:
     """The runs a `vae run` process tagged with its session token that are RUNNING or FAILED: what its
     interrupt handler marks KILLED (kill_if_running decides each)."""
     mlflow_client = client(uri)
-    experiments = [e.experiment_id for e in mlflow_client.search_experiments()]
+    experiments = [e.experiment_id for e in _every_page(mlflow_client.search_experiments)]
     if not experiments:
         return []
-    found = mlflow_client.search_runs(
-        experiments, filter_string=f"tags.`{SESSION_TAG}` = '{session}' and attributes.status != 'FINISHED'"
-    )
+    unfinished = f"tags.`{SESSION_TAG}` = '{session}' and attributes.status != 'FINISHED'"
+    found = _every_page(mlflow_client.search_runs, experiment_ids=experiments, filter_string=unfinished)
     return sorted(run.info.run_id for run in found)
+
+
+SEARCH_PAGE = 1000  # MLflow's own page size for searches
+
+
+def _every_page(search, **arguments) -> list:
+    """Every result of an MLflow search, page by page (one call returns at most a page)."""
+    found, token = [], None
+    while True:
+        page = search(max_results=SEARCH_PAGE, page_token=token, **arguments)
+        found.extend(page)
+        token = page.token
+        if not token:
+            return found
 
 
 def fail_if_running(run_id: str, uri: str | None = None) -> bool:
