@@ -10,6 +10,7 @@ hold every core.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -87,6 +88,18 @@ def _listening(pids: list[int]) -> list[tuple[str, str, int]]:
         except psutil.Error:
             pass
     return found
+
+
+def _descendants_once_ray_runs(process: subprocess.Popen, timeout: float) -> list[int]:
+    """`process`'s descendants, once the raylet of the Ray it starts is among them."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        children = [child.pid for child in psutil.Process(process.pid).children(recursive=True)]
+        with contextlib.suppress(psutil.Error):
+            if any("raylet" in psutil.Process(pid).name() for pid in _alive(children)):
+                return children
+        time.sleep(0.2)
+    pytest.fail(f"`vae run` started no Ray within {timeout:.0f} s")
 
 
 def _alive(pids: list[int]) -> list[int]:
@@ -208,8 +221,7 @@ def test_interrupt_rerun_planted_pickle_and_sigkill(tmp_path):
     # processes itself and exits (vae.cli.interrupts.exit_at_once), without Ray's shutdown.
     process = _start(pipelines)
     seen = _wait_for(process, "reusing the finished training")
-    children = [child.pid for child in psutil.Process(process.pid).children(recursive=True)]
-    assert any("raylet" in psutil.Process(pid).name() for pid in _alive(children))
+    children = _descendants_once_ray_runs(process, timeout=60)  # Ray starts beside the flow, maybe after this line
     out, err = process.communicate(timeout=300)
     out = seen + out
     assert process.returncode == 0, out + err

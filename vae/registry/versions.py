@@ -60,16 +60,18 @@ class Registration:
 
 @contextlib.contextmanager
 def _gate_lock(uri: str):
-    """Serialise gates that share a local sqlite store (a file lock beside the database)."""
+    """Serialise gates that share a local sqlite store (a file lock beside the database); yields the seconds
+    `_move_alias` lets a write settle before it reads it back: none under the lock, where no other gate
+    writes meanwhile."""
     if not uri.startswith("sqlite:///"):
-        yield  # a server: the verify-after-write loop of _move_alias settles races
+        yield SETTLE_SECONDS  # a server: the verify-after-write loop of _move_alias settles races
         return
     import fcntl
 
     with open(uri[len("sqlite:///") :] + ".gate.lock", "w") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
-            yield
+            yield 0.0
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
@@ -100,9 +102,12 @@ def _nll_on(mlflow_client, name: str, version, protocol: str, evaluate: Callable
     return nll
 
 
+SETTLE_SECONDS = 0.2  # how long an alias write on a shared server is left to meet a concurrent one
+
+
 def _move_alias(
     mlflow_client, name: str, alias: str, number: int, wins: Callable[[Any], bool], tries: int = 10,
-    settle_seconds: float = 0.2,
+    settle_seconds: float = SETTLE_SECONDS,
 ) -> bool:  # fmt: skip
     """Point `alias` at version `number` if `wins(the version it names now, or None)`; whether it does.
 
@@ -136,7 +141,7 @@ def promote_if_better(
     protocol: str,
     margin: float,
     evaluate: Callable[[str], float] | None = None,
-    settle_seconds: float = 0.2,
+    settle_seconds: float = SETTLE_SECONDS,
     kind: str = "binary",
 ) -> tuple[bool, float | None]:
     """Move `champion` to version `number` iff its NLL beats the champion's on the same data by > margin
@@ -169,14 +174,14 @@ def promote_if_better(
     return False, compared[-1] if compared else None  # the champion that stays
 
 
-def _point_challenger(mlflow_client, name: str, number: int) -> None:
+def _point_challenger(mlflow_client, name: str, number: int, settle_seconds: float = SETTLE_SECONDS) -> None:
     """`challenger` names the newest version registered: a race between two registrations leaves
     it on the later one, and a rerun that registers an older version again does not take it back."""
 
     def newer(current) -> bool:
         return current is None or int(current.version) < number
 
-    _move_alias(mlflow_client, name, CHALLENGER, number, newer)
+    _move_alias(mlflow_client, name, CHALLENGER, number, newer, settle_seconds=settle_seconds)
 
 
 def _version_of_run(mlflow_client, name: str, run_id: str):
@@ -305,8 +310,8 @@ def register_model(
     for key, value in tags.items():
         mlflow_client.set_model_version_tag(name, str(number), key, value)
     gate = None
-    with _gate_lock(uri):
-        _point_challenger(mlflow_client, name, number)
+    with _gate_lock(uri) as settle_seconds:
+        _point_challenger(mlflow_client, name, number, settle_seconds)
         try:
             promoted, previous = promote_if_better(
                 mlflow_client,
@@ -316,6 +321,7 @@ def register_model(
                 protocol,
                 config.registry.promote_margin,
                 evaluate_champion,
+                settle_seconds=settle_seconds,
                 kind=kind,
             )
         except NotComparableError as exc:
