@@ -16,9 +16,8 @@ import json
 import os
 import tempfile
 import time
-from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TextIO
 
 POLL_SECONDS = 0.05  # how often the driver looks for a new line: an epoch's line is printed this late at most
 
@@ -28,9 +27,8 @@ class FileChannel:
     """A JSON line per epoch, appended by rank 0 (on this machine) to `path`, a file only this user can read."""
 
     path: str
-    _unread: deque = field(default_factory=deque, repr=False)
-    _partial: str = field(default="", repr=False)
-    _offset: int = field(default=0, repr=False)
+    _reader: TextIO | None = field(default=None, repr=False)
+    _partial: str = field(default="", repr=False)  # the start of a line rank 0 is still writing
 
     def put(self, metrics: dict[str, float]) -> None:
         # One write of one line to a file opened for appending: a reader sees it whole or not yet.
@@ -40,18 +38,16 @@ class FileChannel:
     def get(self, timeout: float) -> dict[str, float] | None:
         """The next epoch's metrics, or None if none came within `timeout` seconds."""
         deadline = time.monotonic() + timeout
-        while not self._unread:
-            with open(self.path, encoding="utf-8") as handle:
-                handle.seek(self._offset)
-                text = handle.read()
-                self._offset = handle.tell()
-            *lines, self._partial = (self._partial + text).split("\n")
-            self._unread.extend(lines)
-            if not self._unread:
-                if time.monotonic() >= deadline:
-                    return None
-                time.sleep(POLL_SECONDS)
-        return json.loads(self._unread.popleft())
+        if self._reader is None:
+            self._reader = open(self.path, encoding="utf-8")  # kept open until close()
+        while True:
+            self._partial += self._reader.readline()  # "" at the end of what is written so far
+            if self._partial.endswith("\n"):
+                line, self._partial = self._partial, ""
+                return json.loads(line)
+            if time.monotonic() >= deadline:
+                return None
+            time.sleep(POLL_SECONDS)
 
     def __getstate__(self) -> dict[str, Any]:
         return {"path": self.path}  # a worker gets the path, not what the driver has read
@@ -60,6 +56,8 @@ class FileChannel:
         self.__init__(state["path"])
 
     def close(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
         try:
             os.unlink(self.path)
         except FileNotFoundError:
