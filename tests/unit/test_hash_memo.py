@@ -12,6 +12,7 @@ import pytest
 
 from vae.data import sources
 from vae.data.sources import memo
+from vae.data.sources.sklearn_data import bundled_files
 
 
 def _count(calls: list, digest: str):
@@ -65,7 +66,7 @@ def test_a_folder_is_hashed_again_when_a_file_is_added(tmp_path, settled):
 
 def test_sklearn_digits_from_the_memo_is_the_hash_of_its_arrays(tmp_path):
     store = tmp_path / "memo.json"
-    how, files = sources.bundled_files("sklearn:digits")
+    how, files = bundled_files("sklearn:digits")
     assert files and all(path.stat().st_size > 0 for path in files)
     computed = sources.sklearn_digits().content_hash
     assert sources.content_hash("sklearn:digits", store) == computed  # the bundled file is years old: remembered

@@ -79,7 +79,6 @@ __all__ = [
     "hash_tree",
     "is_url",
     "open_source",
-    "bundled_files",
     "sklearn_digits",
     "sklearn_sample_patches",
 ]
@@ -101,7 +100,7 @@ def content_hash(spec: str, memo: Path | None = None) -> str | None:
         return guard_io(path, lambda: remembered(memo, ["cifar"], files, lambda: hash_tree(path, files)))
     if path.is_dir():
         _, files = _folder_files(path)
-        return guard_io(path, lambda: remembered(memo, ["folder", str(path)], files, lambda: hash_tree(path, files)))
+        return guard_io(path, lambda: remembered(memo, ["folder"], files, lambda: hash_tree(path, files)))
     return guard_io(path, lambda: remembered(memo, ["file"], [path], lambda: hash_file(path)))
 
 
