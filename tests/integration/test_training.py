@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from vae.train import driver, hooks
+from vae.train.process_group import RENDEZVOUS_PREFIX
 from vae.config import DatasetConfig, ModelConfig, PipelineConfig, RegistryConfig, TrainingConfig
 from vae.data.ingest import ingest
 from vae.data.datasets import load_split
@@ -145,7 +146,6 @@ def test_a_killed_worker_is_replaced_and_training_resumes_from_the_latest_checkp
     audit = tmp_path / "audit"
     audit.mkdir()
     config = _config(epochs=8, batch_size=16, max_failures=2)
-    rendezvous = set(Path(tempfile.gettempdir()).glob("vae-rendezvous-*"))  # the process groups' FileStore folders
     outcome: dict = {}
     runner = threading.Thread(
         target=lambda: outcome.update(
@@ -159,6 +159,11 @@ def test_a_killed_worker_is_replaced_and_training_resumes_from_the_latest_checkp
     while 3 not in _started(audit):  # epoch 2's checkpoint exists once epoch 3 starts
         assert time.time() < deadline and runner.is_alive(), "training never reached epoch 3"
         time.sleep(0.05)
+    # The process group's FileStore folder, named after this fit's run (other tests' fits may run beside it).
+    runs = tmp_path / "runs"
+    run = next(folder.name for folder in runs.iterdir() if not folder.name.startswith("."))
+    rendezvous = f"{RENDEZVOUS_PREFIX}{run}-*"
+    assert list(Path(tempfile.gettempdir()).glob(rendezvous)), "no rendezvous folder of this fit found"
     victims = _processes_named("RayTrainWorker")
     assert victims, "no Ray Train worker process found"
     os.kill(victims[-1], signal.SIGKILL)
@@ -175,7 +180,7 @@ def test_a_killed_worker_is_replaced_and_training_resumes_from_the_latest_checkp
     assert started == list(range(1, j + 1)) + list(range(r, 9)) and 2 <= r <= j, started
     assert result.history[r - 2]["epoch"] == r - 1  # the checkpoint's own record was kept, not retrained
     # Both worker groups' rendezvous folders are gone, the killed one's included.
-    assert set(Path(tempfile.gettempdir()).glob("vae-rendezvous-*")) == rendezvous
+    assert list(Path(tempfile.gettempdir()).glob(rendezvous)) == []
 
 
 def test_a_one_worker_fit_in_process_matches_ray_train_and_keeps_checkpoints_alike(ray_session, tmp_path):

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ import ray
 from ray.train.backend import Backend, BackendConfig
 
 RENDEZVOUS_FILE = "store"
+RENDEZVOUS_PREFIX = "vae-rendezvous-"
 
 
 @dataclass
@@ -150,8 +152,13 @@ def _node_id() -> str:
 
 
 def _make_rendezvous() -> str:
-    """A new directory only this user can enter (mkdtemp: mode 0700) for the FileStore."""
-    return tempfile.mkdtemp(prefix="vae-rendezvous-")
+    """A new directory only this user can enter (mkdtemp: mode 0700) for the FileStore, named after the
+    Train run (`vae-rendezvous-<run>-…`): one left behind says whose it was, and a run's own can be told
+    from another run's on the same machine."""
+    import ray.train
+
+    run = re.sub(r"[^A-Za-z0-9_.-]+", "_", ray.train.get_context().get_experiment_name())
+    return tempfile.mkdtemp(prefix=f"{RENDEZVOUS_PREFIX}{run}-")
 
 
 def loopback_interface() -> str | None:
