@@ -172,6 +172,9 @@ def _trial_runs_class():
 
 
 BUDGET_FILE = "budget.json"  # the search's time budget and the seconds its trials have used so far
+# How stale BUDGET_FILE may be: a Ctrl-C records at most this much less than was used. A trial's first
+# epoch can come within 5 s of the search's start, and a search stopped then recorded none of its time.
+BUDGET_WRITE_SECONDS = 1.0
 
 
 def _search_budget_class():
@@ -179,7 +182,7 @@ def _search_budget_class():
 
     Tune pickles its controller's stopper into the experiment state and a restored search runs on the
     restored one, so the budget counts the time of every run of the search, not of this process. The
-    live stopper writes the seconds used to BUDGET_FILE (at most every 5 s, and when it runs out):
+    live stopper writes the seconds used to BUDGET_FILE (at most every BUDGET_WRITE_SECONDS, and when it runs out):
     `search` reads it to tell a search the budget ended from one Ctrl-C stopped. Built on first use
     (Ray is imported lazily) and registered as `vae.tune.trials.SearchBudget` so its pickles load.
     """
@@ -200,7 +203,7 @@ def _search_budget_class():
                 self.used += now - self._last
             self._last = now
             out = self.used >= self.seconds
-            if out or now - self._written >= 5.0:
+            if out or now - self._written >= BUDGET_WRITE_SECONDS:
                 self._written = now
                 write_json(Path(self.folder) / BUDGET_FILE, {"seconds": self.seconds, "used": self.used})
             return out
