@@ -8,6 +8,7 @@ import shutil
 import numpy as np
 import pytest
 from tests.helpers.ingest_helpers import Route, loopback_server, write_idx_folder
+from tests.helpers.prefect_records import recorded_task_runs
 
 from flows.ingest import ingest_flow
 from vae.config import load_pipeline
@@ -30,14 +31,8 @@ def _pipelines(tmp_path, source: str):
 
 
 def _task_states(flow_state) -> list[str]:
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
-
-    with get_client(sync_client=True) as client:
-        runs = client.read_task_runs(
-            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_state.state_details.flow_run_id]))
-        )
-    return [run.state.name for run in sorted(runs, key=lambda run: run.created)]
+    runs = recorded_task_runs(flow_run_id=flow_state.state_details.flow_run_id)
+    return [run.state.name for run in runs]
 
 
 def test_an_unchanged_source_skips_ingestion_through_the_task_cache(prefect_server, tmp_path):

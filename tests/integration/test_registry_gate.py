@@ -11,6 +11,7 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
+from tests.helpers.prefect_records import recorded_task_runs
 from tests.helpers.registry_helpers import gate_config, register, save_checkpoint
 from vae.registry import gate, runs, versions
 from vae.paths import tracking_uri
@@ -234,10 +235,6 @@ def test_challenger_names_the_newest_version_even_when_an_older_one_registers_ag
 
 def test_a_refused_model_name_is_not_retried_and_logs_nothing(prefect_server, tmp_path):
     from flows.register import register_task
-    from prefect import get_client
-    from prefect.utilities.asyncutils import run_coro_as_sync
-
-    from vae.data.ingest import ingest
 
     config = gate_config("vae-refused")
     bad = config.model_copy(update={"registry": config.registry.model_copy(update={"model_name": "bad/name"})})
@@ -249,10 +246,7 @@ def test_a_refused_model_name_is_not_retried_and_logs_nothing(prefect_server, tm
     assert state.is_failed()
     assert str(state.result(raise_on_failure=False)).startswith("registry.model_name 'bad/name': ")
 
-    async def run_count() -> int:
-        async with get_client() as client:
-            return (await client.read_task_run(state.state_details.task_run_id)).run_count
-
-    assert run_coro_as_sync(run_count()) == 1  # no retries of a permanent error
+    (recorded,) = recorded_task_runs(task_run_id=state.state_details.task_run_id)
+    assert recorded.run_count == 1  # no retries of a permanent error
     experiment = MlflowClient(tracking_uri()).get_run(run_id).info.experiment_id
     assert MlflowClient(tracking_uri()).search_logged_models([experiment]) == []  # no model logged
