@@ -185,6 +185,20 @@ def start_trial_run(
     return run_id
 
 
+SEARCH_PAGE = 1000  # MLflow's own page size for searches
+
+
+def _every_page(search, **arguments) -> list:
+    """Every result of an MLflow search, page by page (one call returns at most a page)."""
+    found, token = [], None
+    while True:
+        page = search(max_results=SEARCH_PAGE, page_token=token, **arguments)
+        found.extend(page)
+        token = page.token
+        if not token:
+            return found
+
+
 def child_runs(parent_run_id: str, uri: str | None = None) -> dict[str, str]:
     """The trials of a search: {trial_id: run_id} of the parent's child runs."""
     mlflow_client = client(uri)
@@ -276,20 +290,6 @@ def runs_of_session(session: str, uri: str | None = None) -> list[str]:
     unfinished = f"tags.`{SESSION_TAG}` = '{session}' and attributes.status != 'FINISHED'"
     found = _every_page(mlflow_client.search_runs, experiment_ids=experiments, filter_string=unfinished)
     return sorted(run.info.run_id for run in found)
-
-
-SEARCH_PAGE = 1000  # MLflow's own page size for searches
-
-
-def _every_page(search, **arguments) -> list:
-    """Every result of an MLflow search, page by page (one call returns at most a page)."""
-    found, token = [], None
-    while True:
-        page = search(max_results=SEARCH_PAGE, page_token=token, **arguments)
-        found.extend(page)
-        token = page.token
-        if not token:
-            return found
 
 
 def fail_if_running(run_id: str, uri: str | None = None) -> bool:
