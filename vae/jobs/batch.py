@@ -113,23 +113,83 @@ class ModelActor:
         self.model = model_from_state(state).to(self.device)
 
 
-def map_with_actors(
-    dataset, actor: type, state: dict[str, Any], options: dict[str, Any], workers: int, use_gpu: bool | None,
-    batch_size: int,
+def row_ranges(paths: dict[str, str], manifest: dict[str, Any], rows_per_range: int) -> pa.Table:
+    """The work of a job: (path, split, first, count) per range of at most `rows_per_range` rows of a split."""
+    ranges = [
+        (path, split, first, min(rows_per_range, int(manifest["rows"][split]) - first))
+        for path, split in paths.items()
+        for first in range(0, int(manifest["rows"][split]), rows_per_range)
+    ]
+    path, split, first, count = zip(*ranges)
+    return pa.table({"path": list(path), "split": list(split), "first": list(first), "count": list(count)})
+
+
+def read_rows(path: str, first: int, count: int) -> pa.Table:
+    """Rows first..first+count-1 of a Parquet file, reading only the row groups that hold them."""
+    file = pq.ParquetFile(path)
+    sizes = [file.metadata.row_group(i).num_rows for i in range(file.num_row_groups)]
+    starts = np.concatenate([[0], np.cumsum(sizes)])  # (G + 1,)
+    groups = [g for g in range(len(sizes)) if starts[g] < first + count and starts[g + 1] > first]
+    return file.read_row_groups(groups).slice(first - int(starts[groups[0]]), count)
+
+
+class RangeActor(ModelActor):
+    """A Ray Data actor over row ranges: a batch of (path, split, first, count) in, one row per image out
+    (its split, its row within the split, its label, and what `compute` makes of the images)."""
+
+    def compute(self, images: torch.Tensor, first: int) -> dict[str, pa.Array]:
+        """Output columns for `images` (B, D, stored dtype), rows first..first+B-1 of their split."""
+        raise NotImplementedError
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        done = []
+        for path, split, first, count in zip(
+            *(batch.column(c).to_pylist() for c in ("path", "split", "first", "count"))
+        ):
+            rows = read_rows(path, first, count)
+            images = torch.from_numpy(images_from_arrow(rows.column("image")))  # (B, D) stored dtype
+            labels = rows.column("label") if "label" in rows.column_names else pa.nulls(count, pa.int64())
+            columns = {
+                "split": pa.array([split] * count, pa.string()),
+                "row": pa.array(np.arange(first, first + count), pa.int64()),
+                "label": labels.cast(pa.int64()),
+                **self.compute(images, first),
+            }
+            done.append(pa.table(columns))
+        return pa.concat_tables(done)
+
+
+def map_ranges(
+    work: pa.Table, actor: type[RangeActor], state: dict[str, Any], options: dict[str, Any], workers: int,
+    use_gpu: bool | None, *, plain: bool = False,
 ) -> Iterator[pa.Table]:  # fmt: skip
-    """`dataset.map_batches(actor)` on a pool of `workers` actors (one GPU each where the cluster
-    has GPUs and `use_gpu` is not False); the results stream back in the dataset's order."""
+    """`actor(state, **options)` over each row range of `work` (`row_ranges`), on a pool of at most `workers`
+    Ray Data actors (one GPU each where the cluster has GPUs and `use_gpu` is not False); the results
+    stream back in the ranges' order.
+
+    Each range is its own block, and the actor reads its rows itself (`read_rows`): `read_parquet` would
+    hand the whole of a small dataset to one actor as one block (Ray 2.60 reads up to 128 MiB per block),
+    leaving the rest of the pool idle. The pool is never larger than the number of ranges.
+
+    `plain` runs one actor in this process over the same ranges instead (the reference for tests and benchmarks).
+    """
+    if plain:
+        one = actor(state, **options, use_gpu=bool(use_gpu))
+        return (one(work.slice(i, 1)) for i in range(work.num_rows))
     import ray
 
+    start_ray_data(workers)
     gpu = has_gpu() if use_gpu is None else use_gpu
+    pool = max(1, min(workers, work.num_rows))
+    dataset = ray.data.from_items(work.to_pylist(), override_num_blocks=work.num_rows)  # a block per range
     mapped = dataset.map_batches(
         actor,
         # The weights go in as a reference nested in a tuple: Ray does not resolve it for the
         # constructor, so a restarted actor fetches them again instead of failing.
         fn_constructor_kwargs={"state": (ray.put(state),), **options, "use_gpu": gpu},
-        batch_size=batch_size,
+        batch_size=1,  # one range per call
         batch_format="pyarrow",
-        compute=ray.data.ActorPoolStrategy(size=workers),
+        compute=ray.data.ActorPoolStrategy(size=pool),
         num_cpus=0 if gpu else 1,
         num_gpus=1 if gpu else 0,
     )
@@ -203,6 +263,14 @@ def write_parquet(out: str | Path, schema: pa.Schema, tables: Iterable[pa.Table]
     with atomic_output(out) as temporary, pq.ParquetWriter(temporary, schema) as writer:
         for table in tables:
             writer.write_table(table)
+
+
+def with_lineage(batch: pa.Table, values: dict[str, Any], schema: pa.Schema) -> pa.Table:
+    """`batch`'s columns and a job's lineage (`values`, the same on every row), as `schema`."""
+    return pa.table(
+        {**{c: batch.column(c) for c in batch.column_names}, **constant_columns(values, batch.num_rows, schema)},
+        schema=schema,
+    )
 
 
 def constant_columns(values: dict[str, Any], rows: int, schema: pa.Schema) -> dict[str, pa.Array]:

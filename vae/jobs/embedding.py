@@ -8,34 +8,28 @@ its split, the label, q(z|x)'s mean and log-variance, and the model and dataset 
 
 from __future__ import annotations
 
-import os
 import time
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 
 from vae.jobs.batch import (
-    ModelActor,
+    RangeActor,
     check_inputs,
-    constant_columns,
-    images_from_arrow,
     input_mode,
     job_output,
-    map_with_actors,
+    map_ranges,
+    row_ranges,
     run_dataset_job,
     split_files,
-    start_ray_data,
+    with_lineage,
     write_parquet,
 )
 from vae.data.datasets import SPLITS
 from vae.data.inputs import prepare_inputs
-from vae.errors import DataError
 
 DEFAULT_BATCH_SIZE = 4096
 
@@ -58,27 +52,22 @@ class EmbeddingResult:
         return asdict(self)
 
 
-class Encoder(ModelActor):
-    """A Ray Data actor: holds one copy of the encoder; a pyarrow batch in, latent parameters out."""
+class Encoder(RangeActor):
+    """A Ray Data actor: holds one copy of the encoder; row ranges in, q(z|x)'s mean and log-variance per image out."""
 
     def __init__(self, state: dict[str, Any] | tuple, max_value: float, mode: str, use_gpu: bool = False):
         super().__init__(state, use_gpu)
         self.max_value, self.mode = max_value, mode
 
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        images = torch.from_numpy(images_from_arrow(batch.column("image")))  # (B, D) stored dtype
+    def compute(self, images: torch.Tensor, first: int) -> dict[str, pa.Array]:
         x = prepare_inputs(images.to(self.device), self.max_value, self.mode)  # (B, D) float32
         with torch.no_grad():
             mean, logvar = self.model.encode(x)  # (B, L), (B, L)
         latent = mean.shape[1]
-        columns = {
-            "path": batch.column("path"),
+        return {
             "z_mean": pa.FixedSizeListArray.from_arrays(pa.array(mean.cpu().numpy().ravel()), latent),
             "z_logvar": pa.FixedSizeListArray.from_arrays(pa.array(logvar.cpu().numpy().ravel()), latent),
         }
-        if "label" in batch.column_names:
-            columns["label"] = batch.column("label")
-        return pa.table(columns)
 
 
 def embed_dataset(
@@ -106,11 +95,9 @@ def embed_dataset(
     started = time.perf_counter()
     manifest = check_inputs(state, dataset_path, out, overwrite, "embed", binarize, density=False)
     paths = split_files(dataset_path, manifest, splits)
-    encoder_options = {"max_value": float(manifest["value_range"][1]), "mode": input_mode(binarize)}
-    if plain:
-        batches = _encode_in_process(state, list(paths), batch_size, encoder_options)
-    else:
-        batches = _encode_with_ray_data(state, list(paths), batch_size, encoder_options, workers, use_gpu)
+    work = row_ranges(paths, manifest, batch_size)
+    options = {"max_value": float(manifest["value_range"][1]), "mode": input_mode(binarize)}
+    batches = map_ranges(work, Encoder, state, options, workers, use_gpu, plain=plain)
     constants = {
         "model_uri": model_uri,
         "model_name": model_name,
@@ -132,7 +119,13 @@ def embed_dataset(
         ]
     )
     counts = {split: 0 for split in paths.values()}
-    write_parquet(out, schema, (_output_rows(batch, paths, counts, constants, schema) for batch in batches))
+
+    def counted(batch: pa.Table) -> pa.Table:
+        for split in batch.column("split").to_pylist():
+            counts[split] += 1
+        return with_lineage(batch, constants, schema)
+
+    write_parquet(out, schema, (counted(batch) for batch in batches))
     return EmbeddingResult(
         path=str(out),
         rows=sum(counts.values()),
@@ -144,69 +137,6 @@ def embed_dataset(
         latent_dim=latent,
         seconds=round(time.perf_counter() - started, 3),
     )
-
-
-def _encode_with_ray_data(
-    state: dict[str, Any],
-    paths: list[str],
-    batch_size: int,
-    encoder_options: dict[str, Any],
-    workers: int,
-    use_gpu: bool | None,
-) -> Iterator[pa.Table]:
-    """Encoded batches, in file order, from `map_batches` on a pool of `workers` encoder actors."""
-    import ray.data
-
-    start_ray_data(workers)
-    dataset = ray.data.read_parquet(paths, include_paths=True)
-    return map_with_actors(dataset, Encoder, state, encoder_options, workers, use_gpu, batch_size)
-
-
-def _encode_in_process(
-    state: dict[str, Any], paths: list[str], batch_size: int, encoder_options: dict[str, Any]
-) -> Iterator[pa.Table]:
-    """The same encoder over pyarrow batches read straight from the files, in this process."""
-    encoder = Encoder(state, **encoder_options)
-    for path in paths:
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_size):
-            table = pa.Table.from_batches([batch])
-            yield encoder(table.append_column("path", pa.array([path] * table.num_rows, pa.string())))
-
-
-def _output_rows(
-    batch: pa.Table, paths: dict[str, str], counts: dict[str, int], constants: dict[str, Any], schema: pa.Schema
-) -> pa.Table:
-    """Name each row's split and number it within the split (batches arrive in order)."""
-    files, which = np.unique(np.asarray(batch.column("path").to_pylist(), dtype=object), return_inverse=True)
-    split_of = np.array([paths[_normalise(str(file), paths)] for file in files], dtype=object)[which]  # (B,)
-    rows = np.empty(batch.num_rows, dtype=np.int64)
-    for split in counts:
-        mask = split_of == split
-        rows[mask] = counts[split] + np.arange(int(mask.sum()))
-        counts[split] += int(mask.sum())
-    n = batch.num_rows
-    labels = batch.column("label") if "label" in batch.column_names else pa.nulls(n, pa.int64())
-    return pa.table(
-        {
-            "split": pa.array(split_of.tolist(), pa.string()),
-            "row": pa.array(rows),
-            "label": labels.cast(pa.int64()),
-            "z_mean": batch.column("z_mean"),
-            "z_logvar": batch.column("z_logvar"),
-            **constant_columns(constants, n, schema),
-        },
-        schema=schema,
-    )
-
-
-def _normalise(file: str, paths: dict[str, str]) -> str:
-    """Ray reports paths without a scheme and possibly resolved: match them to the split files."""
-    if file in paths:
-        return file
-    for path in paths:
-        if os.path.realpath(path) == os.path.realpath(file) or path.endswith(file) or file.endswith(path):
-            return path
-    raise DataError(f"{file}: a row from a file that is not one of the dataset's splits")
 
 
 def embed(

@@ -14,27 +14,23 @@ lineage: split, row, label, the model version, the dataset hash, k and the seed.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 
 from vae.jobs.batch import (
-    ModelActor,
+    RangeActor,
     check_inputs,
-    constant_columns,
     density_input_mode,
-    images_from_arrow,
     job_output,
-    map_with_actors,
+    map_ranges,
+    row_ranges,
     run_dataset_job,
     split_files,
-    start_ray_data,
+    with_lineage,
     write_parquet,
 )
 from vae.config import EvaluationConfig, ScoreConfig
@@ -78,56 +74,24 @@ class ScoreResult:
         return asdict(self)
 
 
-def read_rows(path: str, first: int, count: int) -> pa.Table:
-    """Rows first..first+count-1 of a Parquet file, reading only the row groups that hold them."""
-    file = pq.ParquetFile(path)
-    sizes = [file.metadata.row_group(i).num_rows for i in range(file.num_row_groups)]
-    starts = np.concatenate([[0], np.cumsum(sizes)])  # (G + 1,)
-    groups = [g for g in range(len(sizes)) if starts[g] < first + count and starts[g + 1] > first]
-    return file.read_row_groups(groups).slice(first - int(starts[groups[0]]), count)
-
-
-class Scorer(ModelActor):
-    """A Ray Data actor: a batch of row ranges (path, split, first, count) in, one row per image out."""
+class Scorer(RangeActor):
+    """A Ray Data actor: row ranges in, log p̂(x), the ELBO and the weights' effective sample size per image out."""
 
     def __init__(self, state: dict[str, Any] | tuple, max_value: float, mode: str, settings: dict, use_gpu=False):
         super().__init__(state, use_gpu)
         self.max_value, self.mode = max_value, mode
         self.settings = EvaluationConfig(**settings)
 
-    def __call__(self, batch: pa.Table) -> pa.Table:
+    def compute(self, images: torch.Tensor, first: int) -> dict[str, pa.Array]:
         from vae.evaluate.evaluation import estimate_on_device
 
-        scored = []
-        for path, split, first, count in zip(
-            *(batch.column(c).to_pylist() for c in ("path", "split", "first", "count"))
-        ):
-            rows = read_rows(path, first, count)
-            images = torch.from_numpy(images_from_arrow(rows.column("image")))  # (B, D) stored dtype
-            x = prepare_inputs(images, self.max_value, self.mode)  # (B, D) float32
-            estimate = estimate_on_device(self.model, x, self.settings, first_index=first, device=self.device)
-            labels = rows.column("label") if "label" in rows.column_names else pa.nulls(count, pa.int64())
-            columns = {
-                "split": pa.array([split] * count, pa.string()),
-                "row": pa.array(np.arange(first, first + count), pa.int64()),
-                "label": labels.cast(pa.int64()),
-                "log_px": pa.array(estimate.log_px.cpu().numpy()),  # (B,) float64
-                "elbo": pa.array(estimate.elbo.cpu().numpy()),  # (B,)
-                "ess": pa.array(estimate.ess.cpu().numpy()),  # (B,)
-            }
-            scored.append(pa.table(columns))
-        return pa.concat_tables(scored)
-
-
-def row_ranges(paths: dict[str, str], manifest: dict[str, Any], rows_per_task: int) -> pa.Table:
-    """The work: (path, split, first, count) per range of at most `rows_per_task` rows of a split."""
-    ranges = [
-        (path, split, first, min(rows_per_task, int(manifest["rows"][split]) - first))
-        for path, split in paths.items()
-        for first in range(0, int(manifest["rows"][split]), rows_per_task)
-    ]
-    path, split, first, count = zip(*ranges)
-    return pa.table({"path": list(path), "split": list(split), "first": list(first), "count": list(count)})
+        x = prepare_inputs(images, self.max_value, self.mode)  # (B, D) float32
+        estimate = estimate_on_device(self.model, x, self.settings, first_index=first, device=self.device)
+        return {
+            "log_px": pa.array(estimate.log_px.cpu().numpy()),  # (B,) float64
+            "elbo": pa.array(estimate.elbo.cpu().numpy()),  # (B,)
+            "ess": pa.array(estimate.ess.cpu().numpy()),  # (B,)
+        }
 
 
 def score_dataset(
@@ -156,15 +120,7 @@ def score_dataset(
         "mode": density_input_mode(binarize),
         "settings": {"k": settings.k, "seed": settings.seed, "max_memory_mb": settings.max_memory_mb},
     }
-    if plain:
-        scorer = Scorer(state, **options, use_gpu=bool(settings.use_gpu))
-        batches: Iterator[pa.Table] = (scorer(work.slice(i, 1)) for i in range(work.num_rows))
-    else:
-        import ray.data
-
-        start_ray_data(settings.workers)
-        dataset = ray.data.from_items(work.to_pylist(), override_num_blocks=work.num_rows)  # a block per range
-        batches = map_with_actors(dataset, Scorer, state, options, settings.workers, settings.use_gpu, batch_size=1)
+    batches = map_ranges(work, Scorer, state, options, settings.workers, settings.use_gpu, plain=plain)
     constants = {
         "model_uri": model_uri,
         "model_name": model_name,
@@ -176,14 +132,13 @@ def score_dataset(
     counts = {split: 0 for split in paths.values()}
     sums = {split: 0.0 for split in paths.values()}
 
-    def with_lineage(batch: pa.Table) -> pa.Table:
+    def counted(batch: pa.Table) -> pa.Table:
         for split, log_px in zip(batch.column("split").to_pylist(), batch.column("log_px").to_pylist()):
             counts[split] += 1
             sums[split] += log_px
-        lineage = constant_columns(constants, batch.num_rows, SCHEMA)
-        return pa.table({**{c: batch.column(c) for c in batch.column_names}, **lineage}, schema=SCHEMA)
+        return with_lineage(batch, constants, SCHEMA)
 
-    write_parquet(out, SCHEMA, (with_lineage(batch) for batch in batches))
+    write_parquet(out, SCHEMA, (counted(batch) for batch in batches))
     return ScoreResult(
         path=str(out),
         rows=sum(counts.values()),
