@@ -1,5 +1,5 @@
-"""What the batch jobs share (embedding, scoring, sampling): the model a URI names, model actors
-for Ray Data's `map_batches`, and outputs that appear whole or not at all.
+"""What the batch jobs share (embedding, scoring, sampling): the model a URI names, the row ranges
+that Ray Data's `map_batches` hands to a pool of model actors, and outputs that appear whole or not at all.
 
 A job writes to a temporary file beside its output and renames it into place, so a failed job
 leaves nothing behind; the output is checked before any download or Ray start.

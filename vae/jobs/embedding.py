@@ -1,9 +1,10 @@
 """Batch embedding: a registered encoder over a dataset's Parquet with Ray Data, into one Parquet file.
 
-The encoder runs in `map_batches` on a pool of actors (one GPU each where the cluster has GPUs);
-the driver streams the results, in order, into a temporary file that is renamed into place, so
-a failed job leaves nothing behind. Each output row carries the split, the row's index within
-its split, the label, q(z|x)'s mean and log-variance, and the model and dataset it came from.
+The rows of each split are cut into ranges of `batch_size` rows that Ray Data hands to a pool of
+encoder actors (one GPU each where the cluster has GPUs); each actor reads its range of the split's
+Parquet file. The driver streams the results, in order, into a temporary file that is renamed into
+place, so a failed job leaves nothing behind. Each output row carries the split, the row's index
+within its split, the label, q(z|x)'s mean and log-variance, and the model and dataset it came from.
 """
 
 from __future__ import annotations
