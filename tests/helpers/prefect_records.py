@@ -6,13 +6,16 @@ import time
 from uuid import UUID
 
 
-def recorded_task_runs(*, flow_run_id: UUID | None = None, task_run_id: UUID | None = None, wait_s: float = 30.0):
-    """The task runs of a flow run (or the one task run), oldest first, once the server has recorded their ends.
+def recorded_task_runs(
+    expected: int, *, flow_run_id: UUID | None = None, task_run_id: UUID | None = None, wait_s: float = 30.0
+):
+    """The `expected` task runs of a flow run (or the one task run), oldest first, once the server has recorded
+    their ends.
 
     Prefect 3 reports a task run's states as events, which the server records asynchronously: read right after the
-    flow returns, a task run can still be Pending, or missing. Read until every task run is in a final state and two
-    reads 0.3 s apart agree (a task run not recorded yet changes the second read), or until ``wait_s`` has passed,
-    then return the last read: a state that never ends still fails the caller's assertion.
+    flow returns, a task run can still be Pending, or missing. Read until there are `expected` task runs, each in a
+    final state, or until ``wait_s`` has passed; then return the last read, so a missing run or a state that never
+    ends still fails the caller's assertion.
     """
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, TaskRunFilter, TaskRunFilterId
@@ -25,13 +28,10 @@ def recorded_task_runs(*, flow_run_id: UUID | None = None, task_run_id: UUID | N
         else {"task_run_filter": TaskRunFilter(id=TaskRunFilterId(any_=[task_run_id]))}
     )
     deadline = time.monotonic() + wait_s
-    previous = None
     with get_client(sync_client=True) as client:
         while True:
             runs = sorted(client.read_task_runs(**filters), key=lambda run: run.created)
-            seen = [(run.id, run.state.name if run.state else None, run.run_count) for run in runs]
-            settled = bool(runs) and all(run.state is not None and run.state.is_final() for run in runs)
-            if (settled and seen == previous) or time.monotonic() > deadline:
+            ended = all(run.state is not None and run.state.is_final() for run in runs)
+            if (len(runs) == expected and ended) or time.monotonic() > deadline:
                 return runs
-            previous = seen
-            time.sleep(0.3)
+            time.sleep(0.2)

@@ -246,7 +246,7 @@ def test_a_refused_model_name_is_not_retried_and_logs_nothing(prefect_server, tm
     assert state.is_failed()
     assert str(state.result(raise_on_failure=False)).startswith("registry.model_name 'bad/name': ")
 
-    (recorded,) = recorded_task_runs(task_run_id=state.state_details.task_run_id)
+    (recorded,) = recorded_task_runs(1, task_run_id=state.state_details.task_run_id)
     assert recorded.run_count == 1  # no retries of a permanent error
     experiment = MlflowClient(tracking_uri()).get_run(run_id).info.experiment_id
     assert MlflowClient(tracking_uri()).search_logged_models([experiment]) == []  # no model logged

@@ -159,17 +159,27 @@ class RangeActor(ModelActor):
         return pa.concat_tables(done)
 
 
+BLOCKS_PER_ACTOR = 16  # at most this many blocks per actor: enough to balance, few enough for tiny ranges
+
+
+def plan_blocks(ranges: int, workers: int) -> tuple[int, int]:
+    """(actors, blocks) for `ranges` row ranges on at most `workers` actors: no actor without a block, and
+    consecutive ranges grouped into at most BLOCKS_PER_ACTOR blocks per actor (a block costs a Ray task)."""
+    actors = max(1, min(workers, ranges))
+    return actors, min(ranges, actors * BLOCKS_PER_ACTOR)
+
+
 def map_ranges(
     work: pa.Table, actor: type[RangeActor], state: dict[str, Any], options: dict[str, Any], workers: int,
     use_gpu: bool | None, *, plain: bool = False,
 ) -> Iterator[pa.Table]:  # fmt: skip
-    """`actor(state, **options)` over each row range of `work` (`row_ranges`), on a pool of at most `workers`
+    """`actor(state, **options)` over the row ranges of `work` (`row_ranges`), on a pool of at most `workers`
     Ray Data actors (one GPU each where the cluster has GPUs and `use_gpu` is not False); the results
     stream back in the ranges' order.
 
-    Each range is its own block, and the actor reads its rows itself (`read_rows`): `read_parquet` would
-    hand the whole of a small dataset to one actor as one block (Ray 2.60 reads up to 128 MiB per block),
-    leaving the rest of the pool idle. The pool is never larger than the number of ranges.
+    The ranges are the blocks (`plan_blocks`), and each actor reads its ranges' rows itself (`read_rows`):
+    `read_parquet` would hand the whole of a small dataset to one actor as one block (Ray 2.60 reads up to
+    128 MiB per block), leaving the rest of the pool idle.
 
     `plain` runs one actor in this process over the same ranges instead (the reference for tests and benchmarks).
     """
@@ -180,16 +190,16 @@ def map_ranges(
 
     start_ray_data(workers)
     gpu = has_gpu() if use_gpu is None else use_gpu
-    pool = max(1, min(workers, work.num_rows))
-    dataset = ray.data.from_items(work.to_pylist(), override_num_blocks=work.num_rows)  # a block per range
+    actors, blocks = plan_blocks(work.num_rows, workers)
+    dataset = ray.data.from_items(work.to_pylist(), override_num_blocks=blocks)  # consecutive ranges per block
     mapped = dataset.map_batches(
         actor,
         # The weights go in as a reference nested in a tuple: Ray does not resolve it for the
         # constructor, so a restarted actor fetches them again instead of failing.
         fn_constructor_kwargs={"state": (ray.put(state),), **options, "use_gpu": gpu},
-        batch_size=1,  # one range per call
+        batch_size=None,  # a block per call
         batch_format="pyarrow",
-        compute=ray.data.ActorPoolStrategy(size=pool),
+        compute=ray.data.ActorPoolStrategy(size=actors),
         num_cpus=0 if gpu else 1,
         num_gpus=1 if gpu else 0,
     )
