@@ -23,9 +23,10 @@ def test_a_client_made_while_the_store_is_prepared_waits_for_it(tmp_path, monkey
             order.append("prepared")
             return found
 
+    # Patched for the whole test: the preparing thread looks the class up when it runs, which may be after
+    # prepare_store_in_background returns. The clients below call no search_experiments, so only it sleeps.
     monkeypatch.setattr(runs, "MlflowClient", SlowFirstConnection)
     runs.prepare_store_in_background(uri)
-    monkeypatch.setattr(runs, "MlflowClient", MlflowClient)
     failures: list[BaseException] = []
 
     def use() -> None:
