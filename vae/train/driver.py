@@ -168,7 +168,6 @@ def _trainer(
 def _fit(trainer, progress, epochs: int, echo, on_epoch, staging: Path) -> tuple[str | None, list]:
     """trainer.fit() with the progress thread; a diverged run becomes one TrainingDivergedError line.
     Returns the newest checkpoint and the kept ones with their validation ELBOs."""
-
     stop = threading.Event()
     follower = None
     failures: list[str] = []
